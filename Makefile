@@ -1,0 +1,43 @@
+# pybaremetal: `make run` and `make test` set everything up on a fresh machine themselves:
+# Debian packages (only those missing), a .venv with the Python dependencies, the C core.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# gcc: the C core and C apps; iproute2/iputils-ping: network tests; fio: the drive benchmark's
+# peer; util-linux: losetup for block-device tests; procps: ps/top for tests
+DEBIAN_PACKAGES := gcc libc6-dev make iproute2 iputils-ping fio util-linux procps
+NATIVE := $(wildcard native/*.c native/*.h native/*.cdef) native/build.py setup.py pyproject.toml
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test bench setup clean
+
+run: setup
+	$(VENV)/bin/baremetal run examples/sysinfo.py
+
+test: setup
+	$(PY) -m pytest tests
+
+bench: setup
+	$(PY) bench/report.py
+
+setup: $(VENV)/.built
+
+$(VENV)/.debian:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
+	@mkdir -p $(VENV) && touch $@
+
+$(VENV)/.python: $(VENV)/.debian setup.py
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel "cffi>=1.16"
+	$(PY) -m pip install -q -e ".[test]" --no-build-isolation
+	@touch $@
+
+$(VENV)/.built: $(VENV)/.python $(NATIVE)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	@touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info pybaremetal/_native*.so pybaremetal/_native.c

@@ -1,0 +1,109 @@
+/* io.c -- b_output and b_input: the console.
+ *
+ * b_output writes exactly the bytes it is given (binary-safe) to the machine's output
+ * function when the app installed one with STDOUT_SET, else to the console fd (stdout, a
+ * capture memfd, a file).  b_input never blocks: it polls the input fd with a zero timeout
+ * and hands out bytes from a small buffer, 0 when nothing is waiting or input has ended.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include "machine.h"
+
+/* bm_console_init -- set up a console
+ *  IN:  c = console, out_fd = where b_output writes, in_fd = where b_input reads (-1: none)
+ * OUT:  nothing */
+void bm_console_init(struct bm_console *c, int out_fd, int in_fd)
+{
+	c->out_fd = out_fd;
+	atomic_store(&c->output, NULL);
+	c->in_fd = in_fd;
+	c->in_eof = 0;
+	c->in_pos = c->in_len = 0;
+	pthread_mutex_init(&c->in_lock, NULL);
+}
+
+/* console_write -- write all of [str, str+nbr) to fd, retrying short writes and EINTR
+ *  IN:  fd, str, nbr
+ * OUT:  nothing; stops quietly on a hard error (a closed pipe), as a console would */
+static void console_write(int fd, const char *str, u64 nbr)
+{
+	while (nbr > 0) {
+		ssize_t done = write(fd, str, nbr);
+		if (done > 0) {
+			str += done;
+			nbr -= (u64)done;
+		} else if (done < 0 && errno == EAGAIN) {
+			struct pollfd p = { .fd = fd, .events = POLLOUT };
+			poll(&p, 1, -1);
+		} else if (!(done < 0 && errno == EINTR)) {
+			return;
+		}
+	}
+}
+
+/* bm_default_output -- the output function b_output uses when none is set (STDOUT_GET
+ * returns its address); writes to the calling core's machine console
+ *  IN:  str = bytes, nbr = how many
+ * OUT:  nothing */
+void bm_default_output(const char *str, u64 nbr)
+{
+	struct bm_machine *m = bm_current();
+	if (m != NULL)
+		console_write(m->console.out_fd, str, nbr);
+}
+
+/* b_output -- write exactly nbr bytes (NUL bytes included) to the current output
+ *  IN:  str = address of the bytes, nbr = number of bytes
+ * OUT:  nothing.  No machine: nothing written, BM_ERR_NO_MACHINE recorded */
+void b_output(const char *str, u64 nbr)
+{
+	bm_error_clear();
+	struct bm_machine *m = bm_current();
+	if (m == NULL || nbr == 0)
+		return;
+	bm_output_fn fn = atomic_load_explicit(&m->console.output, memory_order_acquire);
+	if (fn != NULL) {
+		fn(str, nbr);
+		return;
+	}
+	if (m->console.flush_stdio)
+		fflush(stdout);
+	console_write(m->console.out_fd, str, nbr);
+}
+
+/* b_input -- the next byte of input, never blocking
+ *  IN:  nothing
+ * OUT:  the byte; 0 when nothing is waiting, input has ended, or there is no machine */
+u8 b_input(void)
+{
+	bm_error_clear();
+	struct bm_machine *m = bm_current();
+	if (m == NULL || m->console.in_fd < 0)
+		return 0;
+	struct bm_console *c = &m->console;
+	u8 key = 0;
+	pthread_mutex_lock(&c->in_lock);
+	if (c->in_pos == c->in_len && !c->in_eof) {
+		struct pollfd p = { .fd = c->in_fd, .events = POLLIN };
+		if (poll(&p, 1, 0) > 0) {
+			ssize_t got = read(c->in_fd, c->in_buf, sizeof c->in_buf);
+			if (got > 0) {
+				c->in_pos = 0;
+				c->in_len = (u32)got;
+			} else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
+				c->in_eof = 1;
+			}
+		}
+	}
+	if (c->in_pos < c->in_len)
+		key = c->in_buf[c->in_pos++];
+	pthread_mutex_unlock(&c->in_lock);
+	return key;
+}
+
+/* bm_console_set_flush_stdio -- flush C stdio before each b_output (for C apps using printf) */
+void bm_console_set_flush_stdio(struct bm_machine *m, int on) { m->console.flush_stdio = on; }

@@ -1,0 +1,22 @@
+/* io.h -- the console: where b_output writes and b_input reads. */
+#ifndef BM_IO_H
+#define BM_IO_H
+
+typedef void (*bm_output_fn)(const char *str, u64 nbr);
+
+struct bm_console {
+	int out_fd;                     /* default destination of b_output */
+	_Atomic(bm_output_fn) output;   /* STDOUT_SET function, NULL = write to out_fd */
+	int flush_stdio;                /* fflush(stdout) before each b_output (C apps using printf) */
+	int in_fd;                      /* source of b_input, -1 = none */
+	pthread_mutex_t in_lock;
+	int in_eof;
+	u32 in_pos, in_len;
+	u8 in_buf[4096];
+};
+
+void bm_console_init(struct bm_console *c, int out_fd, int in_fd);
+void bm_default_output(const char *str, u64 nbr);
+void bm_console_set_flush_stdio(struct bm_machine *m, int on);
+
+#endif

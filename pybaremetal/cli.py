@@ -1,0 +1,103 @@
+"""The `baremetal` command."""
+import argparse
+import os
+import sys
+import traceback
+
+from .errors import BareMetalError
+
+EPILOG = """examples:
+  baremetal run examples/hello.py
+  baremetal run app.py --cores 2 --memory 512M -- arg1 arg2
+"""
+
+
+def _add_machine_options(parser):
+    group = parser.add_argument_group("the machine")
+    group.add_argument("--cores", type=int, default=None, metavar="N",
+                       help="number of cores (default: one per CPU this process may use)")
+    group.add_argument("--memory", default="256M", metavar="SIZE",
+                       help="flat memory size, e.g. 256M, 2G (default: 256M)")
+    group.add_argument("--console", default="stdout", metavar="DEST",
+                       help="where b_output goes: stdout (default), stderr, or a file path")
+    group.add_argument("--input", default=None, metavar="FILE",
+                       help="what b_input reads (default: stdin; a terminal is put in raw mode)")
+    group.add_argument("--no-pin", dest="pin", action="store_false",
+                       help="do not pin each core to its own CPU")
+    group.add_argument("--drive", action="append", default=[], metavar="SPEC",
+                       help="attach a drive (repeatable; drive numbers follow the order)")
+    group.add_argument("--nic", action="append", default=[], metavar="SPEC",
+                       help="attach a NIC (repeatable; interface ids follow the order)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="baremetal", description="Run BareMetal programs hosted on Linux.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    run = commands.add_parser(
+        "run", help="boot a machine and run an app on it",
+        description="Boot a machine and run APP on core 0.  Arguments after -- reach the app "
+                    "(sys.argv[1:] for Python apps).  The exit code is the app's return value.")
+    run.add_argument("app", metavar="APP", help="the app: a .py file with a main() function")
+    _add_machine_options(run)
+    return parser
+
+
+def machine_kwargs(args):
+    """Machine(...) arguments from the parsed machine options."""
+    return dict(cores=args.cores, memory=args.memory, console=args.console, input=args.input,
+                pin=args.pin, drives=args.drive, nics=args.nic)
+
+
+def exit_code(result):
+    """sys.exit's rules: None -> 0, an int -> itself, anything else printed and 1."""
+    if result is None:
+        return 0
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result & 0xFF
+    print(result, file=sys.stderr)
+    return 1
+
+
+def cmd_run(args, app_argv):
+    from .apps import loader_for
+    from .machine import Machine
+    loader = loader_for(args.app)
+    machine = Machine(**machine_kwargs(args))
+    try:
+        result = loader.run(machine, args.app, app_argv)
+    except SystemExit as stop:
+        result = stop.code
+    except BareMetalError:
+        raise
+    except Exception:
+        machine.halt()
+        traceback.print_exc()
+        return 1
+    finally:
+        machine.halt()
+    return exit_code(result)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    app_argv = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, app_argv = argv[:split], argv[split + 1:]
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args, app_argv)
+    except BareMetalError as error:
+        print(f"baremetal: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

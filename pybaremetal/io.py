@@ -1,0 +1,188 @@
+"""The console: where b_output writes and b_input reads, and the Python face of both calls.
+
+Output goes to stdout by default, or to a capture buffer (a memfd, read back with
+``machine.console.output()``), a file path, a file descriptor or a file object.  Input comes
+from stdin by default, or from bytes, a path, a descriptor or a file object.  When input is a
+terminal it is put in raw, non-echo mode (keys arrive one at a time, Ctrl-C still stops the
+machine) for the machine's lifetime and restored on halt, on exceptions, at exit and on
+SIGTERM/SIGHUP.
+"""
+import atexit
+import os
+import signal
+import sys
+import termios
+
+from ._native import ffi, lib
+from .errors import ArgumentError, raise_recorded
+from .memory import as_pointer
+
+
+def _open_output(console):
+    """(fd, owned, kind) for the console= argument."""
+    if console is None or console == "stdout":
+        return 1, False, "stdout"
+    if console == "stderr":
+        return 2, False, "stderr"
+    if console == "capture":
+        return os.memfd_create("baremetal-console", os.MFD_CLOEXEC), True, "capture"
+    if isinstance(console, (str, os.PathLike)):
+        return os.open(console, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644), True, "file"
+    if isinstance(console, int) and not isinstance(console, bool):
+        return console, False, "fd"
+    if hasattr(console, "fileno"):
+        return console.fileno(), False, "fd"
+    raise ArgumentError(f"console: expected 'stdout', 'stderr', 'capture', a path, an fd or a file, got {console!r}")
+
+
+def _open_input(source, kind):
+    """(fd, owned) for the input= argument; -1 means no input."""
+    if source is None:
+        if kind != "stdout":
+            return -1, False                   # a captured/redirected machine reads nothing by default
+        try:
+            os.fstat(0)
+        except OSError:
+            return -1, False
+        return 0, False
+    if source is False:
+        return -1, False
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        fd = os.memfd_create("baremetal-input", os.MFD_CLOEXEC)
+        os.write(fd, bytes(source))
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd, True
+    if isinstance(source, (str, os.PathLike)):
+        return os.open(source, os.O_RDONLY | os.O_CLOEXEC), True
+    if isinstance(source, int) and not isinstance(source, bool):
+        return source, False
+    if hasattr(source, "fileno"):
+        return source.fileno(), False
+    raise ArgumentError(f"input: expected bytes, a path, an fd or a file, got {source!r}")
+
+
+class _Terminal:
+    """Raw, non-echo mode on a terminal fd, restored however the process ends."""
+
+    _active = []                               # terminals in raw mode, for the signal handler
+    _handlers_installed = False
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.saved = termios.tcgetattr(fd)
+        attrs = termios.tcgetattr(fd)
+        attrs[3] &= ~(termios.ICANON | termios.ECHO)      # lflag: keys one at a time, no echo
+        attrs[6][termios.VMIN] = 1
+        attrs[6][termios.VTIME] = 0
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        _Terminal._active.append(self)
+        _Terminal._install_handlers()
+
+    def restore(self):
+        if self in _Terminal._active:
+            _Terminal._active.remove(self)
+            try:
+                termios.tcsetattr(self.fd, termios.TCSANOW, self.saved)
+            except termios.error:
+                pass
+
+    @classmethod
+    def _restore_all(cls):
+        for terminal in list(cls._active):
+            terminal.restore()
+
+    @classmethod
+    def _install_handlers(cls):
+        if cls._handlers_installed:
+            return
+        cls._handlers_installed = True
+        atexit.register(cls._restore_all)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                previous = signal.getsignal(signum)
+            except ValueError:
+                continue
+            if previous not in (signal.SIG_DFL, None):
+                continue
+
+            def on_signal(number, frame, _signum=signum):
+                cls._restore_all()
+                signal.signal(_signum, signal.SIG_DFL)
+                os.kill(os.getpid(), _signum)
+            try:
+                signal.signal(signum, on_signal)
+            except ValueError:                 # not the main thread: atexit still restores
+                pass
+
+
+class Console:
+    """A machine's console.  ``output()`` returns what was written, for 'capture' or a path."""
+
+    def __init__(self, console=None, input=None):
+        self.out_fd, self._own_out, self.kind = _open_output(console)
+        self._path = os.fspath(console) if self.kind == "file" else None
+        self.in_fd, self._own_in = _open_input(input, self.kind)
+        self._terminal = None
+
+    def start(self):
+        """Raw mode on a terminal input (boot)."""
+        if self.in_fd >= 0 and self._terminal is None and os.isatty(self.in_fd):
+            self._terminal = _Terminal(self.in_fd)
+
+    def stop(self):
+        """Restore the terminal (halt; idempotent)."""
+        if self._terminal is not None:
+            self._terminal.restore()
+            self._terminal = None
+
+    def output(self):
+        """Everything written so far, as bytes ('capture' and file consoles)."""
+        if self.kind == "capture":
+            return os.pread(self.out_fd, os.fstat(self.out_fd).st_size, 0)
+        if self._path is not None:
+            with open(self._path, "rb") as f:
+                return f.read()
+        raise ArgumentError(f"console output is not recorded for a {self.kind} console; use console='capture'")
+
+    def close(self):
+        self.stop()
+        for fd, own in ((self.out_fd, self._own_out), (self.in_fd, self._own_in)):
+            if own and fd >= 0:
+                os.close(fd)
+        self._own_out = self._own_in = False
+
+
+# --- the Python face ------------------------------------------------------------------------
+
+def b_output(data, nbr=None):
+    """Write ``nbr`` bytes of ``data`` (bytes, str as UTF-8, any buffer, or a machine address)
+    to the current machine's output.  ``nbr`` defaults to the whole of ``data``.
+
+    Raises NoMachineError outside a machine, ArgumentError for a bad ``nbr`` or type."""
+    from .machine import current_machine
+    machine = current_machine()
+    if isinstance(data, str):
+        data = data.encode()
+    if isinstance(data, int) and not isinstance(data, bool):
+        if nbr is None:
+            raise ArgumentError("b_output: nbr is required when data is an address")
+        pointer, _ = as_pointer(machine, data, nbr, False, "b_output")
+    else:
+        pointer, _ = as_pointer(machine, data, 0, False, "b_output")
+        size = len(pointer)
+        if nbr is None:
+            nbr = size
+        elif not 0 <= nbr <= size:
+            raise ArgumentError(f"b_output: nbr={nbr} but data holds {size} bytes")
+    if machine._flush_python_stdout:
+        sys.stdout.flush()
+    lib.b_output(pointer, nbr)
+    if lib.bm_error_code():
+        raise_recorded()
+
+
+def b_input():
+    """The next byte of input as an int, 0 if none is waiting.  Never blocks."""
+    from .machine import current_machine
+    current_machine()
+    return lib.b_input()

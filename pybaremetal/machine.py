@@ -1,0 +1,244 @@
+"""Machine: builds, boots, runs and halts one hosted BareMetal machine.
+
+A Machine is an object, not a global: several can live in one process.  The calls act on the
+*current* machine of the calling thread: core 0 (the BSP) is the thread that boots the machine
+or calls :meth:`Machine.run`; other cores are threads the machine starts itself.
+"""
+import os
+import threading
+import warnings
+
+from . import abi, nvs, net
+from ._native import ffi, lib
+from .errors import (ArgumentError, NoMachineError, OutOfMemory, Reboot, Shutdown, StateError,
+                     raise_recorded)
+from .io import Console
+from .memory import FlatMemory, check_range, parse_size
+
+_local = threading.local()
+
+
+def current_machine():
+    """The machine the calling thread is a core of.  Raises NoMachineError if none."""
+    machine = getattr(_local, "machine", None)
+    if machine is None:
+        raise NoMachineError("no machine: call this from an app running on a Machine "
+                             "(Machine.run, or inside `with Machine() as m:`)")
+    return machine
+
+
+def _cpu_mhz():
+    """The CPU's speed in MHz from /proc/cpuinfo (0 if unknown); read once per process."""
+    if _cpu_mhz.value is None:
+        _cpu_mhz.value = 0
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("cpu MHz"):
+                        _cpu_mhz.value = int(float(line.split(":")[1]))
+                        break
+        except (OSError, ValueError):
+            pass
+    return _cpu_mhz.value
+
+
+_cpu_mhz.value = None
+
+
+class Machine:
+    """A hosted BareMetal machine.
+
+    ``cores``: number of cores (None: one per CPU this process may run on).
+    ``memory``: flat memory size, an int or a string like "256M" or "2G" (rounded up to 2 MiB).
+    ``console``: 'stdout' (default), 'stderr', 'capture', a path, an fd or a file object.
+    ``input``: what b_input reads: None (stdin for a stdout console), bytes, a path, an fd,
+    a file object, or False for none.
+    ``pin``: pin each core to its own CPU.
+    ``drives``, ``nics``: device specs, see pybaremetal.nvs and pybaremetal.net.
+    """
+
+    def __init__(self, cores=None, memory="256M", console=None, input=None, pin=True,
+                 drives=(), nics=(), screen=None):
+        if cores is None:
+            cores = len(os.sched_getaffinity(0))
+        if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= 256:
+            raise ArgumentError(f"cores must be an int from 1 to 256, got {cores!r}")
+        size = parse_size(memory, "memory")
+        size = -(-size // abi.PAGE_SIZE) * abi.PAGE_SIZE
+        if size < 2 * abi.PAGE_SIZE:
+            raise ArgumentError(f"memory must be at least 4 MiB (the low 2 MiB are the system area), got {memory!r}")
+        self.num_cores = cores
+        self.memory_size = size
+        self.pin = pin
+        self._flat = FlatMemory(size)
+        self.memory = self._flat.array
+        self.base = self._flat.base
+        self.console = Console(console, input)
+        self._flush_python_stdout = self.console.out_fd == 1
+        self._keepalive = {}
+        self._booted = False
+        self._halted = False
+        self._bindings = {}                    # thread id -> stack of (previous C core, previous machine)
+        pointer = lib.bm_machine_new(ffi.cast("u8 *", self.base), size, cores,
+                                     self.console.out_fd, self.console.in_fd)
+        if pointer == ffi.NULL:
+            self.console.close()
+            raise_recorded()
+        self._c = ffi.gc(pointer, lib.bm_machine_free)
+        lib.bm_machine_set_cpu_mhz(self._c, _cpu_mhz())
+        try:
+            self.drives = nvs.attach(self, drives)
+            self.nics = net.attach(self, nics)
+        except BaseException:
+            self._release()
+            raise
+        self.screen = None
+        if screen is not None:
+            raise ArgumentError("screen: not supported by this build")
+
+    # --- life -----------------------------------------------------------------------------
+
+    def boot(self):
+        """Start the machine; the calling thread becomes core 0.  Returns self."""
+        if self._halted:
+            raise StateError("this machine was halted; make a new Machine")
+        if self._booted:
+            return self
+        if lib.bm_machine_boot(self._c) != 0:
+            raise_recorded()
+        self._booted = True
+        self.console.start()
+        self._bind(0)
+        return self
+
+    def halt(self):
+        """Stop the machine: cores stopped, drives flushed and closed, NICs closed, terminal
+        restored.  Idempotent."""
+        if self._halted:
+            return
+        self._halted = True
+        try:
+            lib.bm_machine_halt(self._c)
+        finally:
+            self._release()
+            self._unbind_all()
+
+    def _release(self):
+        try:
+            net.detach(self)
+            nvs.detach(self)
+        finally:
+            self.console.close()
+
+    def __enter__(self):
+        return self.boot()
+
+    def __exit__(self, *exc):
+        self.halt()
+        return False
+
+    def __del__(self):
+        try:
+            if self._booted and not self._halted:
+                self.halt()
+        except Exception:
+            pass
+
+    @property
+    def running(self):
+        return self._booted and not self._halted
+
+    # --- running apps ---------------------------------------------------------------------
+
+    def run(self, main, *args, **kwargs):
+        """Run ``main(*args, **kwargs)`` on core 0 (the calling thread) and return its result.
+
+        b_system(SHUTDOWN) ends the run (returns None); b_system(REBOOT) resets the machine
+        (other cores stopped, memory cleared, clock restarted) and calls main again."""
+        self.boot()
+        self._bind(0)
+        try:
+            while True:
+                try:
+                    return main(*args, **kwargs)
+                except Shutdown:
+                    return None
+                except Reboot:
+                    self.reboot()
+        finally:
+            self._unbind()
+
+    def reboot(self):
+        """Reset the machine as upstream's REBOOT: cores idle, memory cleared, clock restarted."""
+        if not self.running:
+            raise StateError("reboot: the machine is not running")
+        lib.bm_machine_stop_cores(self._c)
+        self._flat.clear()
+        lib.bm_mem_reset(self._c)
+        if lib.bm_machine_boot(self._c) != 0:
+            raise_recorded()
+
+    # --- the calling thread as a core ------------------------------------------------------
+
+    def _bind(self, core_id):
+        """Make the calling thread core ``core_id`` of this machine (nests)."""
+        previous = lib.bm_bind(self._c, core_id)
+        stack = self._bindings.setdefault(threading.get_ident(), [])
+        stack.append((previous, getattr(_local, "machine", None)))
+        _local.machine = self
+
+    def _unbind(self):
+        stack = self._bindings.get(threading.get_ident())
+        if stack:
+            previous, machine = stack.pop()
+            lib.bm_unbind(previous)
+            _local.machine = machine
+
+    def _unbind_all(self):
+        stack = self._bindings.get(threading.get_ident(), [])
+        while stack:
+            self._unbind()
+
+    # --- memory -----------------------------------------------------------------------------
+
+    def addr(self, physical):
+        """The process address of the machine's physical address ``physical``."""
+        if not 0 <= physical <= self.memory_size:
+            raise ArgumentError(f"physical address 0x{physical:x} is beyond the machine's "
+                                f"{self.memory_size >> 20} MiB")
+        return self.base + physical
+
+    def offset(self, address, nbytes=0):
+        """The physical address (offset in memory) of process address ``address``.
+        Raises AddressError if [address, address+nbytes) is not inside the machine."""
+        return check_range(self, address, nbytes)
+
+    def alloc(self, nbytes):
+        """Allocate ``nbytes`` (rounded up to 2 MiB pages) of free memory.
+
+        Returns ``(address, view)``: the process address and a numpy uint8 view of nbytes.
+        Raises OutOfMemory when no run of free pages is large enough."""
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
+            raise ArgumentError(f"alloc: nbytes must be a positive int, got {nbytes!r}")
+        physical = lib.bm_mem_alloc(self._c, nbytes)
+        if physical == 0:
+            raise_recorded(OutOfMemory)
+        return self.base + physical, self.memory[physical:physical + nbytes]
+
+    def free(self, address):
+        """Give back a region ``alloc`` returned.  Returns the bytes freed."""
+        physical = self.offset(address)
+        freed = lib.bm_mem_free(self._c, physical)
+        if freed == 0:
+            raise_recorded()
+        return freed
+
+    @property
+    def free_memory(self):
+        """Free memory in MiB, as FREE_MEMORY reports it."""
+        return int(self.memory[abi.SYSVAR_FREE_MIB:abi.SYSVAR_FREE_MIB + 4].view("<u4")[0]) \
+            if self._booted else None
+
+    def __repr__(self):
+        state = "running" if self.running else ("halted" if self._halted else "new")
+        return f"<Machine {self.num_cores} cores, {self.memory_size >> 20} MiB, {state}>"

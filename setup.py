@@ -1,0 +1,22 @@
+"""pybaremetal: BareMetal apps hosted on Linux.  `pip install .` builds the C core with cffi."""
+from setuptools import find_packages, setup
+
+setup(
+    name="pybaremetal",
+    version="0.1.0",
+    description="Run BareMetal (Return Infinity) programs hosted on Linux: C core, pinned cores, "
+                "O_DIRECT drives, TAP/AF_PACKET NICs",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pybaremetal", "pybaremetal.*"]),
+    setup_requires=["cffi>=1.16"],
+    cffi_modules=["native/build.py:ffibuilder"],
+    install_requires=["cffi>=1.16", "numpy>=1.24", "pyroute2>=0.7", "rich>=13", "Pillow>=10"],
+    extras_require={
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"],
+        "numba": ["numba>=0.59"],
+    },
+    entry_points={"console_scripts": ["baremetal = pybaremetal.cli:main"]},
+    zip_safe=False,
+)
