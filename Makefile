@@ -18,7 +18,7 @@ test: setup
 	$(PY) -m pytest tests
 
 bench: setup
-	$(PY) bench/report.py
+	$(PY) -m pytest bench -q -s --benchmark-json=bench/results/pytest-benchmark.json
 
 setup: $(VENV)/.built
 
