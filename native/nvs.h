@@ -12,5 +12,7 @@ struct bm_nvs {
 };
 
 void bm_nvs_close_all(struct bm_machine *m); /* flush and close every drive */
+/* fdatasync every writable drive; async-signal-safe (the fault handler calls it) */
+void bm_nvs_flush_all(struct bm_machine *m);
 
 #endif
