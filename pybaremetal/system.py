@@ -62,7 +62,7 @@ def _stdout_set(machine, var1, var2):
 
         def output(string, nbr):
             python_fn(bytes(ffi.buffer(string, nbr)))
-        var1 = ffi.callback("void(const char *, u64)", output)
+        var1 = ffi.callback("void(*)(const char *, u64)", output)
     if isinstance(var1, ffi.CData):
         machine._keepalive["stdout"] = var1
     return var1, var2

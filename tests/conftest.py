@@ -1,0 +1,23 @@
+"""Shared fixtures: machines whose console is captured, so tests can read what apps wrote."""
+import pytest
+
+import pybaremetal as bm
+
+
+@pytest.fixture
+def machine():
+    """A booted 1-core, 16 MiB machine with a captured console; halted after the test."""
+    m = bm.Machine(cores=1, memory="16M", console="capture", input=False)
+    m.boot()
+    yield m
+    m.halt()
+
+
+def run_captured(main, **kwargs):
+    """Run main on a fresh captured machine; return (result, console bytes)."""
+    kwargs.setdefault("memory", "16M")
+    kwargs.setdefault("cores", 1)
+    kwargs.setdefault("input", False)
+    with bm.Machine(console="capture", **kwargs) as m:
+        result = m.run(main)
+        return result, m.console.output()
