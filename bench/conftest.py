@@ -78,3 +78,29 @@ def pytest_terminal_summary(terminalreporter):
                       row["target"], met)
     Console(width=160).print(table)
     terminalreporter.write_line(f"saved to {os.path.join(RESULTS, 'summary.json')}")
+
+
+NATIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "native")
+
+
+@pytest.fixture(scope="session")
+def c_peer(tmp_path_factory):
+    """Compile bench/peers/NAME.c (with native/ on the include path) into a shared object and
+    load it with ctypes.  The runtime's own extension is made global first, so a peer that
+    calls b_output & co. reaches the one implementation of each call."""
+    import ctypes
+    import subprocess
+
+    import pybaremetal._native as native
+    ctypes.CDLL(native.__file__, mode=os.RTLD_NOW | os.RTLD_GLOBAL | os.RTLD_NOLOAD)
+    built = {}
+
+    def c_peer(name, flags=("-O2",)):
+        if name not in built:
+            source = os.path.join(os.path.dirname(__file__), "peers", name + ".c")
+            target = str(tmp_path_factory.mktemp("peers") / (name + ".so"))
+            subprocess.run(["gcc", "-shared", "-fPIC", "-pthread", *flags, "-I", NATIVE, source,
+                            "-o", target], check=True)
+            built[name] = ctypes.CDLL(target)
+        return built[name]
+    return c_peer

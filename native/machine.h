@@ -59,7 +59,9 @@ struct bm_error {
 };
 
 /* The calling thread's last error.  Public calls clear it on entry. */
-extern __thread struct bm_error bm_error;
+/* initial-exec TLS: one %fs-relative load instead of a __tls_get_addr call per access */
+#define BM_TLS __thread __attribute__((tls_model("initial-exec")))
+extern BM_TLS struct bm_error bm_error;
 #define bm_error_clear() (bm_error.code = BM_OK)
 /* Record an error (printf-style message); returns 0 so callers can `return bm_fail(...)`. */
 u64 bm_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -103,7 +105,7 @@ struct bm_machine {
 };
 
 /* The calling thread's core, NULL if the thread is not a core.  Defined in smp.c. */
-extern __thread struct bm_core *bm_self;
+extern BM_TLS struct bm_core *bm_self;
 
 /* The calling thread's machine, or NULL with BM_ERR_NO_MACHINE recorded. */
 static inline struct bm_machine *bm_current(void)

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include "machine.h"
 
-__thread struct bm_core *bm_self;
+BM_TLS struct bm_core *bm_self;
 
 static _Atomic u64 *slot_of(struct bm_machine *m, u32 core)
 {

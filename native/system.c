@@ -21,7 +21,7 @@
 #include <x86intrin.h>
 #include "machine.h"
 
-__thread struct bm_error bm_error;
+BM_TLS struct bm_error bm_error;
 
 /* bm_fail -- record the calling thread's error for the Python face
  *  IN:  code = enum bm_error_code, fmt... = message

@@ -13,8 +13,9 @@ import signal
 import sys
 import termios
 
-from ._native import ffi, lib
-from .errors import ArgumentError, raise_recorded
+from ._native import lib
+from .current import current_machine, local as _local
+from .errors import ArgumentError
 from .memory import as_pointer
 
 
@@ -159,30 +160,34 @@ def b_output(data, nbr=None):
     to the current machine's output.  ``nbr`` defaults to the whole of ``data``.
 
     Raises NoMachineError outside a machine, ArgumentError for a bad ``nbr`` or type."""
-    from .machine import current_machine
-    machine = current_machine()
-    if isinstance(data, str):
-        data = data.encode()
-    if isinstance(data, int) and not isinstance(data, bool):
+    machine = getattr(_local, "machine", None)
+    if machine is None:
+        current_machine()                      # raises NoMachineError
+    if type(data) is bytes:                    # the common case: cffi passes bytes as char * as is
+        pointer = data
+        size = len(data)
+    elif isinstance(data, str):
+        pointer = data.encode()
+        size = len(pointer)
+    elif isinstance(data, int) and not isinstance(data, bool):
         if nbr is None:
             raise ArgumentError("b_output: nbr is required when data is an address")
         pointer, _ = as_pointer(machine, data, nbr, False, "b_output")
+        size = nbr
     else:
         pointer, _ = as_pointer(machine, data, 0, False, "b_output")
         size = len(pointer)
-        if nbr is None:
-            nbr = size
-        elif not 0 <= nbr <= size:
-            raise ArgumentError(f"b_output: nbr={nbr} but data holds {size} bytes")
+    if nbr is None:
+        nbr = size
+    elif not 0 <= nbr <= size:
+        raise ArgumentError(f"b_output: nbr={nbr} but data holds {size} bytes")
     if machine._flush_python_stdout:
         sys.stdout.flush()
     lib.b_output(pointer, nbr)
-    if lib.bm_error_code():
-        raise_recorded()
 
 
 def b_input():
     """The next byte of input as an int, 0 if none is waiting.  Never blocks."""
-    from .machine import current_machine
-    current_machine()
+    if getattr(_local, "machine", None) is None:
+        current_machine()
     return lib.b_input()

@@ -10,21 +10,12 @@ import warnings
 
 from . import abi, nvs, net
 from ._native import ffi, lib
-from .errors import (ArgumentError, NoMachineError, OutOfMemory, Reboot, Shutdown, StateError,
+from .errors import (ArgumentError, OutOfMemory, Reboot, Shutdown, StateError,
                      raise_recorded)
 from .io import Console
 from .memory import FlatMemory, check_range, parse_size
 
-_local = threading.local()
-
-
-def current_machine():
-    """The machine the calling thread is a core of.  Raises NoMachineError if none."""
-    machine = getattr(_local, "machine", None)
-    if machine is None:
-        raise NoMachineError("no machine: call this from an app running on a Machine "
-                             "(Machine.run, or inside `with Machine() as m:`)")
-    return machine
+from .current import current_machine, local as _local  # noqa: F401 (re-exported)
 
 
 def _cpu_mhz():

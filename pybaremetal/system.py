@@ -8,6 +8,7 @@ REBOOT raise :class:`Shutdown` / :class:`Reboot` so that the app's run ends wher
 """
 from . import abi
 from ._native import ffi, lib
+from .current import current_machine
 from .errors import ArgumentError, Reboot, Shutdown, raise_recorded
 
 _CONVERTERS = {}
@@ -39,12 +40,14 @@ def b_system(function, var1=0, var2=0):
 
     Raises NoMachineError outside a machine, ArgumentError/AddressError when the C layer
     refused the arguments (e.g. DUMP_MEM of unreadable memory), Shutdown/Reboot for those codes."""
-    from .machine import current_machine
     machine = current_machine()
     convert = _CONVERTERS.get(function)
     if convert is not None:
         var1, var2 = convert(machine, var1, var2)
-    result = lib.b_system(_as_u64(function, "function"), _as_u64(var1, "var1"), _as_u64(var2, "var2"))
+    try:
+        result = lib.b_system(function, var1, var2)
+    except (TypeError, OverflowError):           # not plain u64s: convert, or say which is wrong
+        result = lib.b_system(_as_u64(function, "function"), _as_u64(var1, "var1"), _as_u64(var2, "var2"))
     if result == 0:
         raise_recorded()
     if function == abi.SHUTDOWN:
