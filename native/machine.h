@@ -1,4 +1,4 @@
-/* machine.h -- the internal structs every native/*.c file shares.
+/* machine.h -- the internal structs every C file of the core shares.
  *
  * A hosted BareMetal machine is a `struct bm_machine`: one flat memory region (the app's
  * "physical" memory: byte p of the contract's memory map is mem[p]), a set of cores (threads),
