@@ -145,6 +145,7 @@ struct bm_core *bm_bind(struct bm_machine *m, u32 core_id);
 void bm_unbind(struct bm_core *previous);
 int bm_run_main(struct bm_machine *m, int (*app_main)(int, char **), int argc, char **argv, int *exit_code);
 u64 bm_mem_alloc(struct bm_machine *m, u64 nbytes);
+u64 bm_mem_reserve(struct bm_machine *m, u64 phys, u64 nbytes);
 u64 bm_mem_free(struct bm_machine *m, u64 phys);
 void bm_mem_reset(struct bm_machine *m);
 

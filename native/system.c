@@ -251,6 +251,33 @@ u64 bm_mem_alloc(struct bm_machine *m, u64 nbytes)
 	return found * BM_PAGE_SIZE;
 }
 
+/* bm_mem_reserve -- claim the pages of [phys, phys+nbytes) (a binary's load address)
+ *  IN:  m, phys (2 MiB aligned, >= 2 MiB), nbytes (> 0)
+ * OUT:  phys; 0 with BM_ERR_FULL if a page there is taken, BM_ERR_ARGUMENT/RANGE for a bad range */
+u64 bm_mem_reserve(struct bm_machine *m, u64 phys, u64 nbytes)
+{
+	bm_error_clear();
+	u64 first = phys / BM_PAGE_SIZE, count = (nbytes + BM_PAGE_SIZE - 1) / BM_PAGE_SIZE;
+	if (phys % BM_PAGE_SIZE != 0 || first == 0 || nbytes == 0)
+		return bm_fail(BM_ERR_ARGUMENT, "cannot reserve 0x%llx (+%llu bytes)", phys, nbytes);
+	if (first >= m->num_pages || count > m->num_pages - first)
+		return bm_fail(BM_ERR_RANGE, "0x%llx (+%llu bytes) is beyond the machine's memory", phys, nbytes);
+	u64 taken = 0;
+	pthread_mutex_lock(&m->pages_lock);
+	for (u64 i = 0; i < count; i++)
+		taken |= m->page_used[first + i];
+	if (!taken) {
+		memset(m->page_used + first, 1, count);
+		m->page_run[first] = (u32)count;
+		m->pages_free -= count;
+		put32(m, BM_SYSVAR_FREE_MIB, (u32)(m->pages_free * (BM_PAGE_SIZE >> 20)));
+	}
+	pthread_mutex_unlock(&m->pages_lock);
+	if (taken)
+		return bm_fail(BM_ERR_FULL, "memory at 0x%llx (+%llu bytes) is already in use", phys, nbytes);
+	return phys;
+}
+
 /* bm_mem_free -- give back a run bm_mem_alloc returned
  *  IN:  m, physical address of the run
  * OUT:  bytes freed, 0 with BM_ERR_ARGUMENT if the address is not the start of a run */

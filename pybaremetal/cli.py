@@ -40,7 +40,8 @@ def build_parser():
         "run", help="boot a machine and run an app on it",
         description="Boot a machine and run APP on core 0.  Arguments after -- reach the app "
                     "(sys.argv[1:] for Python apps).  The exit code is the app's return value.")
-    run.add_argument("app", metavar="APP", help="the app: a .py file with a main() function")
+    run.add_argument("app", metavar="APP", help="the app: a .py file with a main() function, or a flat "
+                     "binary (.app) built for BareMetal (runs under KVM)")
     _add_machine_options(run)
     return parser
 
@@ -93,7 +94,7 @@ def main(argv=None):
             return cmd_run(args, app_argv)
     except BareMetalError as error:
         print(f"baremetal: error: {error}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_status", 2)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -6,6 +6,7 @@ from ..errors import ArgumentError
 # suffix -> module of this package that runs that kind of app
 KINDS = {
     ".py": ("python", "a Python module with a main() function"),
+    ".app": ("binary", "a flat binary built for BareMetal, run under KVM"),
 }
 
 

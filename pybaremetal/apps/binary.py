@@ -1,0 +1,77 @@
+"""Flat binaries (.app): images built for the real kernel, run unmodified under KVM.
+
+The image is loaded at physical 0x200000, which the guest sees at 0xFFFF800000000000 (where
+BareMetal apps are linked), and entered at its first byte on core 0.  The pages the image
+occupies, plus 2 MiB for its .bss and heap, are reserved so FREE_MEMORY and machine.alloc see
+them as used; a further 2 MiB page is the app's stack.  When the app returns, the run ends
+and the low 8 bits of RAX are the exit code (C apps: main's return value through crt0).
+"""
+import os
+import subprocess
+import tempfile
+
+from .. import abi
+from ..cpu import kvm
+from ..errors import ArgumentError, BareMetalError
+
+APP_PHYSICAL = 0x200000
+HEAP_MARGIN = 2 << 20
+NATIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "native")
+FLAT = os.path.join(NATIVE, "flat")
+# freestanding, no red zone (calls through the call table push below RSP), any address
+FLAT_CFLAGS = ["-ffreestanding", "-fno-pic", "-mcmodel=large", "-mno-red-zone", "-fno-stack-protector",
+               "-fno-asynchronous-unwind-tables", "-falign-functions=16", "-Wall", "-Wextra"]
+
+
+class BuildError(BareMetalError):
+    """Compiling or linking a flat binary failed (the compiler's messages were printed)."""
+
+
+def build(sources, output, optimize="-O2", extra_flags=()):
+    """Compile C ``sources`` into a flat binary ``output`` for the real kernel (and for
+    ``baremetal run``): crt0 + the call-table libBareMetal + the app, linked at
+    0xFFFF800000000000 by native/flat/app.ld.  Raises BuildError when gcc or ld fails."""
+    for source in sources:
+        if not os.path.exists(source):
+            raise ArgumentError(f"{source}: no such file")
+    with tempfile.TemporaryDirectory(prefix="baremetal-flat-") as work:
+        objects = []
+        inputs = [os.path.join(FLAT, "crt0.c"), os.path.join(FLAT, "libBareMetal.c"), *sources]
+        for i, source in enumerate(inputs):
+            obj = os.path.join(work, f"{i}.o")
+            command = ["gcc", optimize, *FLAT_CFLAGS, *extra_flags, "-I", NATIVE, "-c", source, "-o", obj]
+            if subprocess.run(command).returncode != 0:
+                raise BuildError(f"compiling {source} failed")
+            objects.append(obj)
+        command = ["ld", "-nostdlib", "-T", os.path.join(FLAT, "app.ld"), "-o", output, *objects]
+        if subprocess.run(command).returncode != 0:
+            raise BuildError(f"linking {output} failed")
+    return output
+
+
+def load(machine, image):
+    """Copy ``image`` to 0x200000 and reserve its pages; returns the stack's top (guest address)."""
+    size = len(image) + HEAP_MARGIN
+    if APP_PHYSICAL + size > machine.memory_size:
+        raise ArgumentError(f"the app ({len(image)} bytes) does not fit in {machine.memory_size >> 20} MiB")
+    from .._native import lib
+    from ..errors import raise_recorded
+    if lib.bm_mem_reserve(machine._c, APP_PHYSICAL, size) == 0:
+        raise_recorded()
+    machine.memory[APP_PHYSICAL:APP_PHYSICAL + len(image)] = memoryview(image)
+    stack, _ = machine.alloc(abi.PAGE_SIZE)
+    return machine.offset(stack) + abi.PAGE_SIZE
+
+
+def run(machine, path, argv):
+    """Run the binary at ``path`` on ``machine``; returns its exit code."""
+    with open(path, "rb") as f:
+        image = f.read()
+    if not image:
+        raise ArgumentError(f"{path}: empty file, not a flat binary")
+    if not kvm.available():
+        raise kvm.AppCrashed("flat binaries need KVM: /dev/kvm is missing or not usable here")
+
+    def once():
+        return kvm.run(machine, load(machine, image)) & 0xFF
+    return machine.run(once)

@@ -1,0 +1,1 @@
+"""How flat binaries execute.  kvm: hardware virtualization over the machine's own memory."""

@@ -1,0 +1,37 @@
+"""Flat binaries under KVM: the vCPU loop lives in native/cpu_kvm.c (no Python in the hot
+path); this module checks availability and turns the outcome into Python terms."""
+import os
+
+from .._native import ffi, lib
+from ..errors import BareMetalError, Reboot, Shutdown, recorded_error
+
+RETURNED, SHUTDOWN, REBOOT, FAULT = 0, 1, 2, -1
+
+
+class AppCrashed(BareMetalError):
+    """A binary faulted (CPU exception, memory outside the machine) or KVM refused to run it."""
+    exit_status = 1                        # `baremetal run`: the app failed, not the command line
+
+
+def available():
+    """True if /dev/kvm is there and usable."""
+    return os.path.exists("/dev/kvm") and bool(lib.bm_kvm_available())
+
+
+def run(machine, stack_top):
+    """Run the image loaded at 0xFFFF800000000000 on core 0 (the calling thread).
+
+    Returns the app's RAX when it returns; raises Shutdown/Reboot for those calls and
+    AppCrashed (saying where) when it faults."""
+    if not available():
+        raise AppCrashed("flat binaries need KVM: /dev/kvm is missing or not usable here "
+                         "(load the kvm module, or give this user access to /dev/kvm)")
+    rax = ffi.new("u64 *")
+    end = lib.bm_kvm_run_app(machine._c, stack_top, rax)
+    if end == RETURNED:
+        return rax[0]
+    if end == SHUTDOWN:
+        raise Shutdown()
+    if end == REBOOT:
+        raise Reboot()
+    raise AppCrashed(recorded_error()[1])

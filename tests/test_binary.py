@@ -1,0 +1,203 @@
+"""Flat binaries (.app) under real KVM: assembled with nasm or built from C for the real kernel."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import pybaremetal as bm
+from pybaremetal.apps import binary
+from pybaremetal.cpu import kvm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(not kvm.available(), reason="needs /dev/kvm")
+
+HEADER = """BITS 64
+DEFAULT REL
+ORG 0xFFFF800000000000
+b_input equ 0x100010
+b_output equ 0x100018
+b_system equ 0x100040
+"""
+
+
+def assemble(tmp_path, body, name="app"):
+    assert shutil.which("nasm"), "nasm is installed by `make` (Makefile DEBIAN_PACKAGES)"
+    source, image = tmp_path / f"{name}.asm", tmp_path / f"{name}.app"
+    source.write_text(HEADER + body)
+    subprocess.run(["nasm", "-f", "bin", str(source), "-o", str(image)], check=True)
+    return str(image)
+
+
+def run_image(path, **kwargs):
+    kwargs.setdefault("memory", "16M")
+    with bm.Machine(cores=1, console="capture", **kwargs) as m:
+        code = binary.run(m, path, [])
+        return code, m.console.output()
+
+
+def test_hello_example_assembled_with_nasm(tmp_path):
+    image = tmp_path / "hello.app"
+    subprocess.run(["nasm", "-f", "bin", os.path.join(ROOT, "examples", "hello.asm"), "-o", str(image)], check=True)
+    done = subprocess.run([sys.executable, "-m", "pybaremetal", "run", str(image), "--cores", "2", "--no-pin"],
+                          capture_output=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"Hello, world!\ncores: 2\n"
+
+
+def test_registers_other_than_results_are_preserved_across_calls(tmp_path):
+    image = assemble(tmp_path, """
+    mov rbx, 0x1111
+    mov rbp, 0x2222
+    mov r8, 0x3333
+    mov r15, 0x4444
+    mov rdi, 0x5555
+    mov rdx, 0x6666
+    lea rsi, [msg]
+    mov rcx, 3
+    call [abs b_output]
+    cmp rbx, 0x1111
+    jne bad
+    cmp rbp, 0x2222
+    jne bad
+    cmp r8, 0x3333
+    jne bad
+    cmp r15, 0x4444
+    jne bad
+    cmp rdi, 0x5555
+    jne bad
+    cmp rdx, 0x6666
+    jne bad
+    lea rax, [msg]
+    cmp rsi, rax
+    jne bad
+    mov eax, 0
+    ret
+bad:
+    mov eax, 9
+    ret
+msg: db 'ok', 10
+""")
+    assert run_image(image) == (0, b"ok\n")
+
+
+def test_b_system_and_b_input_through_the_call_table(tmp_path):
+    image = assemble(tmp_path, """
+    mov rcx, 0x11            ; SMP_NUMCORES
+    call [abs b_system]
+    mov rbx, rax
+    call [abs b_input]       ; AL = first key
+    add al, bl               ; 'a' + cores
+    mov [key], al
+    lea rsi, [key]
+    mov rcx, 1
+    call [abs b_output]
+    mov rcx, 0x71            ; DUMP_RAX
+    mov rax, 0xABCDEF
+    call [abs b_system]
+    mov eax, 3
+    ret
+key: db 0
+""")
+    assert run_image(image, input=b"a") == (3, b"b0000000000ABCDEF")
+
+
+def test_c_app_built_for_the_real_kernel_reads_the_infomap_and_returns_its_exit_code(tmp_path):
+    source = tmp_path / "app.c"
+    source.write_text(r"""
+#include "libBareMetal.h"
+static const char *digits[] = {"0", "1", "2", "3", "4"};
+static int zeroed[1000];
+int main(void) {
+    u16 cores = *(volatile u16 *)0x5012;        /* InfoMap: cores active */
+    u32 ram = *(volatile u32 *)0x5020;          /* InfoMap: RAM in MiB */
+    for (int i = 0; i < 1000; i++)
+        if (zeroed[i]) return 99;
+    b_output("cores=", 6);
+    b_output(digits[cores], 1);
+    b_output("\n", 1);
+    return (int)(ram + b_system(FREE_MEMORY, 0, 0) % 7);
+}
+""")
+    image = binary.build([str(source)], str(tmp_path / "app.app"))
+    with bm.Machine(cores=2, memory="32M", console="capture", pin=False) as m:
+        code = binary.run(m, image, [])
+        out = m.console.output()
+    assert out == b"cores=2\n"
+    assert code == 32 + 24 % 7   # RAM 32 MiB; free: 30 minus the image's 4 MiB (+heap) and a 2 MiB stack
+
+
+def test_compile_errors_raise_build_error(tmp_path):
+    source = tmp_path / "bad.c"
+    source.write_text("int main(void) { return undefined_thing; }\n")
+    with pytest.raises(binary.BuildError, match="compiling"):
+        binary.build([str(source)], str(tmp_path / "bad.app"))
+
+
+def test_shutdown_from_a_binary_ends_the_run(tmp_path):
+    image = assemble(tmp_path, """
+    lea rsi, [msg]
+    mov rcx, 4
+    call [abs b_output]
+    mov rcx, 0x7F            ; SHUTDOWN
+    call [abs b_system]
+    lea rsi, [msg]
+    mov rcx, 4
+    call [abs b_output]
+    ret
+msg: db 'bye', 10
+""")
+    assert run_image(image) == (None, b"bye\n")
+
+
+@pytest.mark.parametrize("body, what", [("ud2\n", "crashed"),
+                                        ("mov rax, [abs 0x7F000000]\nret\n", "crashed"),
+                                        ("hlt\n", "halted"),
+                                        ("mov al, 1\nout 0x80, al\nret\n", "I/O port 0x80")])
+def test_a_crashing_binary_reports_where_and_the_machine_survives(tmp_path, body, what):
+    image = assemble(tmp_path, body)
+    with bm.Machine(cores=1, memory="16M", console="capture") as m:
+        with pytest.raises(kvm.AppCrashed, match=what):
+            binary.run(m, image, [])
+        assert m.run(lambda: bm.b_system(bm.SMP_NUMCORES)) == 1
+
+
+def test_bad_pointers_from_a_binary_touch_nothing(tmp_path):
+    image = assemble(tmp_path, """
+    mov rsi, 0x7FFFFFFF0000  ; outside the machine
+    mov rcx, 16
+    call [abs b_output]
+    lea rsi, [msg]
+    mov rcx, 0xFFFFFFFFFF    ; runs past the end of memory
+    call [abs b_output]
+    mov rcx, 0x70            ; DUMP_MEM of memory that is not there
+    mov rax, 0x7FFFFFFF0000
+    mov rdx, 64
+    call [abs b_system]
+    ret
+msg: db 'x'
+""")
+    code, out = run_image(image)
+    assert out == b""
+
+
+def test_cli_reports_a_crash_with_exit_code_1(tmp_path):
+    image = assemble(tmp_path, "ud2\n")
+    done = subprocess.run([sys.executable, "-m", "pybaremetal", "run", image], capture_output=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 1
+    assert b"crashed" in done.stderr and b"rip=0xffff800000000000" in done.stderr
+
+
+def test_empty_and_oversized_images_are_refused(tmp_path):
+    empty = tmp_path / "empty.app"
+    empty.write_bytes(b"")
+    with bm.Machine(cores=1, memory="8M", console="capture") as m:
+        with pytest.raises(bm.ArgumentError, match="empty"):
+            binary.run(m, str(empty), [])
+    big = tmp_path / "big.app"
+    big.write_bytes(b"\x90" * (7 << 20))
+    with bm.Machine(cores=1, memory="8M", console="capture") as m:
+        with pytest.raises(bm.ArgumentError, match="does not fit"):
+            binary.run(m, str(big), [])
