@@ -215,7 +215,7 @@ static u64 guest_system(struct bm_machine *m, u64 function, u64 var1, u64 var2)
 		void *p = guest_to_host(m, var1, var2);
 		if (p == NULL)
 			return bm_fail(BM_ERR_RANGE, "DUMP_MEM: 0x%llx is outside memory", var1);
-		return b_system(function, (u64)(uintptr_t)p, var2);
+		return bm_dump_mem((u64)(uintptr_t)p, var1, var2);
 	}
 	case SCREEN_LFB_GET:
 		return host_to_guest(m, (void *)(uintptr_t)b_system(function, var1, var2));

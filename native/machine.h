@@ -148,5 +148,6 @@ u64 bm_mem_alloc(struct bm_machine *m, u64 nbytes);
 u64 bm_mem_reserve(struct bm_machine *m, u64 phys, u64 nbytes);
 u64 bm_mem_free(struct bm_machine *m, u64 phys);
 void bm_mem_reset(struct bm_machine *m);
+u64 bm_dump_mem(u64 address, u64 shown, u64 length);
 
 #endif

@@ -320,11 +320,12 @@ static void dump_hex(char *out, u64 v, int bytes)
 		out[i] = hex_digits[(v >> (4 * (2 * bytes - 1 - i))) & 0xF];
 }
 
-/* dump_mem -- upstream's DUMP_MEM: "0x" + 16 hex digits of the address, newline, then lines
+/* bm_dump_mem -- upstream's DUMP_MEM: "0x" + 16 hex digits of the address, newline, then lines
  * of up to 16 bytes, each byte " XX", each line ending in a newline.
- *  IN:  address, length (any readable process memory)
+ *  IN:  address = the memory to dump (any readable process memory), shown = the address to
+ *       print (the app's own view of it), length
  * OUT:  bytes dumped; 0 with BM_ERR_RANGE when the range is not readable (nothing printed) */
-static u64 dump_mem(u64 address, u64 length)
+u64 bm_dump_mem(u64 address, u64 shown, u64 length)
 {
 	if (length == 0)
 		return 0;
@@ -337,10 +338,10 @@ static u64 dump_mem(u64 address, u64 length)
 		struct iovec local = { probe, n }, remote = { (void *)(uintptr_t)(address + done), n };
 		if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)n)
 			return bm_fail(BM_ERR_RANGE, "DUMP_MEM: 0x%llx..0x%llx is not readable memory",
-				       address, address + length);
+				       shown, shown + length);
 		done += n;
 	}
-	dump_hex(head + 2, address, 8);
+	dump_hex(head + 2, shown, 8);
 	head[18] = '\n';
 	b_output(head, 19);
 	for (u64 done = 0; done < length; done += 16) {
@@ -430,7 +431,7 @@ u64 b_system(u64 function, u64 var1, u64 var2)
 		atomic_store(&m->callback[function - CALLBACK_TIMER], var1);
 		return var1;
 	case DUMP_MEM:
-		return dump_mem(var1, var2);
+		return bm_dump_mem(var1, var1, var2);
 	case DUMP_RAX: {
 		char digits[16];
 		dump_hex(digits, var1, 8);

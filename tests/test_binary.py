@@ -96,11 +96,18 @@ def test_b_system_and_b_input_through_the_call_table(tmp_path):
     mov rcx, 0x71            ; DUMP_RAX
     mov rax, 0xABCDEF
     call [abs b_system]
+    mov rcx, 0x70            ; DUMP_MEM of the app's own bytes, at its own address
+    lea rax, [key]
+    mov rdx, 1
+    call [abs b_system]
     mov eax, 3
     ret
 key: db 0
 """)
-    assert run_image(image, input=b"a") == (3, b"b0000000000ABCDEF")
+    code, out = run_image(image, input=b"a")
+    assert code == 3
+    assert out.startswith(b"b0000000000ABCDEF0xFFFF8000000000")     # the guest's address
+    assert out.endswith(b"\n 62\n")
 
 
 def test_c_app_built_for_the_real_kernel_reads_the_infomap_and_returns_its_exit_code(tmp_path):
