@@ -17,7 +17,7 @@ from .errors import (AddressError, ArgumentError, BareMetalError, HostError, NoM
                      OutOfMemory, Reboot, Shutdown, StateError)
 from .io import b_input, b_output
 from .machine import Machine, current_machine
-from .nvs import NvsError
+from .nvs import Drive, NvsError, NvsWarning, b_nvs_read, b_nvs_write
 from .net import NetError
 from .system import b_system
 
