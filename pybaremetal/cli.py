@@ -1,6 +1,7 @@
 """The `baremetal` command."""
 import argparse
 import os
+import signal
 import sys
 import traceback
 
@@ -62,10 +63,17 @@ def exit_code(result):
     return 1
 
 
+def _terminate(signum, frame):
+    """SIGTERM ends the run like an app's sys.exit: the machine halts (drives flushed)."""
+    raise SystemExit(128 + signum)
+
+
 def cmd_run(args, app_argv):
     from .apps import loader_for
     from .machine import Machine
     loader = loader_for(args.app)
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _terminate)
     machine = Machine(**machine_kwargs(args))
     try:
         result = loader.run(machine, args.app, app_argv)

@@ -121,7 +121,7 @@ def _request(c_call, call, writable, mem, start, num, drive):
     except BufferError:
         raise NvsError(f"{call}: mem is a read-only buffer; the call writes into it") from None
     done = c_call(pointer, start, num, drive)
-    if done < num:
+    if done < num or num == 0:
         code, message = recorded_error()
         if code:
             if code == 1:

@@ -37,18 +37,17 @@ def _create(path, size_spec):
 
 
 def _open(path, drive):
-    """(fd, direct): O_DIRECT (+ O_DSYNC when durable) if the filesystem allows it."""
+    """(fd, refused): O_DIRECT (+ O_DSYNC when durable) if the filesystem allows it; refused
+    is True when it did not (buffered I/O instead)."""
     flags = (os.O_RDONLY if drive.read_only else os.O_RDWR) | os.O_CLOEXEC
     try:
         if drive.direct:
             try:
-                return os.open(path, flags | os.O_DIRECT | (os.O_DSYNC if drive.durable else 0)), True
+                return os.open(path, flags | os.O_DIRECT | (os.O_DSYNC if drive.durable else 0)), False
             except OSError as error:
                 if error.errno != errno.EINVAL:
                     raise
-                warnings.warn(f"drive {path}: the filesystem refuses O_DIRECT; using buffered I/O"
-                              f"{' with fdatasync after each write' if drive.durable else ''}",
-                              NvsWarning, stacklevel=5)
+                return os.open(path, flags), True
         return os.open(path, flags), False
     except OSError as error:
         raise NvsError(f"drive {path}: cannot open it: {error.strerror}") from None
@@ -59,13 +58,17 @@ def open_drive(machine, drive, number):
     path = os.fspath(drive.path)
     if drive.create is not None:
         _create(path, drive.create)
-    fd, _ = _open(path, drive)
+    fd, refused = _open(path, drive)
     flags = (lib.BM_DRIVE_READ_ONLY if drive.read_only else 0) | (lib.BM_DRIVE_DURABLE if drive.durable else 0)
     got = lib.bm_nvs_attach_file(machine._c, fd, flags, path.encode())
     if got < 0:
         os.close(fd)
         raise_recorded(NvsError)
     assert got == number, (got, number)
+    if refused:
+        warnings.warn(f"drive {path}: the filesystem refuses O_DIRECT; using buffered I/O"
+                      f"{' with fdatasync after each write' if drive.durable else ''}",
+                      NvsWarning, stacklevel=5)
     attached = FileDrive(machine, number, path, drive)
     if drive.queue_depth is not None:
         attached.queue_depth = drive.queue_depth
