@@ -20,5 +20,6 @@ from .machine import Machine, current_machine
 from .nvs import Drive, NvsError, NvsWarning, b_nvs_read, b_nvs_write
 from .net import NetError
 from .system import b_system
+from . import bmfs
 
 __version__ = "0.1.0"

@@ -44,6 +44,13 @@ def build_parser():
     run.add_argument("app", metavar="APP", help="the app: a .py file with a main() function, or a flat "
                      "binary (.app) built for BareMetal (runs under KVM)")
     _add_machine_options(run)
+    from .bmfs import USAGE
+    bmfs = commands.add_parser(
+        "bmfs", help="make, list and change BMFS disks (image files or block devices)",
+        usage=USAGE, description="BareMetal File System tool; disks interchangeable with upstream's bmfs.")
+    bmfs.add_argument("disk", metavar="DISK")
+    bmfs.add_argument("bmfs_command", metavar="COMMAND")
+    bmfs.add_argument("bmfs_args", nargs="*", metavar="ARGS")
     return parser
 
 
@@ -100,6 +107,13 @@ def main(argv=None):
     try:
         if args.command == "run":
             return cmd_run(args, app_argv)
+        if args.command == "bmfs":
+            from .bmfs import BmfsError, run_command
+            try:
+                run_command(args.disk, args.bmfs_command, args.bmfs_args + app_argv)
+            except BmfsError as error:
+                print(f"baremetal bmfs: error: {error}", file=sys.stderr)
+                return 1
     except BareMetalError as error:
         print(f"baremetal: error: {error}", file=sys.stderr)
         return getattr(error, "exit_status", 2)
