@@ -4,6 +4,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 
 from .errors import BareMetalError
 
@@ -81,6 +82,7 @@ def cmd_run(args, app_argv):
     loader = loader_for(args.app)
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _terminate)
+    warnings.formatwarning = lambda message, *rest, **kw: f"baremetal: warning: {message}\n"
     machine = Machine(**machine_kwargs(args))
     try:
         result = loader.run(machine, args.app, app_argv)

@@ -68,7 +68,7 @@ def open_drive(machine, drive, number):
     if refused:
         warnings.warn(f"drive {path}: the filesystem refuses O_DIRECT; using buffered I/O"
                       f"{' with fdatasync after each write' if drive.durable else ''}",
-                      NvsWarning, stacklevel=5)
+                      NvsWarning, stacklevel=4)
     attached = FileDrive(machine, number, path, drive)
     if drive.queue_depth is not None:
         attached.queue_depth = drive.queue_depth
