@@ -446,3 +446,56 @@ def test_cli_drive_is_flushed_and_closed_on_sigterm_and_app_exception(disk_dir, 
     assert child.returncode == (128 + signal.SIGTERM if ending == "sigterm" else 1), err
     assert path.read_bytes()[5 * SECTOR:6 * SECTOR] == b"\x5e" * SECTOR
     assert path.stat().st_size == 16 * SECTOR
+
+
+FLAT_APP = """BITS 64
+DEFAULT REL
+ORG 0xFFFF800000000000
+    mov rax, 3                  ; b_nvs_write: RAX start, RCX count, RDX drive, RSI memory
+    mov rcx, 1
+    xor edx, edx
+    lea rsi, [outbuf]
+    call [abs 0x100038]
+    cmp rcx, 1
+    jne fail
+    xor eax, eax                ; b_nvs_read: RDI memory
+    mov rcx, 1
+    xor edx, edx
+    lea rdi, [inbuf]
+    call [abs 0x100030]
+    cmp rcx, 1
+    jne fail
+    lea rsi, [inbuf]            ; b_output the first 8 bytes read
+    mov rcx, 8
+    call [abs 0x100018]
+    mov rax, 1000               ; past the end: RCX = 0, nothing read
+    mov rcx, 1
+    xor edx, edx
+    lea rdi, [inbuf]
+    call [abs 0x100030]
+    mov rax, rcx
+    ret
+fail:
+    mov rax, 7
+    ret
+align 4096
+outbuf: times 4096 db 'Z'
+inbuf: times 4096 db 0
+"""
+
+
+def test_flat_binary_reaches_the_same_drive_calls(disk_dir):
+    from pybaremetal.apps import binary
+    from pybaremetal.cpu import kvm
+    if not kvm.available():
+        pytest.skip("needs /dev/kvm")
+    path = image(disk_dir, sectors=8)
+    source, app = disk_dir / "nvs.asm", disk_dir / "nvs.app"
+    source.write_text(FLAT_APP)
+    subprocess.run(["nasm", "-f", "bin", str(source), "-o", str(app)], check=True)
+    first = path.read_bytes()[:8]
+    with bm.Machine(cores=1, memory="16M", console="capture", drives=[str(path)]) as m:
+        assert binary.run(m, str(app), []) == 0
+        assert m.console.output() == first
+        assert (m.drives[0].reads, m.drives[0].writes) == (1, 1)     # the refused read moved nothing
+    assert path.read_bytes()[3 * SECTOR:4 * SECTOR] == b"Z" * SECTOR

@@ -87,6 +87,8 @@ def attach(machine, specs):
     cannot be used (missing file, size not a multiple of 4096, ...); drives already opened
     stay with the machine, which closes them."""
     from . import file
+    if isinstance(specs, (str, Drive, os.PathLike)):
+        specs = [specs]                                # one drive given alone
     drives = [_as_drive(spec) for spec in (specs or ())]
     attached = []
     machine._drives = attached
