@@ -428,22 +428,22 @@ APP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("ending", ["sigterm", "exception"])
-def test_cli_drive_is_flushed_and_closed_on_sigterm_and_app_exception(disk_dir, ending):
+@pytest.mark.parametrize("ending", ["sigterm", "sigint", "exception"])
+def test_cli_drive_is_flushed_and_closed_on_signals_and_app_exception(disk_dir, ending):
     path, app = disk_dir / "cli.img", disk_dir / "app.py"
     app.write_text(APP)
     command = [sys.executable, "-m", "pybaremetal", "run", str(app), "--cores", "1", "--memory", "8M",
-               "--drive", f"{path},create=64K", "--", "5", "wait" if ending == "sigterm" else "fail"]
+               "--drive", f"{path},create=64K", "--", "5", "fail" if ending == "exception" else "wait"]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline() == "written\n"
-        if ending == "sigterm":
-            child.send_signal(signal.SIGTERM)
+        if ending != "exception":
+            child.send_signal(signal.SIGTERM if ending == "sigterm" else signal.SIGINT)
         _, err = child.communicate(timeout=30)
     finally:
         if child.poll() is None:
             child.kill()
-    assert child.returncode == (128 + signal.SIGTERM if ending == "sigterm" else 1), err
+    assert child.returncode == {"sigterm": 143, "sigint": 130, "exception": 1}[ending], err
     assert path.read_bytes()[5 * SECTOR:6 * SECTOR] == b"\x5e" * SECTOR
     assert path.stat().st_size == 16 * SECTOR
 
