@@ -72,6 +72,8 @@ def as_pointer(machine, mem, nbytes, writable, what):
     except TypeError:
         need = "a writable buffer" if writable else "a buffer"
         raise ArgumentError(f"{what}: expected {need} or a machine address, got {type(mem).__name__}") from None
+    except BufferError:
+        raise ArgumentError(f"{what}: got a read-only buffer, but the call writes into it") from None
     if len(buf) < nbytes:
         raise ArgumentError(f"{what}: the buffer holds {len(buf)} bytes, the call needs {nbytes}")
     return buf, buf

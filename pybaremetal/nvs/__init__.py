@@ -15,6 +15,7 @@ from .. import abi
 from .._native import lib
 from ..errors import AddressError, ArgumentError, BareMetalError, recorded_error
 from ..memory import as_pointer
+from ..current import current_machine
 
 
 class NvsError(BareMetalError):
@@ -111,7 +112,6 @@ def _check_u64(call, name, value):
 
 
 def _request(c_call, call, writable, mem, start, num, drive):
-    from ..machine import current_machine
     machine = current_machine()
     _check_u64(call, "start", start)
     _check_u64(call, "num", num)
@@ -120,8 +120,6 @@ def _request(c_call, call, writable, mem, start, num, drive):
         pointer, _keep = as_pointer(machine, mem, num * abi.SECTOR_SIZE, writable, f"{call} mem")
     except (ArgumentError, AddressError) as error:
         raise NvsError(str(error)) from None
-    except BufferError:
-        raise NvsError(f"{call}: mem is a read-only buffer; the call writes into it") from None
     done = c_call(pointer, start, num, drive)
     if done < num or num == 0:
         code, message = recorded_error()
