@@ -107,3 +107,16 @@ u8 b_input(void)
 
 /* bm_console_set_flush_stdio -- flush C stdio before each b_output (for C apps using printf) */
 void bm_console_set_flush_stdio(struct bm_machine *m, int on) { m->console.flush_stdio = on; }
+
+/* bm_console_input_ended -- 1 when b_input has seen the end of its input (a closed pipe, the
+ * end of a file) or has none, so a program reading lines can stop; 0 while more may come
+ *  IN:  m
+ * OUT:  1 or 0 */
+int bm_console_input_ended(struct bm_machine *m)
+{
+	struct bm_console *c = &m->console;
+	pthread_mutex_lock(&c->in_lock);
+	int ended = c->in_fd < 0 || (c->in_eof && c->in_pos == c->in_len);
+	pthread_mutex_unlock(&c->in_lock);
+	return ended;
+}

@@ -18,5 +18,6 @@ struct bm_console {
 void bm_console_init(struct bm_console *c, int out_fd, int in_fd);
 void bm_default_output(const char *str, u64 nbr);
 void bm_console_set_flush_stdio(struct bm_machine *m, int on);
+int bm_console_input_ended(struct bm_machine *m);
 
 #endif

@@ -10,6 +10,7 @@ from .errors import BareMetalError
 
 EPILOG = """examples:
   baremetal run examples/hello.py
+  baremetal monitor --drive disk.img
   baremetal run app.py --cores 2 --memory 512M -- arg1 arg2
 """
 
@@ -45,6 +46,11 @@ def build_parser():
     run.add_argument("app", metavar="APP", help="the app: a .py file with a main() function, or a flat "
                      "binary (.app) built for BareMetal (runs under KVM)")
     _add_machine_options(run)
+    monitor = commands.add_parser(
+        "monitor", help="boot a machine into the Monitor (BareMetal's command line)",
+        description="Boot a machine into the Monitor: dir, load and exec apps from the BMFS disk "
+                    "on drive 0 (init.app runs at boot), peek, poke, dump, shutdown.  Type help.")
+    _add_machine_options(monitor)
     from .bmfs import USAGE
     bmfs = commands.add_parser(
         "bmfs", help="make, list and change BMFS disks (image files or block devices)",
@@ -78,14 +84,24 @@ def _terminate(signum, frame):
 
 def cmd_run(args, app_argv):
     from .apps import loader_for
-    from .machine import Machine
     loader = loader_for(args.app)
+    return boot_and_run(args, lambda machine: loader.run(machine, args.app, app_argv))
+
+
+def cmd_monitor(args):
+    from . import monitor
+    return boot_and_run(args, monitor.run)
+
+
+def boot_and_run(args, runner):
+    """Build the machine the options describe, run ``runner(machine)``, halt; the exit code."""
+    from .machine import Machine
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _terminate)
     warnings.formatwarning = lambda message, *rest, **kw: f"baremetal: warning: {message}\n"
     machine = Machine(**machine_kwargs(args))
     try:
-        result = loader.run(machine, args.app, app_argv)
+        result = runner(machine)
     except SystemExit as stop:
         result = stop.code
     except BareMetalError:
@@ -109,6 +125,8 @@ def main(argv=None):
     try:
         if args.command == "run":
             return cmd_run(args, app_argv)
+        if args.command == "monitor":
+            return cmd_monitor(args)
         if args.command == "bmfs":
             from .bmfs import BmfsError, run_command
             try:

@@ -1,9 +1,9 @@
 """Flat binaries (.app): images built for the real kernel, run unmodified under KVM.
 
 The image is loaded at physical 0x200000, which the guest sees at 0xFFFF800000000000 (where
-BareMetal apps are linked), and entered at its first byte on core 0.  The pages the image
-occupies, plus 2 MiB for its .bss and heap, are reserved so FREE_MEMORY and machine.alloc see
-them as used; a further 2 MiB page is the app's stack.  When the app returns, the run ends
+BareMetal apps are linked), and entered at its first byte on core 0.  While it runs, the pages
+the image occupies, plus 2 MiB for its .bss and heap, are reserved so FREE_MEMORY and
+machine.alloc see them as used; a further 2 MiB page is the app's stack.  When the app returns, the run ends
 and the low 8 bits of RAX are the exit code (C apps: main's return value through crt0).
 """
 import os
@@ -49,29 +49,40 @@ def build(sources, output, optimize="-O2", extra_flags=()):
     return output
 
 
-def load(machine, image):
-    """Copy ``image`` to 0x200000 and reserve its pages; returns the stack's top (guest address)."""
+def execute(machine, image):
+    """Load ``image`` at 0x200000, run it on core 0 (the calling thread) and give its memory
+    back.  Returns the app's RAX; raises Shutdown/Reboot for those calls, AppCrashed if it
+    faults, ArgumentError if it does not fit."""
+    from .._native import lib
+    from ..errors import raise_recorded
     size = len(image) + HEAP_MARGIN
     if APP_PHYSICAL + size > machine.memory_size:
         raise ArgumentError(f"the app ({len(image)} bytes) does not fit in {machine.memory_size >> 20} MiB")
-    from .._native import lib
-    from ..errors import raise_recorded
     if lib.bm_mem_reserve(machine._c, APP_PHYSICAL, size) == 0:
         raise_recorded()
-    machine.memory[APP_PHYSICAL:APP_PHYSICAL + len(image)] = memoryview(image)
-    stack, _ = machine.alloc(abi.PAGE_SIZE)
-    return machine.offset(stack) + abi.PAGE_SIZE
+    try:
+        machine.memory[APP_PHYSICAL:APP_PHYSICAL + len(image)] = memoryview(image)
+        stack, _ = machine.alloc(abi.PAGE_SIZE)
+        try:
+            return kvm.run(machine, machine.offset(stack) + abi.PAGE_SIZE)
+        finally:
+            machine.free(stack)
+    finally:
+        machine.free(machine.addr(APP_PHYSICAL))
 
 
-def run(machine, path, argv):
-    """Run the binary at ``path`` on ``machine``; returns its exit code."""
+def read_image(path):
+    """The bytes of the binary at ``path``; ArgumentError if it cannot be one."""
     with open(path, "rb") as f:
         image = f.read()
     if not image:
         raise ArgumentError(f"{path}: empty file, not a flat binary")
+    return image
+
+
+def run(machine, path, argv):
+    """Run the binary at ``path`` on ``machine``; returns its exit code (RAX & 0xFF)."""
+    image = read_image(path)
     if not kvm.available():
         raise kvm.AppCrashed("flat binaries need KVM: /dev/kvm is missing or not usable here")
-
-    def once():
-        return kvm.run(machine, load(machine, image)) & 0xFF
-    return machine.run(once)
+    return machine.run(lambda: execute(machine, image) & 0xFF)
