@@ -1,35 +1,445 @@
-/* net.c -- b_net_tx / b_net_rx over the machine's NIC table. */
+/* net.c -- b_net_tx / b_net_rx over the machine's NIC table, NET_STATUS / NET_CONFIG, and the
+ * service thread that runs CALLBACK_TIMER and CALLBACK_NETWORK.
+ *
+ * The front end checks the interface id and the frame length, keeps the counters, and calls
+ * the NIC's table (struct bm_nic_ops); backends live in net_tap.c, net_packet.c, net_wire.c.
+ *
+ * Receive: b_net_rx never blocks.  The backend copies the next frame into the NIC's receive
+ * buffer in the system area (BM_NET_BUFFERS + iid * 16 KiB, see net.h) and b_net_rx points
+ * *mem at it; the next receive on that NIC overwrites it, as upstream.  An empty poll costs
+ * what the backend's check costs (a packet NIC reads its mmap ring's status word: no system
+ * call).  Backends lock only when a frame is there, so several cores may poll one NIC; they
+ * then share its one buffer, as upstream's cores would.
+ *
+ * Transmit: b_net_tx is safe from several cores (a per-NIC spin lock around the backend's tx).
+ * Policy for a full TX ring / queue: wait up to BM_NET_TX_WAIT_NS (50 ms) for room, then drop
+ * the frame, count it in tx_dropped and record BM_ERR_FULL.  A bad length or interface id also
+ * drops (counted: on the NIC, or in the machine's bad-iid counter) and records BM_ERR_ARGUMENT.
+ *
+ * Callbacks: one service thread per machine, started when the Python face attaches NICs (every
+ * machine, NICs or not, since the timer needs it).  It acts as core 0 -- upstream delivers
+ * interrupts to the BSP, so SMP_ID in a callback says 0 -- but with a core struct of its own
+ * (core 0's exit_jmp belongs to the app's thread).  It sleeps in epoll on: a timerfd (1 ms
+ * period while CALLBACK_TIMER is set), the NICs' fds (edge-triggered, while CALLBACK_NETWORK
+ * is set) and an eventfd to wake it.  It re-reads the callback words every wakeup and at least
+ * every 10 ms, so a callback set from C starts within 10 ms; from Python the face wakes it at
+ * once.  Each arriving frame calls the network callback once; the callback reads the frame with
+ * b_net_rx.  A callback that leaves the frame unread is called again on the next arrival only.
+ * A late timer calls its callback once per wakeup (missed ticks are not replayed).
+ */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 #include "machine.h"
 
+/* ---- locks ----------------------------------------------------------------------------- */
+
+/* bm_nic_lock -- take a NIC spin lock
+ *  IN:  lock, wait_ns = give up after this long (0: wait as long as it takes)
+ * OUT:  1 taken, 0 not taken within wait_ns */
+int bm_nic_lock(_Atomic int *lock, u64 wait_ns)
+{
+	u64 deadline = 0;
+	for (u32 spins = 0;; spins++) {
+		if (!atomic_load_explicit(lock, memory_order_relaxed) &&
+		    !atomic_exchange_explicit(lock, 1, memory_order_acquire))
+			return 1;
+		if (spins < 64) {
+			__builtin_ia32_pause();
+			continue;
+		}
+		if (wait_ns) {
+			u64 now = bm_now_ns();
+			if (deadline == 0)
+				deadline = now + wait_ns;
+			else if (now > deadline)
+				return 0;
+		}
+		sched_yield();
+	}
+}
+
+/* bm_nic_unlock -- release a lock bm_nic_lock took */
+void bm_nic_unlock(_Atomic int *lock) { atomic_store_explicit(lock, 0, memory_order_release); }
+
+/* ---- the table -------------------------------------------------------------------------- */
+
+/* bm_nic_init -- fill the common part of a backend's NIC
+ *  IN:  nic, ops, fd (-1 if none), mac (48-bit) */
+void bm_nic_init(struct bm_nic *nic, const struct bm_nic_ops *ops, int fd, u64 mac)
+{
+	memset(nic, 0, sizeof *nic);
+	nic->ops = ops;
+	nic->fd = fd;
+	nic->mac = mac & 0xFFFFFFFFFFFFull;
+}
+
+/* bm_net_add -- give a NIC to a machine (the next interface id)
+ *  IN:  m, nic (the machine owns it from now: closed on halt)
+ * OUT:  its iid, or -1 with BM_ERR_FULL (16 NICs) / BM_ERR_STATE (halted) recorded; the nic is
+ *       then still the caller's */
+int bm_net_add(struct bm_machine *m, struct bm_nic *nic)
+{
+	bm_error_clear();
+	int iid = -1;
+	pthread_mutex_lock(&m->net.lock);
+	u32 n = atomic_load(&m->net.num_nics);
+	if (atomic_load(&m->state) == BM_STATE_HALTED)
+		bm_fail(BM_ERR_STATE, "the machine is halted");
+	else if (n >= BM_MAX_NICS)
+		bm_fail(BM_ERR_FULL, "a machine has at most %d NICs", BM_MAX_NICS);
+	else {
+		m->net.nics[n] = nic;
+		atomic_store_explicit(&m->net.num_nics, n + 1, memory_order_release);
+		iid = (int)n;
+	}
+	pthread_mutex_unlock(&m->net.lock);
+	if (iid >= 0)
+		bm_net_service_wake(m);
+	return iid;
+}
+
+/* nic_of -- the NIC with id iid, NULL if there is none */
+static inline struct bm_nic *nic_of(struct bm_machine *m, u64 iid)
+{
+	if (__builtin_expect(iid >= atomic_load_explicit(&m->net.num_nics, memory_order_acquire), 0))
+		return NULL;
+	return m->net.nics[iid];
+}
+
+/* bm_net_nic -- the NIC with id iid, NULL if absent */
+struct bm_nic *bm_net_nic(struct bm_machine *m, u32 iid) { return nic_of(m, iid); }
+
+/* bm_nic_close -- close a NIC no machine owns (a wire's harness end) */
+void bm_nic_close(struct bm_nic *nic)
+{
+	if (nic != NULL)
+		nic->ops->close(nic);
+}
+
+/* bm_nic_send -- send one frame on a NIC: length check, lock, backend, counters
+ *  IN:  nic, frame, len
+ * OUT:  0 sent; -1 dropped (tx_dropped counted, BM_ERR_ARGUMENT / _FULL / _IO recorded) */
+int bm_nic_send(struct bm_nic *nic, const void *frame, u64 len)
+{
+	if (len < BM_FRAME_MIN || len > BM_FRAME_MAX) {
+		atomic_fetch_add_explicit(&nic->stats.tx_dropped, 1, memory_order_relaxed);
+		bm_fail(BM_ERR_ARGUMENT, "frame length %llu is outside %d..%d", len, BM_FRAME_MIN, BM_FRAME_MAX);
+		return -1;
+	}
+	bm_nic_lock(&nic->tx_lock, 0);
+	int r = nic->ops->tx(nic, frame, (u32)len);
+	bm_nic_unlock(&nic->tx_lock);
+	if (r != 0) {
+		atomic_fetch_add_explicit(&nic->stats.tx_dropped, 1, memory_order_relaxed);
+		return -1;
+	}
+	atomic_fetch_add_explicit(&nic->stats.tx_packets, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&nic->stats.tx_bytes, len, memory_order_relaxed);
+	return 0;
+}
+
+/* bm_nic_recv -- the next frame of a NIC into buf, never blocking
+ *  IN:  nic, buf, cap = its size
+ * OUT:  the frame's length, 0 if none (or an error recorded: a vanished device) */
+u64 bm_nic_recv(struct bm_nic *nic, void *buf, u64 cap)
+{
+	u32 len = nic->ops->rx(nic, buf, cap > 0xFFFFFFFFull ? 0xFFFFFFFFu : (u32)cap);
+	if (len) {
+		atomic_fetch_add_explicit(&nic->stats.rx_packets, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&nic->stats.rx_bytes, len, memory_order_relaxed);
+	}
+	return len;
+}
+
+/* bm_nic_stats -- the NIC's counters
+ *  IN:  nic, out = 6 u64: rx_packets, rx_bytes, rx_dropped, tx_packets, tx_bytes, tx_dropped */
+void bm_nic_stats(struct bm_nic *nic, u64 *out)
+{
+	if (nic->ops->host_drops)
+		atomic_fetch_add(&nic->stats.rx_dropped, nic->ops->host_drops(nic));
+	out[0] = atomic_load(&nic->stats.rx_packets);
+	out[1] = atomic_load(&nic->stats.rx_bytes);
+	out[2] = atomic_load(&nic->stats.rx_dropped);
+	out[3] = atomic_load(&nic->stats.tx_packets);
+	out[4] = atomic_load(&nic->stats.tx_bytes);
+	out[5] = atomic_load(&nic->stats.tx_dropped);
+}
+
+/* bm_net_stats -- the counters of a machine's NIC iid, also after halt closed it
+ *  IN:  m, iid, out = 6 u64 (as bm_nic_stats)
+ * OUT:  1, or 0 if the machine never had that NIC */
+int bm_net_stats(struct bm_machine *m, u32 iid, u64 *out)
+{
+	int found = 1;
+	pthread_mutex_lock(&m->net.lock);
+	if (iid < atomic_load(&m->net.num_nics))
+		bm_nic_stats(m->net.nics[iid], out);
+	else if (iid < m->net.num_closed)
+		memcpy(out, m->net.closed_stats[iid], sizeof m->net.closed_stats[iid]);
+	else
+		found = 0;
+	pthread_mutex_unlock(&m->net.lock);
+	return found;
+}
+
+/* bm_nic_mac / bm_nic_kind -- the NIC's MAC (48-bit) and backend name */
+u64 bm_nic_mac(struct bm_nic *nic) { return nic->mac; }
+const char *bm_nic_kind(struct bm_nic *nic) { return nic->ops->kind; }
+
+/* bm_net_bad_iid_drops -- frames b_net_tx refused because their interface does not exist */
+u64 bm_net_bad_iid_drops(struct bm_machine *m) { return atomic_load(&m->net.bad_iid_drops); }
+
+/* ---- the calls ---------------------------------------------------------------------------- */
+
 /* b_net_tx -- send one Ethernet frame
- *  IN:  mem = frame, len = its length (14..1522), iid = interface
- * OUT:  nothing (no NICs are attached in this build) */
+ *  IN:  mem = frame (14-byte header included), len = its length (14..1522), iid = interface
+ * OUT:  nothing.  Dropped and counted, with the reason recorded, for a bad iid or length, a full
+ *       ring after BM_NET_TX_WAIT_NS, or a host error (a vanished device) */
 void b_net_tx(void *mem, u64 len, u64 iid)
 {
 	bm_error_clear();
-	(void)mem; (void)len;
-	if (bm_current() != NULL)
-		bm_fail(BM_ERR_ARGUMENT, "no interface %llu", iid);
+	struct bm_machine *m = bm_current();
+	if (m == NULL)
+		return;
+	struct bm_nic *nic = nic_of(m, iid);
+	if (nic == NULL) {
+		atomic_fetch_add_explicit(&m->net.bad_iid_drops, 1, memory_order_relaxed);
+		bm_fail(BM_ERR_ARGUMENT, "no interface %llu (the machine has %u)", iid,
+			atomic_load(&m->net.num_nics));
+		return;
+	}
+	bm_nic_send(nic, mem, len);
 }
 
-/* b_net_rx -- poll interface iid
- *  IN:  mem = where to store the frame's address, iid
- * OUT:  frame length, 0 if none */
+/* b_net_rx -- poll interface iid, never blocking
+ *  IN:  mem = where to store the frame's address, iid = interface
+ * OUT:  the frame's length and *mem = its address (the NIC's buffer in the system area, valid
+ *       until the next receive on that NIC); 0 if no frame (*mem untouched), or with the error
+ *       recorded for a bad iid or a vanished device */
 u64 b_net_rx(void **mem, u64 iid)
 {
 	bm_error_clear();
-	(void)mem;
-	if (bm_current() == NULL)
+	struct bm_machine *m = bm_current();
+	if (m == NULL)
 		return 0;
-	return bm_fail(BM_ERR_ARGUMENT, "no interface %llu", iid);
+	struct bm_nic *nic = nic_of(m, iid);
+	if (nic == NULL)
+		return bm_fail(BM_ERR_ARGUMENT, "no interface %llu (the machine has %u)", iid,
+			       atomic_load(&m->net.num_nics));
+	u8 *buf = bm_phys(m, BM_NET_BUFFERS + iid * BM_NET_BUFFER_SIZE);
+	u32 len = nic->ops->rx(nic, buf, BM_NET_BUFFER_SIZE);
+	if (len == 0)
+		return 0;
+	atomic_fetch_add_explicit(&nic->stats.rx_packets, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&nic->stats.rx_bytes, len, memory_order_relaxed);
+	*mem = buf;
+	return len;
 }
 
-/* bm_net_status -- NET_STATUS: the MAC of interface iid as a 48-bit number, 0 if absent */
-u64 bm_net_status(struct bm_machine *m, u64 iid) { (void)m; (void)iid; return 0; }
+/* bm_net_status -- NET_STATUS
+ *  IN:  m, iid
+ * OUT:  the interface's MAC as a 48-bit number (first byte most significant), 0 if absent */
+u64 bm_net_status(struct bm_machine *m, u64 iid)
+{
+	struct bm_nic *nic = nic_of(m, iid);
+	return nic ? nic->mac : 0;
+}
 
-/* bm_net_config -- NET_CONFIG: accepted, nothing to configure */
-u64 bm_net_config(struct bm_machine *m, u64 base, u64 iid) { (void)m; (void)base; (void)iid; return 0; }
+/* bm_net_config -- NET_CONFIG: accepted; a hosted NIC has no descriptors to configure
+ *  IN:  m, base = rx descriptor base (ignored), iid
+ * OUT:  1 for an existing interface; 0 with BM_ERR_ARGUMENT recorded if absent */
+u64 bm_net_config(struct bm_machine *m, u64 base, u64 iid)
+{
+	(void)base;
+	if (nic_of(m, iid) == NULL)
+		return bm_fail(BM_ERR_ARGUMENT, "NET_CONFIG: no interface %llu", iid);
+	return 1;
+}
 
-/* bm_net_close_all -- close every NIC */
-void bm_net_close_all(struct bm_machine *m) { (void)m; }
+/* bm_net_close_all -- stop the service thread, then close every NIC (halt) */
+void bm_net_close_all(struct bm_machine *m)
+{
+	bm_net_service_stop(m);
+	pthread_mutex_lock(&m->net.lock);
+	u32 n = atomic_exchange(&m->net.num_nics, 0);
+	m->net.num_closed = n;
+	for (u32 i = 0; i < n; i++) {
+		struct bm_nic *nic = m->net.nics[i];
+		m->net.nics[i] = NULL;
+		bm_nic_stats(nic, m->net.closed_stats[i]);
+		nic->ops->close(nic);
+	}
+	pthread_mutex_unlock(&m->net.lock);
+}
+
+/* ---- the service thread: callbacks ------------------------------------------------------- */
+
+enum { EV_WAKE = 1000, EV_TIMER = 1001 };   /* epoll tags; NICs are tagged with their iid */
+
+/* deliver -- call the network callback once per frame waiting on any NIC, while it is set;
+ * stop on a NIC whose callback left its frame unread (called again on the next arrival) */
+static void deliver(struct bm_machine *m)
+{
+	u32 n = atomic_load_explicit(&m->net.num_nics, memory_order_acquire);
+	for (u32 i = 0; i < n; i++) {
+		struct bm_nic *nic = m->net.nics[i];
+		while (!atomic_load(&m->net.service.stop) && nic->ops->pending(nic)) {
+			u64 fn = atomic_load(&m->callback[1]);
+			if (fn == 0 || atomic_load(&m->state) != BM_STATE_RUNNING)
+				return;
+			u64 before = atomic_load(&nic->stats.rx_packets);
+			((void (*)(void))(uintptr_t)fn)();
+			atomic_fetch_add(&m->net.service.network_calls, 1);
+			if (atomic_load(&nic->stats.rx_packets) == before)
+				break;
+		}
+	}
+}
+
+/* service_main -- the service thread's loop (see the top of this file) */
+static void *service_main(void *arg)
+{
+	struct bm_machine *m = arg;
+	struct bm_net_service *s = &m->net.service;
+	bm_self = s->core;
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	struct epoll_event ev = { .events = EPOLLIN, .data.u32 = EV_WAKE };
+	epoll_ctl(ep, EPOLL_CTL_ADD, s->wake_fd, &ev);
+	ev.data.u32 = EV_TIMER;
+	epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev);
+	int timer_on = 0;
+	u32 armed = 0;                         /* NICs 0..armed-1 are in the epoll set */
+	while (!atomic_load(&s->stop)) {
+		int running = atomic_load(&m->state) == BM_STATE_RUNNING;
+		u64 timer_fn = running ? atomic_load(&m->callback[0]) : 0;
+		u64 net_fn = running ? atomic_load(&m->callback[1]) : 0;
+		if ((timer_fn != 0) != timer_on) {
+			timer_on = timer_fn != 0;
+			struct itimerspec period = { { 0, timer_on ? 1000000 : 0 }, { 0, timer_on ? 1000000 : 0 } };
+			timerfd_settime(tfd, 0, &period, NULL);
+		}
+		u32 n = atomic_load_explicit(&m->net.num_nics, memory_order_acquire);
+		if (net_fn != 0 && armed < n) {
+			for (; armed < n; armed++) {
+				struct bm_nic *nic = m->net.nics[armed];
+				int fd = nic->ops->event_fd(nic, 1);
+				struct epoll_event nev = { .events = EPOLLIN | EPOLLET, .data.u32 = armed };
+				if (fd >= 0)
+					epoll_ctl(ep, EPOLL_CTL_ADD, fd, &nev);
+			}
+			deliver(m);                /* frames that arrived before the callback was set */
+		} else if (net_fn == 0 && armed > 0) {
+			for (u32 i = 0; i < armed; i++) {
+				int fd = m->net.nics[i]->ops->event_fd(m->net.nics[i], 0);
+				if (fd >= 0)
+					epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+			}
+			armed = 0;
+		}
+		struct epoll_event events[BM_MAX_NICS + 2];
+		int got = epoll_wait(ep, events, BM_MAX_NICS + 2, 10);
+		int frames = 0;
+		for (int i = 0; i < got; i++) {
+			u64 scratch;
+			if (events[i].data.u32 == EV_WAKE) {
+				if (read(s->wake_fd, &scratch, sizeof scratch) < 0) { /* nothing: a wakeup */ }
+			} else if (events[i].data.u32 == EV_TIMER) {
+				if (read(tfd, &scratch, sizeof scratch) < 0) { /* spurious */ }
+				u64 fn = atomic_load(&m->callback[0]);
+				if (fn != 0 && atomic_load(&m->state) == BM_STATE_RUNNING && !atomic_load(&s->stop)) {
+					((void (*)(void))(uintptr_t)fn)();
+					atomic_fetch_add(&s->timer_ticks, 1);
+				}
+			} else {
+				frames = 1;
+			}
+		}
+		if (frames && armed)
+			deliver(m);
+	}
+	for (u32 i = 0; i < armed; i++)
+		m->net.nics[i]->ops->event_fd(m->net.nics[i], 0);
+	close(tfd);
+	close(ep);
+	return NULL;
+}
+
+/* bm_net_service_start -- start the machine's service thread (idempotent)
+ *  IN:  m
+ * OUT:  0, or -1 with BM_ERR_IO / BM_ERR_FULL recorded */
+int bm_net_service_start(struct bm_machine *m)
+{
+	bm_error_clear();
+	struct bm_net_service *s = &m->net.service;
+	pthread_mutex_lock(&m->net.lock);
+	int r = 0;
+	if (!s->running) {
+		if (s->core == NULL)
+			s->core = calloc(1, sizeof *s->core);
+		if (s->core == NULL) {
+			r = (int)bm_fail(BM_ERR_FULL, "out of host memory") - 1;
+		} else {
+			s->core->machine = m;
+			s->core->id = 0;
+			s->core->cpu = -1;
+			s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+			atomic_store(&s->stop, 0);
+			int e = s->wake_fd < 0 ? errno : pthread_create(&s->thread, NULL, service_main, m);
+			if (e != 0) {
+				if (s->wake_fd >= 0)
+					close(s->wake_fd);
+				r = (int)bm_fail(BM_ERR_IO, "cannot start the network service thread: %s", strerror(e)) - 1;
+			} else {
+				s->running = 1;
+			}
+		}
+	}
+	pthread_mutex_unlock(&m->net.lock);
+	return r;
+}
+
+/* bm_net_service_wake -- make the service thread re-read the callbacks and NICs now */
+void bm_net_service_wake(struct bm_machine *m)
+{
+	u64 one = 1;
+	if (m->net.service.running && write(m->net.service.wake_fd, &one, sizeof one) < 0) {
+		/* the counter is saturated: the thread is awake anyway */
+	}
+}
+
+/* bm_net_service_stop -- stop and join the service thread (idempotent) */
+void bm_net_service_stop(struct bm_machine *m)
+{
+	struct bm_net_service *s = &m->net.service;
+	pthread_mutex_lock(&m->net.lock);
+	int was_running = s->running;
+	s->running = 0;
+	pthread_mutex_unlock(&m->net.lock);
+	if (!was_running)
+		return;
+	atomic_store(&s->stop, 1);
+	u64 one = 1;
+	if (write(s->wake_fd, &one, sizeof one) < 0) { /* saturated: awake anyway */ }
+	if (pthread_equal(pthread_self(), s->thread)) {
+		pthread_detach(s->thread);         /* halted from a callback: the loop ends after it */
+		return;                            /* and keeps its core struct and eventfd */
+	}
+	pthread_join(s->thread, NULL);
+	close(s->wake_fd);
+	free(s->core);
+	s->core = NULL;
+}
+
+/* bm_net_service_count -- callbacks run so far: which = 0 timer ticks, 1 network calls */
+u64 bm_net_service_count(struct bm_machine *m, int which)
+{
+	return atomic_load(which == 0 ? &m->net.service.timer_ticks : &m->net.service.network_calls);
+}

@@ -1,18 +1,102 @@
-/* net.h -- NICs: the table of backends b_net_tx/b_net_rx talk to. */
+/* net.h -- NICs: the table of backends b_net_tx/b_net_rx talk to.
+ *
+ * A NIC is a `struct bm_nic`: a table of operations (struct bm_nic_ops), the fd the backend
+ * uses, its MAC and counters.  A backend (net_tap.c, net_packet.c, net_wire.c) embeds it as the
+ * first member of its own struct.  The front end (net.c) only talks to the table.
+ *
+ * Receive buffers live in the system area, as upstream's do (network buffers at 0x1A0000):
+ * NIC iid's buffer is BM_NET_BUFFERS + iid * BM_NET_BUFFER_SIZE (16 KiB each, 16 NICs:
+ * 0x1A0000..0x1E0000).  b_net_rx copies the next frame there and returns its address.
+ */
 #ifndef BM_NET_H
 #define BM_NET_H
 
-#define BM_MAX_NICS 16
+#define BM_MAX_NICS             16
+#define BM_NET_BUFFERS          0x1A0000ull
+#define BM_NET_BUFFER_SIZE      0x4000ull
+#define BM_FRAME_MIN            14
+#define BM_FRAME_MAX            1522
+/* how long b_net_tx waits for room in a full TX ring/queue before it drops the frame */
+#define BM_NET_TX_WAIT_NS       50000000ull
 
 struct bm_nic;
 
+struct bm_nic_ops {
+	const char *kind;
+	/* send one frame (length already checked); 0 sent, -1 dropped with the error recorded */
+	int (*tx)(struct bm_nic *nic, const void *frame, u32 len);
+	/* copy the next frame into buf (cap bytes); its length, 0 if none (never blocks) */
+	u32 (*rx)(struct bm_nic *nic, u8 *buf, u32 cap);
+	/* 1 if rx would return a frame now */
+	int (*pending)(struct bm_nic *nic);
+	/* fd that becomes readable (edge) when a frame arrives; arm = 1 while callbacks want it */
+	int (*event_fd)(struct bm_nic *nic, int arm);
+	/* frames the host dropped since the last call (kernel ring overruns), or 0 */
+	u64 (*host_drops)(struct bm_nic *nic);
+	/* release everything the backend holds (fd, rings, memory) and free the nic */
+	void (*close)(struct bm_nic *nic);
+};
+
+struct bm_nic_stats {
+	_Atomic u64 rx_packets, rx_bytes, rx_dropped;
+	_Atomic u64 tx_packets, tx_bytes, tx_dropped;
+};
+
+struct bm_nic {
+	const struct bm_nic_ops *ops;
+	u64 mac;                        /* 48-bit, first byte most significant */
+	int fd;                         /* the backend's fd, -1 if none */
+	_Atomic int rx_lock;            /* taken only when a frame is there */
+	_Atomic int tx_lock;            /* b_net_tx is safe from several cores */
+	struct bm_nic_stats stats;
+};
+
+/* The service thread that runs CALLBACK_TIMER / CALLBACK_NETWORK (net.c). */
+struct bm_net_service {
+	pthread_t thread;
+	int running;                    /* the thread exists */
+	int wake_fd;                    /* eventfd: wakes the thread (stop, callbacks changed) */
+	_Atomic int stop;
+	_Atomic u64 timer_ticks, network_calls;
+	struct bm_core *core;           /* its own core struct (id 0, see net.c) */
+};
+
 struct bm_net {
 	struct bm_nic *nics[BM_MAX_NICS];
-	u32 num_nics;
+	_Atomic u32 num_nics;
+	pthread_mutex_t lock;           /* adding and closing NICs (zeroed = initialised, glibc) */
+	_Atomic u64 bad_iid_drops;      /* frames b_net_tx refused: no such interface */
+	u32 num_closed;                 /* NICs closed on halt; their counters are kept below */
+	u64 closed_stats[BM_MAX_NICS][6];
+	struct bm_net_service service;
 };
 
 u64 bm_net_status(struct bm_machine *m, u64 iid);           /* MAC as a 48-bit number, 0 if absent */
 u64 bm_net_config(struct bm_machine *m, u64 base, u64 iid);
 void bm_net_close_all(struct bm_machine *m);
+
+/* net.c: the table, for the backends and the Python face */
+void bm_nic_init(struct bm_nic *nic, const struct bm_nic_ops *ops, int fd, u64 mac);
+int bm_net_add(struct bm_machine *m, struct bm_nic *nic);
+struct bm_nic *bm_net_nic(struct bm_machine *m, u32 iid);
+void bm_nic_close(struct bm_nic *nic);
+int bm_nic_send(struct bm_nic *nic, const void *frame, u64 len);
+u64 bm_nic_recv(struct bm_nic *nic, void *buf, u64 cap);
+void bm_nic_stats(struct bm_nic *nic, u64 *out);
+int bm_net_stats(struct bm_machine *m, u32 iid, u64 *out);
+u64 bm_nic_mac(struct bm_nic *nic);
+u64 bm_net_bad_iid_drops(struct bm_machine *m);
+const char *bm_nic_kind(struct bm_nic *nic);
+int bm_net_service_start(struct bm_machine *m);
+void bm_net_service_stop(struct bm_machine *m);
+void bm_net_service_wake(struct bm_machine *m);
+u64 bm_net_service_count(struct bm_machine *m, int which);
+int bm_nic_lock(_Atomic int *lock, u64 wait_ns);
+void bm_nic_unlock(_Atomic int *lock);
+
+/* the backends */
+struct bm_nic *bm_net_tap_open(int fd, u64 mac);
+struct bm_nic *bm_net_packet_open(int fd, int ifindex, u64 mac);
+int bm_net_wire_new(u64 mac_a, u64 mac_b, int loopback, struct bm_nic **a, struct bm_nic **b);
 
 #endif

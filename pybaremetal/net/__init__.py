@@ -1,17 +1,275 @@
-"""NICs: the Python face of b_net_tx / b_net_rx and the NIC backends."""
-from ..errors import ArgumentError, BareMetalError
+"""NICs: the Python face of b_net_tx / b_net_rx, the NIC specs, and wires.
+
+A NIC is chosen by a spec string (``Machine(nics=[...])``, ``baremetal run --nic SPEC``);
+interface ids follow the order:
+
+- ``tap:NAME``: a TAP device (created with pyroute2 and brought up when absent, removed on
+  halt; an existing one, e.g. made with ``ip tuntap add dev NAME mode tap user $USER``, is
+  attached and left in place); ``tap:@FD``: a TAP fd inherited from a privileged parent.
+- ``packet:IFACE``: an AF_PACKET socket on an existing interface (one end of a veth pair, a
+  physical NIC) with mmap'd TPACKET_V2 rings; ``,promisc`` turns promiscuous mode on.
+- ``wire``: an in-process loopback (what is sent comes back); :func:`wire` links two machines
+  or a machine and a Python harness.  Needs no privileges.
+
+Every spec takes ``,mac=02:00:00:00:00:01``: the MAC the app sees (NET_STATUS).  By default
+it is the device's own (TAP, packet) or a locally administered one (wire).  It does not
+change the Linux device's address.
+
+The calls: ``b_net_tx(frame, iid=0)`` sends any buffer of 14..1522 bytes; ``b_net_rx(iid=0)``
+returns a memoryview of the next frame (empty if none) inside the NIC's receive buffer in the
+machine's memory (``BM_NET_BUFFERS + iid * 16 KiB``), valid until the next receive on that NIC.
+CALLBACK_NETWORK / CALLBACK_TIMER take a C function address or a Python callable.
+"""
+import importlib
+import os
+import sys
+import threading
+import traceback
+
+from .. import abi
+from .._native import ffi, lib
+from ..errors import ArgumentError, BareMetalError, raise_recorded
+from ..system import converts
+
+NET_BUFFERS = lib.BM_NET_BUFFERS           # receive buffer of NIC iid: NET_BUFFERS + iid * NET_BUFFER_SIZE
+NET_BUFFER_SIZE = lib.BM_NET_BUFFER_SIZE
+MAX_NICS = lib.BM_MAX_NICS
+BACKENDS = ("tap", "packet", "wire")     # one module each in this package
+STATS = ("rx_packets", "rx_bytes", "rx_dropped", "tx_packets", "tx_bytes", "tx_dropped")
 
 
 class NetError(BareMetalError):
     """A b_net_* call was refused: bad interface, frame length or a host error."""
 
 
+# --- MACs -------------------------------------------------------------------------------------
+
+def parse_mac(text):
+    """48-bit number of "aa:bb:cc:dd:ee:ff" (first byte most significant, as NET_STATUS)."""
+    parts = str(text).replace("-", ":").split(":")
+    try:
+        if len(parts) != 6 or any(not 1 <= len(p) <= 2 for p in parts):
+            raise ValueError
+        return int("".join(p.zfill(2) for p in parts), 16)
+    except ValueError:
+        raise ArgumentError(f"mac: cannot read {text!r} as a MAC (example: 02:00:00:00:00:01)") from None
+
+
+def format_mac(value):
+    """"aa:bb:cc:dd:ee:ff" of a 48-bit number."""
+    return ":".join(f"{(value >> (40 - 8 * i)) & 0xFF:02x}" for i in range(6))
+
+
+_next_mac = [0]
+_mac_lock = threading.Lock()
+
+
+def local_mac():
+    """A fresh locally administered unicast MAC, 02:62:6d:xx:xx:xx, unique in this process."""
+    with _mac_lock:
+        _next_mac[0] += 1
+        return (0x02626D << 24) | ((os.getpid() & 0xFF) << 16) | (_next_mac[0] & 0xFFFF)
+
+
+# --- NICs -------------------------------------------------------------------------------------
+
+class Nic:
+    """One of a machine's NICs: ``iid``, ``kind``, ``name``, ``mac`` (48-bit int), ``stats``."""
+
+    def __init__(self, machine, kind, name, mac, cleanup=None):
+        self.machine = machine
+        self.kind = kind
+        self.name = name
+        self.mac = mac
+        self.iid = None
+        self._cleanup = cleanup
+
+    @property
+    def stats(self):
+        """Counters: rx/tx packets and bytes, rx_dropped, tx_dropped (also after halt)."""
+        out = ffi.new("u64[6]")
+        if not lib.bm_net_stats(self.machine._c, self.iid, out):
+            raise NetError(f"interface {self.iid} has no counters")
+        return dict(zip(STATS, out))
+
+    def close(self):
+        """Remove what was created for this NIC (a TAP device); C closed the fd on halt."""
+        cleanup, self._cleanup = self._cleanup, None
+        if cleanup is not None:
+            cleanup()
+
+    def __repr__(self):
+        return f"<Nic {self.iid} {self.kind}:{self.name} {format_mac(self.mac)}>"
+
+
+def _add(machine, nic, pointer):
+    """Give the C NIC ``pointer`` to the machine; sets and returns nic.iid."""
+    iid = lib.bm_net_add(machine._c, pointer)
+    if iid < 0:
+        lib.bm_nic_close(pointer)
+        nic.close()
+        raise_recorded(NetError)
+    nic.iid = iid
+    machine.nics.append(nic)
+    return nic
+
+
+def parse_spec(spec):
+    """("kind", "argument", {option: value}) of "kind[:argument][,key=value][,flag]"."""
+    if not isinstance(spec, str) or not spec:
+        raise ArgumentError(f"nic: expected a spec like 'tap:tap0', 'packet:eth1' or 'wire', got {spec!r}")
+    head, *rest = spec.split(",")
+    kind, _, argument = head.partition(":")
+    options = {}
+    for item in rest:
+        key, eq, value = item.partition("=")
+        options[key.strip()] = value.strip() if eq else True
+    return kind.strip(), argument.strip(), options
+
+
+def open_spec(machine, spec):
+    """Open the NIC ``spec`` names and add it to the machine; returns its Nic."""
+    kind, argument, options = parse_spec(spec)
+    if kind not in BACKENDS:
+        raise ArgumentError(f"nic {spec!r}: unknown kind {kind!r}; use tap:NAME, tap:@FD, packet:IFACE or wire")
+    mac = options.pop("mac", None)
+    mac = parse_mac(mac) if mac is not None else None
+    backend = importlib.import_module(f".{kind}", __name__)   # not `from . import wire`: see wire()
+    nic, pointer = backend.open(machine, argument, mac, options, spec)
+    return _add(machine, nic, pointer)
+
+
 def attach(machine, specs):
-    """Open the NICs ``specs`` names and hand them to the machine's C core."""
-    if specs:
-        raise ArgumentError("nics: not supported by this build yet")
-    return []
+    """Start the machine's network service thread (callbacks) and open the NICs ``specs`` name.
+    Returns the list of Nic (machine.nics)."""
+    if isinstance(specs, str):
+        specs = [specs]
+    machine.nics = []
+    if lib.bm_net_service_start(machine._c) != 0:
+        raise_recorded(NetError)
+    machine._net_views = [None] * MAX_NICS
+    for spec in specs:
+        open_spec(machine, spec)
+    return machine.nics
 
 
 def detach(machine):
-    """Remove what attach created (TAP devices, sockets)."""
+    """Remove what attach created (TAP devices); C closed fds and sockets on halt."""
+    lib.bm_net_service_stop(machine._c)
+    for nic in getattr(machine, "nics", []):
+        try:
+            nic.close()
+        except Exception as error:               # a device already gone: nothing to remove
+            print(f"pybaremetal: removing {nic!r}: {error}", file=sys.stderr)
+
+
+def wire(machine_a, machine_b=None, *, mac_a=None, mac_b=None):
+    """Link two machines in this process: returns their new NICs ``(nic_a, nic_b)``.
+
+    With one machine, link it to a Python harness: returns a :class:`~pybaremetal.net.wire.WirePort`
+    (``send(frame)``, ``recv()``, ``stats``, ``nic``: the machine's new NIC)."""
+    from .wire import connect
+    return connect(machine_a, machine_b, mac_a, mac_b)
+
+
+# --- the calls --------------------------------------------------------------------------------
+
+_EMPTY = memoryview(b"")
+_OUT = ffi.new("void **")                        # b_net_rx's *mem; the face slices the buffer itself
+
+
+def _machine():
+    from ..machine import current_machine
+    return current_machine()
+
+
+def _buffer_view(machine, iid):
+    """memoryview of NIC iid's receive buffer in the machine's memory (cached)."""
+    views = machine._net_views
+    start = NET_BUFFERS + iid * NET_BUFFER_SIZE
+    view = views[iid] = memoryview(machine.memory[start:start + NET_BUFFER_SIZE])
+    return view
+
+
+def b_net_rx(iid=0):
+    """The next frame on interface ``iid`` as a memoryview (empty if none); never blocks.
+
+    The view points into the NIC's receive buffer in machine memory and is valid until the
+    next receive on that NIC (copy it with bytes() to keep it).  Raises NetError for an
+    interface that does not exist or whose device vanished."""
+    machine = _machine()
+    try:
+        length = lib.b_net_rx(_OUT, iid)
+    except (TypeError, OverflowError):
+        raise NetError(f"b_net_rx: iid must be an int from 0, got {iid!r}") from None
+    if length == 0:
+        if lib.bm_error_code():
+            raise_recorded(NetError, "b_net_rx: ")
+        return _EMPTY
+    view = machine._net_views[iid] or _buffer_view(machine, iid)
+    return view[:length]
+
+
+def b_net_tx(frame, iid=0, nbytes=None):
+    """Send ``frame`` (any buffer of 14..1522 bytes, or a machine address with ``nbytes``) on
+    interface ``iid``.  Raises NetError when nothing was sent (bad length or iid, full ring
+    after 50 ms, vanished device); the drop is counted."""
+    machine = _machine()
+    if isinstance(frame, int) and not isinstance(frame, bool):
+        if nbytes is None:
+            raise ArgumentError("b_net_tx: nbytes is required when frame is an address")
+        machine.offset(frame, nbytes)
+        pointer, length = ffi.cast("void *", frame), nbytes
+    else:
+        try:
+            pointer = ffi.from_buffer("char[]", frame)
+        except TypeError:
+            raise ArgumentError(f"b_net_tx: expected a buffer, got {type(frame).__name__}") from None
+        length = len(pointer) if nbytes is None else nbytes
+        if not 0 <= length <= len(pointer):
+            raise ArgumentError(f"b_net_tx: nbytes={nbytes} but the frame holds {len(pointer)} bytes")
+    try:
+        lib.b_net_tx(pointer, length, iid)
+    except (TypeError, OverflowError):
+        raise NetError(f"b_net_tx: iid must be an int from 0, got {iid!r}") from None
+    if lib.bm_error_code():
+        raise_recorded(NetError, "b_net_tx: ")
+
+
+# --- callbacks ----------------------------------------------------------------------------------
+
+def _report_callback_error(exc_type, exc_value, tb):
+    """onerror of Python callbacks: the service thread (core 0) carries on."""
+    print("pybaremetal: a callback raised on core 0 (network service thread):", file=sys.stderr)
+    traceback.print_exception(exc_type, exc_value, tb)
+    return None
+
+
+def _callback_converter(code):
+    def convert(machine, var1, var2):
+        """A Python callable becomes a C function run by the service thread."""
+        if callable(var1) and not isinstance(var1, ffi.CData):
+            python_fn = var1
+            from ..machine import _local
+
+            def run():
+                _local.machine = machine         # the service thread acts for this machine
+                python_fn()
+            var1 = ffi.callback("void(void)", run, onerror=_report_callback_error)
+        if isinstance(var1, ffi.CData):
+            machine._keepalive.setdefault("callbacks", []).append(var1)   # a running one may finish
+        value = int(ffi.cast("uintptr_t", var1)) if isinstance(var1, ffi.CData) else var1
+        if isinstance(value, int) and not isinstance(value, bool):
+            lib.b_system(code, value & ((1 << 64) - 1), 0)
+            lib.bm_net_service_wake(machine._c)   # take it into account now, not within 10 ms
+        return var1, var2
+    return convert
+
+
+for _code in (abi.CALLBACK_TIMER, abi.CALLBACK_NETWORK):
+    converts(_code)(_callback_converter(_code))
+
+
+def callback_counts(machine):
+    """(timer ticks, network callbacks) the service thread has run so far."""
+    return lib.bm_net_service_count(machine._c, 0), lib.bm_net_service_count(machine._c, 1)

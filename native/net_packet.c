@@ -1,0 +1,238 @@
+/* net_packet.c -- the `packet` backend: an AF_PACKET socket with mmap'd TPACKET_V2 rings.
+ *
+ * Python opens the socket (AF_PACKET, SOCK_RAW, ETH_P_ALL), binds it to the interface and
+ * hands the fd over; this file sets the rings up and owns the fd from then on.
+ *
+ * RX ring: 1024 slots of 2048 bytes.  A slot is the user's when its tp_status has
+ * TP_STATUS_USER, so an empty poll is one load of the next slot's status word: no system
+ * call.  A frame is copied out to the NIC's buffer and the slot handed back at once
+ * (TP_STATUS_KERNEL).  Frames the host itself sends on the interface are not delivered
+ * (PACKET_IGNORE_OUTGOING, and sll_pkttype == PACKET_OUTGOING is skipped where the option is
+ * missing); our own transmissions never reach our socket.  A VLAN tag the kernel stripped
+ * (TP_STATUS_VLAN_VALID) is put back, so frames arrive byte-exact.  A frame longer than the
+ * slot or the buffer is dropped and counted in rx_dropped, as are the kernel's ring overruns
+ * (PACKET_STATISTICS).
+ *
+ * TX ring: 256 slots of 2048 bytes.  b_net_tx copies the frame into the next slot, marks it
+ * TP_STATUS_SEND_REQUEST and kicks the kernel with send(fd, NULL, 0, MSG_DONTWAIT), which
+ * sends it before returning (PACKET_QDISC_BYPASS when the kernel has it), so the send's
+ * result is that frame's fate.  When the slot is still the kernel's (a slow device), it kicks
+ * and waits up to BM_NET_TX_WAIT_NS, then drops.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "machine.h"
+
+#ifndef PACKET_QDISC_BYPASS
+#define PACKET_QDISC_BYPASS 20
+#endif
+#ifndef PACKET_IGNORE_OUTGOING
+#define PACKET_IGNORE_OUTGOING 23
+#endif
+
+#define SLOT_SIZE   2048u
+#define BLOCK_SIZE  (1u << 16)
+#define RX_SLOTS    1024u
+#define TX_SLOTS    256u
+/* where a TX slot's frame starts: after the aligned header (no PACKET_TX_HAS_OFF) */
+#define TX_DATA     TPACKET_ALIGN(sizeof(struct tpacket2_hdr))
+
+struct packet_nic {
+	struct bm_nic nic;
+	u8 *map;                        /* RX ring, then TX ring */
+	size_t map_size;
+	u8 *rx_ring, *tx_ring;
+	u32 rx_next, tx_next;
+};
+
+static inline struct tpacket2_hdr *rx_slot(struct packet_nic *p, u32 i)
+{
+	return (struct tpacket2_hdr *)(p->rx_ring + (size_t)i * SLOT_SIZE);
+}
+
+static inline u32 status_of(struct tpacket2_hdr *h)
+{
+	return __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+}
+
+static inline void set_status(struct tpacket2_hdr *h, u32 status)
+{
+	__atomic_store_n(&h->tp_status, status, __ATOMIC_RELEASE);
+}
+
+/* packet_rx -- copy the next received frame into buf
+ *  IN:  nic, buf, cap
+ * OUT:  its length, 0 if none (the common case: one load, no lock) */
+static u32 packet_rx(struct bm_nic *nic, u8 *buf, u32 cap)
+{
+	struct packet_nic *p = (struct packet_nic *)nic;
+	if (__builtin_expect(!(status_of(rx_slot(p, p->rx_next)) & TP_STATUS_USER), 1))
+		return 0;
+	u32 len = 0;
+	bm_nic_lock(&nic->rx_lock, 0);
+	for (;;) {
+		struct tpacket2_hdr *h = rx_slot(p, p->rx_next);
+		u32 status = status_of(h);
+		if (!(status & TP_STATUS_USER))
+			break;                     /* another core took it */
+		const struct sockaddr_ll *sll = (const void *)((u8 *)h + TPACKET_ALIGN(sizeof *h));
+		const u8 *frame = (const u8 *)h + h->tp_mac;
+		u32 snap = h->tp_snaplen, vlan = (status & TP_STATUS_VLAN_VALID) ? 4 : 0;
+		int mine = sll->sll_pkttype != PACKET_OUTGOING;
+		if (mine && (snap < h->tp_len || snap + vlan > cap || snap < 12)) {
+			atomic_fetch_add_explicit(&nic->stats.rx_dropped, 1, memory_order_relaxed);
+			mine = 0;
+		}
+		if (mine) {
+			if (vlan) {
+				u16 tpid = (status & TP_STATUS_VLAN_TPID_VALID) ? h->tp_vlan_tpid : ETH_P_8021Q;
+				memcpy(buf, frame, 12);
+				buf[12] = (u8)(tpid >> 8);
+				buf[13] = (u8)tpid;
+				buf[14] = (u8)(h->tp_vlan_tci >> 8);
+				buf[15] = (u8)h->tp_vlan_tci;
+				memcpy(buf + 16, frame + 12, snap - 12);
+			} else {
+				memcpy(buf, frame, snap);
+			}
+			len = snap + vlan;
+		}
+		set_status(h, TP_STATUS_KERNEL);
+		p->rx_next = (p->rx_next + 1) % RX_SLOTS;
+		if (mine)
+			break;
+	}
+	bm_nic_unlock(&nic->rx_lock);
+	return len;
+}
+
+/* packet_pending -- 1 if a frame waits in the RX ring */
+static int packet_pending(struct bm_nic *nic)
+{
+	struct packet_nic *p = (struct packet_nic *)nic;
+	return (status_of(rx_slot(p, p->rx_next)) & TP_STATUS_USER) != 0;
+}
+
+/* packet_tx -- send one frame through the TX ring (the front end holds the tx lock)
+ *  IN:  nic, frame, len (14..1522)
+ * OUT:  0 sent, -1 dropped with the reason recorded */
+static int packet_tx(struct bm_nic *nic, const void *frame, u32 len)
+{
+	struct packet_nic *p = (struct packet_nic *)nic;
+	struct tpacket2_hdr *h = (struct tpacket2_hdr *)(p->tx_ring + (size_t)p->tx_next * SLOT_SIZE);
+	u64 deadline = 0;
+	for (;;) {
+		u32 status = status_of(h);
+		if (status == TP_STATUS_AVAILABLE || (status & TP_STATUS_WRONG_FORMAT))
+			break;
+		if (send(nic->fd, NULL, 0, MSG_DONTWAIT) < 0 && errno != EAGAIN && errno != ENOBUFS)
+			set_status(h, TP_STATUS_AVAILABLE);  /* the device is gone: the old frame too */
+		u64 now = bm_now_ns();
+		if (deadline == 0)
+			deadline = now + BM_NET_TX_WAIT_NS;
+		else if (now > deadline) {
+			bm_fail(BM_ERR_FULL, "packet: the TX ring stayed full for %llu ms", BM_NET_TX_WAIT_NS / 1000000);
+			return -1;
+		}
+		sched_yield();
+	}
+	memcpy((u8 *)h + TX_DATA, frame, len);
+	h->tp_len = len;
+	set_status(h, TP_STATUS_SEND_REQUEST);
+	p->tx_next = (p->tx_next + 1) % TX_SLOTS;
+	if (send(nic->fd, NULL, 0, MSG_DONTWAIT) >= 0)
+		return 0;
+	int e = errno;
+	if (e == EAGAIN)
+		return 0;                          /* queued in the ring: the next kick sends it */
+	set_status(h, TP_STATUS_AVAILABLE);
+	bm_fail(e == ENOBUFS ? BM_ERR_FULL : BM_ERR_IO, "packet: send: %s", strerror(e));
+	return -1;
+}
+
+/* packet_event_fd -- the socket: readable when a frame lands in the ring */
+static int packet_event_fd(struct bm_nic *nic, int arm) { (void)arm; return nic->fd; }
+
+/* packet_host_drops -- frames the kernel dropped for lack of ring room since the last call */
+static u64 packet_host_drops(struct bm_nic *nic)
+{
+	struct tpacket_stats st;
+	socklen_t n = sizeof st;
+	if (getsockopt(nic->fd, SOL_PACKET, PACKET_STATISTICS, &st, &n) != 0)
+		return 0;
+	return st.tp_drops;
+}
+
+/* packet_close -- unmap the rings, close the socket, free */
+static void packet_close(struct bm_nic *nic)
+{
+	struct packet_nic *p = (struct packet_nic *)nic;
+	if (p->map != NULL && p->map != MAP_FAILED)
+		munmap(p->map, p->map_size);
+	if (nic->fd >= 0)
+		close(nic->fd);
+	free(p);
+}
+
+static const struct bm_nic_ops packet_ops = {
+	.kind = "packet", .tx = packet_tx, .rx = packet_rx, .pending = packet_pending,
+	.event_fd = packet_event_fd, .host_drops = packet_host_drops, .close = packet_close,
+};
+
+/* bm_net_packet_open -- a NIC over an AF_PACKET socket: rings set up, then bound to ifindex
+ * (binding last means no frame lands in the socket's ordinary queue before the ring exists)
+ *  IN:  fd = an unbound AF_PACKET SOCK_RAW socket (owned from now on, closed on failure too),
+ *       ifindex = the interface, mac = 48-bit
+ * OUT:  the NIC, or NULL with BM_ERR_IO (errno's text) / BM_ERR_FULL recorded */
+struct bm_nic *bm_net_packet_open(int fd, int ifindex, u64 mac)
+{
+	bm_error_clear();
+	struct packet_nic *p = calloc(1, sizeof *p);
+	if (p == NULL) {
+		close(fd);
+		return (void *)bm_fail(BM_ERR_FULL, "out of host memory");
+	}
+	bm_nic_init(&p->nic, &packet_ops, fd, mac);
+	int version = TPACKET_V2, one = 1;
+	struct tpacket_req rx = { BLOCK_SIZE, RX_SLOTS * SLOT_SIZE / BLOCK_SIZE, SLOT_SIZE, RX_SLOTS };
+	struct tpacket_req tx = { BLOCK_SIZE, TX_SLOTS * SLOT_SIZE / BLOCK_SIZE, SLOT_SIZE, TX_SLOTS };
+	const char *step = "PACKET_VERSION";
+	if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &version, sizeof version) != 0)
+		goto fail;
+	/* optional: the kernel may not have them; outgoing frames are then skipped by hand */
+	setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one);
+	setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one);
+	step = "PACKET_RX_RING";
+	if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &rx, sizeof rx) != 0)
+		goto fail;
+	step = "PACKET_TX_RING";
+	if (setsockopt(fd, SOL_PACKET, PACKET_TX_RING, &tx, sizeof tx) != 0)
+		goto fail;
+	step = "mmap";
+	p->map_size = (size_t)(RX_SLOTS + TX_SLOTS) * SLOT_SIZE;
+	p->map = mmap(NULL, p->map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+	if (p->map == MAP_FAILED)
+		goto fail;
+	p->rx_ring = p->map;
+	p->tx_ring = p->map + (size_t)RX_SLOTS * SLOT_SIZE;
+	step = "bind";
+	struct sockaddr_ll where = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL),
+				     .sll_ifindex = ifindex };
+	if (bind(fd, (struct sockaddr *)&where, sizeof where) != 0)
+		goto fail;
+	packet_host_drops(&p->nic);            /* start the drop count from now */
+	return &p->nic;
+fail:;
+	int e = errno;
+	packet_close(&p->nic);
+	return (void *)bm_fail(BM_ERR_IO, "packet: %s: %s", step, strerror(e));
+}
