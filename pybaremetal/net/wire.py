@@ -67,7 +67,8 @@ class WirePort:
     def close(self):
         if self._end is not None:
             end, self._end = self._end, None
-            lib.bm_nic_close(ffi.gc(end, None))
+            ffi.gc(end, None)                    # detach the destructor, then close now
+            lib.bm_nic_close(end)
 
     def __enter__(self):
         return self

@@ -1,0 +1,126 @@
+"""The wire backend, the b_net_* faces' argument checks, NET_STATUS / NET_CONFIG."""
+import threading
+
+import pytest
+
+import pybaremetal as bm
+from pybaremetal.net import format_mac, parse_mac
+
+
+def frame(n, size=64, dst=b"\xff" * 6, src=b"\x02\x00\x00\x00\x00\x01"):
+    body = n.to_bytes(8, "little")
+    return (dst + src + b"\xab\xba" + body * (size // 8 + 1))[:size]
+
+
+@pytest.fixture
+def loop():
+    m = bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=["wire"])
+    m.boot()
+    yield m
+    m.halt()
+
+
+def test_wire_loopback_returns_the_frame_byte_exact(loop):
+    sent = frame(7, 1514)
+    bm.b_net_tx(sent)
+    got = bm.b_net_rx(0)
+    assert bytes(got) == sent
+    assert len(bm.b_net_rx(0)) == 0
+    assert loop.nics[0].stats == {"rx_packets": 1, "rx_bytes": 1514, "rx_dropped": 0,
+                                  "tx_packets": 1, "tx_bytes": 1514, "tx_dropped": 0}
+
+
+def test_rx_frame_lives_in_the_nic_buffer_in_machine_memory(loop):
+    bm.b_net_tx(frame(1, 60))
+    view = bm.b_net_rx(0)
+    start = bm.net.NET_BUFFERS
+    assert bytes(loop.memory[start:start + 60]) == bytes(view)
+
+
+@pytest.mark.parametrize("length", [0, 13, 1523, 1 << 20])
+def test_tx_bad_length_sends_nothing_and_counts_a_drop(loop, length):
+    with pytest.raises(bm.NetError, match="length"):
+        bm.b_net_tx(bytes(length))
+    assert len(bm.b_net_rx(0)) == 0
+    assert loop.nics[0].stats["tx_dropped"] == 1
+    assert loop.nics[0].stats["tx_packets"] == 0
+
+
+def test_tx_and_rx_on_a_missing_interface_raise(loop):
+    with pytest.raises(bm.NetError, match="no interface 1"):
+        bm.b_net_tx(frame(1), iid=1)
+    with pytest.raises(bm.NetError, match="no interface 9"):
+        bm.b_net_rx(9)
+    with pytest.raises(bm.NetError):
+        bm.b_net_rx(-1)
+    assert bm._native.lib.bm_net_bad_iid_drops(loop._c) == 1
+
+
+def test_net_status_is_the_mac_first_byte_most_significant():
+    with bm.Machine(cores=1, memory="16M", console="capture", input=False,
+                    nics=["wire,mac=10:11:12:00:1a:f4"]) as m:
+        assert bm.b_system(bm.NET_STATUS, 0, 0) == 0x101112001AF4
+        assert bm.b_system(bm.NET_STATUS, 0, 1) == 0
+        assert bm.b_system(bm.NET_CONFIG, 0x300000, 0) == 1
+        assert format_mac(m.nics[0].mac) == "10:11:12:00:1a:f4"
+
+
+def test_bad_specs_are_refused_with_the_reason():
+    with pytest.raises(bm.ArgumentError, match="unknown kind"):
+        bm.Machine(cores=1, memory="16M", nics=["carrier-pigeon"])
+    with pytest.raises(bm.ArgumentError, match="MAC"):
+        parse_mac("01:02:03")
+    with pytest.raises(bm.NetError, match="no interface named"):
+        bm.Machine(cores=1, memory="16M", nics=["packet:bmt-no-such-if"])
+
+
+def test_two_machines_exchange_10000_frames_none_lost_or_reordered():
+    a = bm.Machine(cores=1, memory="16M", console="capture", input=False)
+    b = bm.Machine(cores=1, memory="16M", console="capture", input=False)
+    nic_a, nic_b = bm.wire(a, b)
+    total, received = 10000, []
+
+    def receive():
+        while len(received) < total:
+            data = bm.b_net_rx(nic_b.iid)
+            if data:
+                received.append(int.from_bytes(data[14:22], "little"))
+
+    thread = threading.Thread(target=lambda: b.run(receive))
+    thread.start()
+    try:
+        def send():
+            for n in range(total):
+                bm.b_net_tx(frame(n), nic_a.iid)
+        a.run(send)
+        thread.join(60)
+    finally:
+        a.halt()
+        b.halt()
+    assert received == list(range(total))
+    assert nic_a.stats["tx_packets"] == total and nic_a.stats["tx_dropped"] == 0
+    assert nic_b.stats["rx_packets"] == total
+
+
+def test_wire_port_lets_python_talk_to_a_machine(loop):
+    port = bm.wire(loop)
+    iid = port.nic.iid
+    port.send(frame(3))
+    assert bytes(bm.b_net_rx(iid)) == frame(3)
+    bm.b_net_tx(frame(4), iid)
+    assert port.recv() == frame(4)
+    assert port.recv() == b""
+    assert port.stats["tx_packets"] == 1 and port.stats["rx_packets"] == 1
+    port.close()
+    with pytest.raises(bm.NetError, match="closed"):
+        bm.b_net_tx(frame(5), iid)
+
+
+def test_halted_machine_end_makes_the_peer_drop_with_an_error():
+    m = bm.Machine(cores=1, memory="16M", console="capture", input=False)
+    port = bm.wire(m)
+    m.halt()
+    with pytest.raises(bm.NetError, match="closed"):
+        port.send(frame(1))
+    assert port.stats["tx_dropped"] == 1
+    assert m.nics[0].stats["rx_packets"] == 0          # counters survive the halt
