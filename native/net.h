@@ -14,6 +14,7 @@
 #define BM_MAX_NICS             16
 #define BM_NET_BUFFERS          0x1A0000ull
 #define BM_NET_BUFFER_SIZE      0x4000ull
+#define BM_NET_FAILED           (~0ull)  /* bm_net_rx_face: an error was recorded */
 #define BM_FRAME_MIN            14
 #define BM_FRAME_MAX            1522
 /* how long b_net_tx waits for room in a full TX ring/queue before it drops the frame */
@@ -78,6 +79,8 @@ void bm_net_close_all(struct bm_machine *m);
 /* net.c: the table, for the backends and the Python face */
 void bm_nic_init(struct bm_nic *nic, const struct bm_nic_ops *ops, int fd, u64 mac);
 int bm_net_add(struct bm_machine *m, struct bm_nic *nic);
+u64 bm_net_rx_face(void **mem, u64 iid);
+int bm_net_tx_face(void *mem, u64 len, u64 iid);
 struct bm_nic *bm_net_nic(struct bm_machine *m, u32 iid);
 void bm_nic_close(struct bm_nic *nic);
 int bm_nic_send(struct bm_nic *nic, const void *frame, u64 len);
@@ -96,7 +99,7 @@ void bm_nic_unlock(_Atomic int *lock);
 
 /* the backends */
 struct bm_nic *bm_net_tap_open(int fd, u64 mac);
-struct bm_nic *bm_net_packet_open(int fd, int ifindex, u64 mac);
+struct bm_nic *bm_net_packet_open(int fd, int ifindex, u64 mac, int tx_ring);
 int bm_net_wire_new(u64 mac_a, u64 mac_b, int loopback, struct bm_nic **a, struct bm_nic **b);
 
 #endif

@@ -21,9 +21,10 @@ def veth():
     ns.close()
 
 
-@pytest.fixture
-def machine(veth):
-    m = bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=[f"packet:{veth.outer}"])
+@pytest.fixture(params=["", ",txring"], ids=["send", "txring"])
+def machine(veth, request):
+    m = bm.Machine(cores=1, memory="16M", console="capture", input=False,
+                   nics=[f"packet:{veth.outer}{request.param}"])
     m.boot()
     yield m
     m.halt()

@@ -175,19 +175,28 @@ def wire(machine_a, machine_b=None, *, mac_a=None, mac_b=None):
 # --- the calls --------------------------------------------------------------------------------
 
 _EMPTY = memoryview(b"")
-_OUT = ffi.new("void **")                        # b_net_rx's *mem; the face slices the buffer itself
+_OUT = ffi.new("void **")          # b_net_rx's *mem, never read: the face slices the NIC's buffer
+_FAILED = lib.BM_NET_FAILED
+_rx, _tx, _from_buffer = lib.bm_net_rx_face, lib.bm_net_tx_face, ffi.from_buffer
+_threads = []                      # [machine.py's thread-local], filled on first use (import cycle)
 
 
-def _machine():
-    from ..machine import current_machine
-    return current_machine()
+def _calling_machine():
+    """The calling thread's Machine (the C call already checked there is one)."""
+    if not _threads:
+        from ..machine import _local
+        _threads.append(_local)
+    machine = getattr(_threads[0], "machine", None)
+    if machine is None:
+        from ..machine import current_machine
+        machine = current_machine()                # raises NoMachineError
+    return machine
 
 
 def _buffer_view(machine, iid):
-    """memoryview of NIC iid's receive buffer in the machine's memory (cached)."""
-    views = machine._net_views
+    """memoryview of NIC iid's receive buffer in the machine's memory (cached per machine)."""
     start = NET_BUFFERS + iid * NET_BUFFER_SIZE
-    view = views[iid] = memoryview(machine.memory[start:start + NET_BUFFER_SIZE])
+    view = machine._net_views[iid] = memoryview(machine.memory[start:start + NET_BUFFER_SIZE])
     return view
 
 
@@ -197,15 +206,15 @@ def b_net_rx(iid=0):
     The view points into the NIC's receive buffer in machine memory and is valid until the
     next receive on that NIC (copy it with bytes() to keep it).  Raises NetError for an
     interface that does not exist or whose device vanished."""
-    machine = _machine()
     try:
-        length = lib.b_net_rx(_OUT, iid)
+        length = _rx(_OUT, iid)
     except (TypeError, OverflowError):
         raise NetError(f"b_net_rx: iid must be an int from 0, got {iid!r}") from None
     if length == 0:
-        if lib.bm_error_code():
-            raise_recorded(NetError, "b_net_rx: ")
         return _EMPTY
+    if length == _FAILED:
+        raise_recorded(NetError, "b_net_rx: ")
+    machine = _calling_machine()
     view = machine._net_views[iid] or _buffer_view(machine, iid)
     return view[:length]
 
@@ -214,26 +223,35 @@ def b_net_tx(frame, iid=0, nbytes=None):
     """Send ``frame`` (any buffer of 14..1522 bytes, or a machine address with ``nbytes``) on
     interface ``iid``.  Raises NetError when nothing was sent (bad length or iid, full ring
     after 50 ms, vanished device); the drop is counted."""
-    machine = _machine()
+    try:
+        if type(frame) is bytes and nbytes is None:
+            failed = _tx(frame, len(frame), iid)
+        else:
+            pointer, length = _tx_argument(frame, nbytes)
+            failed = _tx(pointer, length, iid)
+    except (TypeError, OverflowError):
+        if not isinstance(iid, int) or isinstance(iid, bool) or iid < 0:
+            raise NetError(f"b_net_tx: iid must be an int from 0, got {iid!r}") from None
+        raise
+    if failed:
+        raise_recorded(NetError, "b_net_tx: ")
+
+
+def _tx_argument(frame, nbytes):
+    """(pointer, length) for b_net_tx's frame: a buffer, or a machine address with nbytes."""
     if isinstance(frame, int) and not isinstance(frame, bool):
         if nbytes is None:
             raise ArgumentError("b_net_tx: nbytes is required when frame is an address")
-        machine.offset(frame, nbytes)
-        pointer, length = ffi.cast("void *", frame), nbytes
-    else:
-        try:
-            pointer = ffi.from_buffer("char[]", frame)
-        except TypeError:
-            raise ArgumentError(f"b_net_tx: expected a buffer, got {type(frame).__name__}") from None
-        length = len(pointer) if nbytes is None else nbytes
-        if not 0 <= length <= len(pointer):
-            raise ArgumentError(f"b_net_tx: nbytes={nbytes} but the frame holds {len(pointer)} bytes")
+        _calling_machine().offset(frame, nbytes)
+        return ffi.cast("void *", frame), nbytes
     try:
-        lib.b_net_tx(pointer, length, iid)
-    except (TypeError, OverflowError):
-        raise NetError(f"b_net_tx: iid must be an int from 0, got {iid!r}") from None
-    if lib.bm_error_code():
-        raise_recorded(NetError, "b_net_tx: ")
+        pointer = _from_buffer("char[]", frame)
+    except TypeError:
+        raise ArgumentError(f"b_net_tx: expected a buffer, got {type(frame).__name__}") from None
+    length = len(pointer) if nbytes is None else nbytes
+    if not 0 <= length <= len(pointer):
+        raise ArgumentError(f"b_net_tx: nbytes={nbytes} but the frame holds {len(pointer)} bytes")
+    return pointer, length
 
 
 # --- callbacks ----------------------------------------------------------------------------------

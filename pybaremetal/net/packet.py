@@ -1,8 +1,10 @@
 """The `packet` backend: an AF_PACKET socket with mmap'd rings (native/net_packet.c).
 
-``packet:IFACE[,promisc]`` opens a raw socket on the existing interface IFACE (one end of a
-veth pair, a physical NIC); C sets up the TPACKET_V2 RX/TX rings and then binds it, so an
-empty poll reads a status word instead of making a system call.  Needs CAP_NET_RAW.
+``packet:IFACE[,promisc][,txring]`` opens a raw socket on the existing interface IFACE (one
+end of a veth pair, a physical NIC); C sets up a TPACKET_V2 RX ring and then binds it, so an
+empty poll reads a status word instead of making a system call.  Frames go out with one
+send() each, or through a mapped TX ring with ``txring`` (slower per frame: see
+native/net_packet.c).  Needs CAP_NET_RAW.
 The app's MAC is the interface's own unless ``mac=`` is given (the interface keeps its own;
 give ``promisc`` on a physical NIC so frames for that MAC get through its filter).
 """
@@ -25,8 +27,9 @@ def open(machine, argument, mac, options, spec):
     """(Nic, C NIC) for ``packet:IFACE``."""
     from . import Nic, NetError, parse_mac
     promisc = bool(options.pop("promisc", False))
+    tx_ring = bool(options.pop("txring", False))
     if options:
-        raise NetError(f"{spec}: unknown option(s) {', '.join(options)} (packet takes mac=, promisc)")
+        raise NetError(f"{spec}: unknown option(s) {', '.join(options)} (packet takes mac=, promisc, txring)")
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname=argument) if argument else []
         if not index:
@@ -46,7 +49,8 @@ def open(machine, argument, mac, options, spec):
     except OSError as error:
         sock.close()
         raise NetError(f"{spec}: promiscuous mode: {error.strerror or errno.errorcode.get(error.errno)}") from None
-    pointer = lib.bm_net_packet_open(sock.detach(), index, own_mac if mac is None else mac)
+    pointer = lib.bm_net_packet_open(sock.detach(), index, own_mac if mac is None else mac,
+                                      1 if tx_ring else 0)
     if pointer == ffi.NULL:
         raise_recorded(NetError, f"{spec}: ")
     return Nic(machine, "packet", argument, own_mac if mac is None else mac), pointer
