@@ -235,6 +235,9 @@ u64 b_net_rx(void **mem, u64 iid)
 	if (nic == NULL)
 		return bm_fail(BM_ERR_ARGUMENT, "no interface %llu (the machine has %u)", iid,
 			       atomic_load(&m->net.num_nics));
+	volatile u32 *hint = atomic_load_explicit(&nic->rx_hint, memory_order_relaxed);
+	if (hint != NULL && !(*hint & nic->rx_hint_mask))
+		return 0;
 	u8 *buf = bm_phys(m, BM_NET_BUFFERS + iid * BM_NET_BUFFER_SIZE);
 	u32 len = nic->ops->rx(nic, buf, BM_NET_BUFFER_SIZE);
 	if (len == 0)

@@ -47,6 +47,11 @@ struct bm_nic {
 	const struct bm_nic_ops *ops;
 	u64 mac;                        /* 48-bit, first byte most significant */
 	int fd;                         /* the backend's fd, -1 if none */
+	/* optional fast empty check: when rx_hint is set and (*rx_hint & rx_hint_mask) == 0 there
+	 * is no frame, and b_net_rx returns 0 without calling the backend (packet: the next RX
+	 * slot's status word).  A stale hint only costs one extra call to rx. */
+	_Atomic(volatile u32 *) rx_hint;
+	u32 rx_hint_mask;
 	_Atomic int rx_lock;            /* taken only when a frame is there */
 	_Atomic int tx_lock;            /* b_net_tx is safe from several cores */
 	struct bm_nic_stats stats;

@@ -115,6 +115,7 @@ static u32 packet_rx(struct bm_nic *nic, u8 *buf, u32 cap)
 		}
 		set_status(h, TP_STATUS_KERNEL);
 		p->rx_next = (p->rx_next + 1) % RX_SLOTS;
+		atomic_store_explicit(&nic->rx_hint, &rx_slot(p, p->rx_next)->tp_status, memory_order_relaxed);
 		if (mine)
 			break;
 	}
@@ -275,6 +276,8 @@ struct bm_nic *bm_net_packet_open(int fd, int ifindex, u64 mac, int tx_ring)
 	if (bind(fd, (struct sockaddr *)&where, sizeof where) != 0)
 		goto fail;
 	packet_host_drops(&p->nic);            /* start the drop count from now */
+	p->nic.rx_hint_mask = TP_STATUS_USER;
+	atomic_store(&p->nic.rx_hint, &rx_slot(p, 0)->tp_status);
 	return &p->nic;
 fail:;
 	int e = errno;
