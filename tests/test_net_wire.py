@@ -124,3 +124,67 @@ def test_halted_machine_end_makes_the_peer_drop_with_an_error():
         port.send(frame(1))
     assert port.stats["tx_dropped"] == 1
     assert m.nics[0].stats["rx_packets"] == 0          # counters survive the halt
+
+
+def test_tx_from_several_cores_at_once_loses_and_mixes_nothing():
+    m = bm.Machine(cores=4, memory="16M", console="capture", input=False)
+    port = bm.wire(m)
+    per_core, received = 500, []
+    errors = []
+
+    def core(core_id):
+        m._bind(core_id)
+        try:
+            for n in range(per_core):
+                bm.b_net_tx(frame(core_id * 100000 + n, 200), port.nic.iid)
+        except Exception as error:                 # reported below, not lost in the thread
+            errors.append(error)
+        finally:
+            m._unbind()
+
+    threads = [threading.Thread(target=core, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    while len(received) < 4 * per_core:
+        finished = not any(t.is_alive() for t in threads)   # read before polling: no race
+        data = port.recv()
+        if data:
+            received.append(data)
+        elif finished:
+            break
+    for t in threads:
+        t.join()
+    m.halt()
+    assert errors == []
+    numbers = [int.from_bytes(d[14:22], "little") for d in received]
+    assert all(d == frame(n, 200) for d, n in zip(received, numbers))
+    for core_id in range(4):                           # each core's frames in its own order
+        mine = [n - core_id * 100000 for n in numbers if n // 100000 == core_id]
+        assert mine == list(range(per_core))
+
+
+def test_a_full_wire_drops_after_waiting_instead_of_blocking_forever(loop):
+    port = bm.wire(loop)
+    sent = 0
+    with pytest.raises(bm.NetError, match="read nothing"):
+        while sent < 5000:
+            bm.b_net_tx(frame(sent), port.nic.iid)
+            sent += 1
+    assert sent == 1024                                # the queue's size
+    assert port.nic.stats["tx_dropped"] == 1
+    assert port.recv() == frame(0)
+
+
+def test_unprivileged_users_are_told_how_to_get_a_nic():
+    import subprocess
+    import sys
+    code = ("import pybaremetal as bm\n"
+            "for spec in ('tap:bmtnopriv', 'packet:lo'):\n"
+            "    try:\n"
+            "        bm.Machine(cores=1, memory='16M', nics=[spec])\n"
+            "    except bm.NetError as e:\n"
+            "        print(e)\n")
+    result = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                             sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "needs CAP_NET_ADMIN" in result.stdout and "ip tuntap add" in result.stdout, result.stderr
+    assert "needs CAP_NET_RAW" in result.stdout

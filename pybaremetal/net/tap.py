@@ -48,7 +48,7 @@ def _open_named(name, spec):
             try:
                 ipr.link("add", ifname=name, kind="tuntap", mode="tap")
             except NetlinkError as error:
-                if error.code == errno.EPERM:
+                if error.code in (errno.EPERM, errno.EACCES):
                     raise _error(
                         f"{spec}: creating a TAP device needs CAP_NET_ADMIN (root). Without it, "
                         f"attach to one made for you: `sudo ip tuntap add dev {name} mode tap user "
@@ -114,7 +114,7 @@ def open(machine, argument, mac, options, spec):
             try:
                 ipr.link("set", index=index, state="up")
             except NetlinkError as error:
-                if created or error.code != errno.EPERM:   # someone else's device: theirs to set up
+                if created or error.code not in (errno.EPERM, errno.EACCES):   # theirs to set up
                     raise
     except BaseException:
         os.close(fd)
