@@ -12,6 +12,8 @@ EPILOG = """examples:
   baremetal run examples/hello.py
   baremetal monitor --drive disk.img
   baremetal run app.py --cores 2 --memory 512M -- arg1 arg2
+  baremetal run examples/ethtest.py --nic wire
+  sudo baremetal run examples/pingd.py --nic packet:veth0 -- 10.0.0.2
 """
 
 
@@ -30,7 +32,9 @@ def _add_machine_options(parser):
     group.add_argument("--drive", action="append", default=[], metavar="SPEC",
                        help="attach a drive (repeatable; drive numbers follow the order)")
     group.add_argument("--nic", action="append", default=[], metavar="SPEC",
-                       help="attach a NIC (repeatable; interface ids follow the order)")
+                       help="attach a NIC (repeatable; interface ids follow the order): tap:NAME, "
+                            "tap:@FD, packet:IFACE[,promisc][,txring], wire (loopback); "
+                            "any of them ,mac=02:00:00:00:00:01")
 
 
 def build_parser():
