@@ -101,6 +101,29 @@ def test_packet_many_frames_arrive_in_order(veth, machine):
     sock.close()
 
 
+def test_packet_network_callback_runs_once_per_arriving_frame(veth, machine):
+    sock = veth.raw_socket()
+    mine, theirs = machine.nics[0].mac.to_bytes(6, "big"), mac_bytes(veth.inner_mac)
+    got = []
+
+    def on_frame():
+        data = bm.b_net_rx(0)
+        if len(data) and data[12:14] == b"\xab\xba":
+            got.append(bytes(data))
+    bm.b_system(bm.CALLBACK_NETWORK, on_frame)
+    sent = [test_frame(n, 80, mine, theirs) for n in range(20)]
+    for f in sent:
+        sock.send(f)
+    end = time.monotonic() + 5
+    while len(got) < 20 and time.monotonic() < end:
+        time.sleep(0.01)
+    bm.b_system(bm.CALLBACK_NETWORK, 0)
+    assert got == sent
+    calls = bm.net.callback_counts(machine)[1]
+    assert calls == machine.nics[0].stats["rx_packets"]   # one call per frame, each read once
+    sock.close()
+
+
 def test_packet_tx_after_the_interface_vanished_raises(veth, machine):
     veth.close()
     with pytest.raises(bm.NetError):

@@ -28,7 +28,7 @@ import traceback
 
 from .. import abi
 from .._native import ffi, lib
-from ..errors import ArgumentError, BareMetalError, raise_recorded
+from ..errors import ArgumentError, BareMetalError, Reboot, Shutdown, raise_recorded
 from ..system import converts
 
 NET_BUFFERS = lib.BM_NET_BUFFERS           # receive buffer of NIC iid: NET_BUFFERS + iid * NET_BUFFER_SIZE
@@ -272,7 +272,10 @@ def _callback_converter(code):
 
             def run():
                 _local.machine = machine         # the service thread acts for this machine
-                python_fn()
+                try:
+                    python_fn()
+                except (Shutdown, Reboot):       # recorded in the machine's state by C
+                    pass
             var1 = ffi.callback("void(void)", run, onerror=_report_callback_error)
         if isinstance(var1, ffi.CData):
             machine._keepalive.setdefault("callbacks", []).append(var1)   # a running one may finish
