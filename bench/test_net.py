@@ -20,13 +20,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import pytest
 
 import pybaremetal as bm
-from pybaremetal._native import lib
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from netns_helper import VethNamespace, disable_ipv6, unique  # noqa: E402

@@ -41,7 +41,7 @@ def test_network_callback_fires_once_per_frame_and_clearing_stops_it():
 
 
 def test_frames_waiting_before_the_callback_is_set_are_delivered():
-    with bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=["wire"]) as m:
+    with bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=["wire"]):
         for n in range(3):
             bm.b_net_tx(frame(n))
         got = []
@@ -51,7 +51,7 @@ def test_frames_waiting_before_the_callback_is_set_are_delivered():
 
 
 def test_a_callback_that_reads_nothing_is_not_called_in_a_loop():
-    with bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=["wire"]) as m:
+    with bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=["wire"]):
         calls = []
         bm.b_system(bm.CALLBACK_NETWORK, lambda: calls.append(1))
         bm.b_net_tx(frame(1))
@@ -63,7 +63,7 @@ def test_a_callback_that_reads_nothing_is_not_called_in_a_loop():
 
 
 def test_timer_callback_ticks_until_cleared():
-    with bm.Machine(cores=1, memory="16M", console="capture", input=False) as m:
+    with bm.Machine(cores=1, memory="16M", console="capture", input=False):
         ticks = []
         bm.b_system(bm.CALLBACK_TIMER, lambda: ticks.append(bm.b_system(bm.SMP_ID)))
         assert wait_until(lambda: len(ticks) >= 20)
@@ -76,7 +76,7 @@ def test_timer_callback_ticks_until_cleared():
 
 
 def test_a_raising_callback_is_reported_and_the_machine_carries_on(capfd):
-    with bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=["wire"]) as m:
+    with bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=["wire"]):
         seen = []
 
         def bad():

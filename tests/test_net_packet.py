@@ -1,7 +1,6 @@
 """The packet backend over a real veth pair into a namespace the test creates; pingd answers
 real `ping` from that namespace."""
 import os
-import subprocess
 import sys
 import threading
 import time
