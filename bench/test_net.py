@@ -387,3 +387,20 @@ def test_veth_rx_python_face(loops, veth, machine, record):
     record("veth RX 64 B, Python face (bm.b_net_rx)", ours, theirs, unit="frames/s",
            peer_name="Python socket.recv_into on AF_PACKET", target="ratio >= 0.8",
            note=f"received ours {got_ours}/{sent}, peer {got_peer}/{sent}")
+
+
+def test_veth_tx_c_face_txring(loops, veth, record):
+    """The `txring` variant (a per-frame kick of a mapped TX ring), reported without a target:
+    why it is not the default."""
+    ffi, c = loops
+    size, data = 64, frame(64)
+    sock = send_socket(veth.outer)
+    with bm.Machine(cores=1, memory="16M", console="capture", input=False,
+                    nics=[f"packet:{veth.outer},txring"]) as m:
+        tx = ffi.cast("void *", call_address(m, "b_net_tx"))
+        ours, peer = alternate(lambda: c.tx_loop(tx, data, size, 0, C_FRAMES),
+                               lambda: c.write_loop(sock.fileno(), data, size, C_FRAMES, 1))
+        dropped = m.nics[0].stats["tx_dropped"]
+    sock.close()
+    record("veth TX 64 B, C face, packet:..,txring", C_FRAMES * 1e9 / ours, C_FRAMES * 1e9 / peer,
+           unit="frames/s", peer_name="C send() on AF_PACKET", note=f"tx_dropped {dropped}")
