@@ -188,3 +188,32 @@ def test_unprivileged_users_are_told_how_to_get_a_nic():
                              sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "needs CAP_NET_ADMIN" in result.stdout and "ip tuntap add" in result.stdout, result.stderr
     assert "needs CAP_NET_RAW" in result.stdout
+
+
+def test_a_flat_binary_sends_and_receives_through_the_same_calls(tmp_path):
+    import shutil
+    import subprocess
+    from pybaremetal.apps import binary
+    from pybaremetal.cpu import kvm
+    if not kvm.available() or not shutil.which("nasm"):
+        pytest.skip("needs /dev/kvm and nasm (flat binaries)")
+    source, image = tmp_path / "net.asm", tmp_path / "net.app"
+    source.write_text("""BITS 64
+DEFAULT REL
+ORG 0xFFFF800000000000
+    lea rsi, [frame]
+    mov rcx, 20
+    xor edx, edx
+    call [abs 0x100020]             ; b_net_tx(frame, 20, 0)
+    xor edx, edx
+    call [abs 0x100028]             ; b_net_rx(0): RDI = frame, RCX = length
+    mov rsi, rdi
+    call [abs 0x100018]             ; b_output(frame, length)
+    ret
+frame: db 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0xab, 0xba, 'B', 'a', 'r', 'e', 'M', 'e'
+""")
+    subprocess.run(["nasm", "-f", "bin", str(source), "-o", str(image)], check=True)
+    with bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=["wire"]) as m:
+        binary.run(m, str(image), [])
+        assert m.console.output() == b"\xff" * 6 + b"\x02\0\0\0\0\x01\xab\xbaBareMe"
+        assert m.nics[0].stats["rx_packets"] == 1 and m.nics[0].stats["tx_packets"] == 1
