@@ -77,3 +77,23 @@ class VethNamespace:
 def link_exists(name):
     with IPRoute() as ipr:
         return bool(ipr.link_lookup(ifname=name))
+
+
+def ping_pingd(machine, namespace, address):
+    """Serve examples/pingd.py on the machine (core 0: this thread) while `ping -c 3 address`
+    runs in the namespace; halts the machine.  Returns (echo replies sent, ping's result)."""
+    import sys
+    import threading
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+    import pingd
+    results = []
+    ping = threading.Thread(target=lambda: results.append(subprocess.run(
+        ["ip", "netns", "exec", namespace, "ping", "-c", "3", "-i", "0.2", "-W", "2", address],
+        capture_output=True, text=True, timeout=30)))
+    ping.start()
+    try:
+        replies = machine.run(pingd.serve, address, 0, 3, 20, lambda text: None)
+    finally:
+        ping.join(30)
+        machine.halt()
+    return replies, results[0] if results else None

@@ -1,17 +1,11 @@
 """The packet backend over a real veth pair into a namespace the test creates; pingd answers
 real `ping` from that namespace."""
-import os
-import sys
-import threading
 import time
 
 import pytest
 
 import pybaremetal as bm
-from netns_helper import VethNamespace
-
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
-
+from netns_helper import VethNamespace, ping_pingd
 
 @pytest.fixture
 def veth():
@@ -131,18 +125,7 @@ def test_packet_tx_after_the_interface_vanished_raises(veth, machine):
 
 
 def test_pingd_answers_ping_from_the_namespace(veth):
-    sys.path.insert(0, EXAMPLES)
-    import pingd
     m = bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=[f"packet:{veth.outer}"])
-    ping = threading.Thread(target=lambda: results.append(
-        veth.run("ping", "-c", "3", "-i", "0.2", "-W", "2", "10.77.0.2", timeout=30)))
-    results = []
-    ping.start()
-    try:
-        replies = m.run(pingd.serve, "10.77.0.2", 0, 3, 20, lambda text: None)
-    finally:
-        ping.join(30)
-        m.halt()
+    replies, ping = ping_pingd(m, veth.name, "10.77.0.2")
     assert replies == 3
-    assert results and results[0].returncode == 0, results[0].stdout + results[0].stderr
-    assert " 0% packet loss" in results[0].stdout
+    assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr

@@ -6,7 +6,7 @@ import time
 import pytest
 
 import pybaremetal as bm
-from netns_helper import disable_ipv6, link_exists, unique
+from netns_helper import disable_ipv6, link_exists, ping_pingd, unique
 from pyroute2 import IPRoute
 
 
@@ -95,13 +95,7 @@ def test_tap_at_fd_uses_an_inherited_descriptor():
 
 
 def test_pingd_answers_ping_over_a_tap_moved_into_a_namespace():
-    import os
-    import subprocess
-    import sys
-    import threading
     from pyroute2 import NetNS, netns
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
-    import pingd
     namespace, name = unique("n"), unique("t")
     netns.create(namespace)
     try:
@@ -112,18 +106,9 @@ def test_pingd_answers_ping_over_a_tap_moved_into_a_namespace():
             index = ns.link_lookup(ifname=name)[0]
             ns.link("set", index=index, state="up")
             ns.addr("add", index=index, address="10.81.0.1", prefixlen=24)
-        results = []
-        ping = threading.Thread(target=lambda: results.append(subprocess.run(
-            ["ip", "netns", "exec", namespace, "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.81.0.2"],
-            capture_output=True, text=True, timeout=30)))
-        ping.start()
-        try:
-            replies = m.run(pingd.serve, "10.81.0.2", 0, 3, 20, lambda text: None)
-        finally:
-            ping.join(30)
-            m.halt()
+        replies, ping = ping_pingd(m, namespace, "10.81.0.2")
         assert replies == 3
-        assert results[0].returncode == 0 and " 0% packet loss" in results[0].stdout, results[0].stdout
+        assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout
     finally:
         netns.remove(namespace)                         # takes the TAP with it
     assert not link_exists(name)
