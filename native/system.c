@@ -120,6 +120,9 @@ int bm_machine_boot(struct bm_machine *m)
 {
 	bm_error_clear();
 	write_system_area(m);
+	for (int i = 0; i < 3; i++)                 /* a (re)booted machine has no callbacks, */
+		atomic_store(&m->callback[i], 0);
+	atomic_store(&m->console.output, NULL);     /* and writes to its console */
 	m->boot_ns = bm_now_ns();
 	atomic_store(&m->state, BM_STATE_RUNNING);
 	if (bm_smp_start(m) != 0) {
@@ -429,6 +432,7 @@ u64 b_system(u64 function, u64 var1, u64 var2)
 	case CALLBACK_NETWORK:
 	case CALLBACK_KEYBOARD:
 		atomic_store(&m->callback[function - CALLBACK_TIMER], var1);
+		bm_net_service_wake(m);            /* the service thread that runs callbacks */
 		return var1;
 	case DUMP_MEM:
 		return bm_dump_mem(var1, var1, var2);

@@ -238,3 +238,19 @@ def test_app_exception_propagates_and_the_machine_can_still_halt():
     assert not m.running
     with pytest.raises(bm.NoMachineError):
         bm.current_machine()
+
+
+def test_reboot_forgets_stdout_set_and_callbacks():
+    got, runs = [], []
+
+    def main():
+        runs.append((bm.b_system(bm.STDOUT_GET),))
+        bm.b_output(f"run {len(runs)}\n")
+        if len(runs) == 1:
+            bm.b_system(bm.STDOUT_SET, got.append)
+            bm.b_output("redirected\n")
+            bm.b_system(bm.REBOOT)
+    _, out = run_captured(main)
+    assert got == [b"redirected\n"]
+    assert out == b"run 1\nrun 2\n"
+    assert runs[0][0] == runs[1][0]             # the default output function again
