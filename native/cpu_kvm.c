@@ -173,7 +173,7 @@ static int vcpu_open(struct vcpu *v, struct bm_machine *m, u64 stack_top)
 
 	u64 *stack = guest_to_host(m, stack_top - 8, 8);
 	if (stack == NULL)
-		return bm_fail(BM_ERR_RANGE, "KVM: the stack at 0x%llx is outside memory", stack_top), BM_KVM_FAULT;
+		return bm_fail(BM_ERR_RANGE, "KVM: the stack at 0x%lx is outside memory", stack_top), BM_KVM_FAULT;
 	*stack = EXIT_STUB;
 	memset(&v->regs, 0, sizeof v->regs);
 	v->regs.rip = BM_APP_VIRTUAL;
@@ -214,7 +214,7 @@ static u64 guest_system(struct bm_machine *m, u64 function, u64 var1, u64 var2)
 	case DUMP_MEM: {
 		void *p = guest_to_host(m, var1, var2);
 		if (p == NULL)
-			return bm_fail(BM_ERR_RANGE, "DUMP_MEM: 0x%llx is outside memory", var1);
+			return bm_fail(BM_ERR_RANGE, "DUMP_MEM: 0x%lx is outside memory", var1);
 		return bm_dump_mem((u64)(uintptr_t)p, var1, var2);
 	}
 	case SCREEN_LFB_GET:
@@ -226,7 +226,7 @@ static u64 guest_system(struct bm_machine *m, u64 function, u64 var1, u64 var2)
 	case CALLBACK_TIMER:
 	case CALLBACK_NETWORK:
 	case CALLBACK_KEYBOARD:
-		return bm_fail(BM_ERR_STATE, "b_system 0x%llx: guest functions are not supported for binaries", function);
+		return bm_fail(BM_ERR_STATE, "b_system 0x%lx: guest functions are not supported for binaries", function);
 	default:
 		return b_system(function, var1, var2);
 	}
@@ -323,7 +323,7 @@ int bm_kvm_run_app(struct bm_machine *m, u64 stack_top, u64 *rax)
 			break;
 		case KVM_EXIT_MMIO:
 			bm_fail(BM_ERR_RANGE, "the app touched 0x%llx, outside the machine's memory (rip=0x%llx)",
-				(u64)run->mmio.phys_addr, r->rip);
+				(unsigned long long)run->mmio.phys_addr, r->rip);
 			break;
 		case KVM_EXIT_HLT:
 			bm_fail(BM_ERR_STATE, "the app halted the CPU (hlt) at rip=0x%llx", r->rip);

@@ -5,13 +5,15 @@
  * go through the call table at 0x100010; here they are ordinary C functions of the
  * pybaremetal runtime (one implementation per call, shared with Python apps).
  */
+#include <stdint.h>	/* upstream includes it too: apps may use uint64_t without their own */
 #ifndef _LIBBAREMETAL_H
 #define _LIBBAREMETAL_H
 
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
+/* upstream's typedefs: u64 is uint64_t (unsigned long), so printf("%lu") etc. match */
+typedef uint8_t u8;
+typedef uint16_t u16;
+typedef uint32_t u32;
+typedef uint64_t u64;
 
 #ifdef __cplusplus
 extern "C" {

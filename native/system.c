@@ -249,8 +249,8 @@ u64 bm_mem_alloc(struct bm_machine *m, u64 nbytes)
 	}
 	pthread_mutex_unlock(&m->pages_lock);
 	if (!found)
-		return bm_fail(BM_ERR_FULL, "no %llu MiB run of free memory (%llu MiB free)",
-			       want * (BM_PAGE_SIZE >> 20), m->pages_free * (BM_PAGE_SIZE >> 20));
+		return bm_fail(BM_ERR_FULL, "no %lu MiB run of free memory (%lu MiB free)",
+			       (u64)(want * (BM_PAGE_SIZE >> 20)), (u64)(m->pages_free * (BM_PAGE_SIZE >> 20)));
 	return found * BM_PAGE_SIZE;
 }
 
@@ -262,9 +262,9 @@ u64 bm_mem_reserve(struct bm_machine *m, u64 phys, u64 nbytes)
 	bm_error_clear();
 	u64 first = phys / BM_PAGE_SIZE, count = (nbytes + BM_PAGE_SIZE - 1) / BM_PAGE_SIZE;
 	if (phys % BM_PAGE_SIZE != 0 || first == 0 || nbytes == 0)
-		return bm_fail(BM_ERR_ARGUMENT, "cannot reserve 0x%llx (+%llu bytes)", phys, nbytes);
+		return bm_fail(BM_ERR_ARGUMENT, "cannot reserve 0x%lx (+%lu bytes)", phys, nbytes);
 	if (first >= m->num_pages || count > m->num_pages - first)
-		return bm_fail(BM_ERR_RANGE, "0x%llx (+%llu bytes) is beyond the machine's memory", phys, nbytes);
+		return bm_fail(BM_ERR_RANGE, "0x%lx (+%lu bytes) is beyond the machine's memory", phys, nbytes);
 	u64 taken = 0;
 	pthread_mutex_lock(&m->pages_lock);
 	for (u64 i = 0; i < count; i++)
@@ -277,7 +277,7 @@ u64 bm_mem_reserve(struct bm_machine *m, u64 phys, u64 nbytes)
 	}
 	pthread_mutex_unlock(&m->pages_lock);
 	if (taken)
-		return bm_fail(BM_ERR_FULL, "memory at 0x%llx (+%llu bytes) is already in use", phys, nbytes);
+		return bm_fail(BM_ERR_FULL, "memory at 0x%lx (+%lu bytes) is already in use", phys, nbytes);
 	return phys;
 }
 
@@ -298,7 +298,7 @@ u64 bm_mem_free(struct bm_machine *m, u64 phys)
 	}
 	pthread_mutex_unlock(&m->pages_lock);
 	if (!run)
-		return bm_fail(BM_ERR_ARGUMENT, "0x%llx is not an allocated region", phys);
+		return bm_fail(BM_ERR_ARGUMENT, "0x%lx is not an allocated region", phys);
 	return run * BM_PAGE_SIZE;
 }
 
@@ -340,7 +340,7 @@ u64 bm_dump_mem(u64 address, u64 shown, u64 length)
 		u64 n = length - done < sizeof probe ? length - done : sizeof probe;
 		struct iovec local = { probe, n }, remote = { (void *)(uintptr_t)(address + done), n };
 		if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)n)
-			return bm_fail(BM_ERR_RANGE, "DUMP_MEM: 0x%llx..0x%llx is not readable memory",
+			return bm_fail(BM_ERR_RANGE, "DUMP_MEM: 0x%lx..0x%lx is not readable memory",
 				       shown, shown + length);
 		done += n;
 	}

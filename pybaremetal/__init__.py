@@ -18,6 +18,7 @@ from .errors import (AddressError, ArgumentError, BareMetalError, HostError, NoM
 from .io import b_input, b_output
 from .machine import Machine, current_machine
 from .nvs import Drive, NvsError, NvsWarning, b_nvs_read, b_nvs_write
+from .screen import screen
 from .net import NetError, b_net_rx, b_net_tx, wire
 from .system import b_system
 from . import bmfs

@@ -6,7 +6,7 @@ import sys
 import traceback
 import warnings
 
-from .errors import BareMetalError
+from .errors import ArgumentError, BareMetalError
 
 EPILOG = """examples:
   baremetal run examples/hello.py
@@ -14,6 +14,9 @@ EPILOG = """examples:
   baremetal run app.py --cores 2 --memory 512M -- arg1 arg2
   baremetal run examples/ethtest.py --nic wire
   sudo baremetal run examples/pingd.py --nic packet:veth0 -- 10.0.0.2
+  baremetal run examples/helloc.c
+  baremetal run examples/mandelbrot.c --screen 800x600 --screen-png mandel.png
+  baremetal cc app.c -o app.so -O3 -- -DDEBUG
 """
 
 
@@ -35,6 +38,17 @@ def _add_machine_options(parser):
                        help="attach a NIC (repeatable; interface ids follow the order): tap:NAME, "
                             "tap:@FD, packet:IFACE[,promisc][,txring], wire (loopback); "
                             "any of them ,mac=02:00:00:00:00:01")
+    screen = parser.add_argument_group("the screen")
+    screen.add_argument("--screen", default=None, metavar="WxH|none",
+                        help="frame buffer size (default: 1024x768 for C apps; none for Python "
+                             "apps until they call bm.screen())")
+    screen.add_argument("--screen-png", default=None, metavar="FILE",
+                        help="save the final frame as a PNG file at exit")
+    screen.add_argument("--screen-png-every", type=float, default=None, metavar="MS",
+                        help="also save a frame every MS milliseconds, as FILE-NNNNNN.png")
+    screen.add_argument("--window", action="store_true",
+                        help="show the screen in a live window (needs a display and pygame); "
+                             "key presses go to b_input")
 
 
 def build_parser():
@@ -47,8 +61,10 @@ def build_parser():
         "run", help="boot a machine and run an app on it",
         description="Boot a machine and run APP on core 0.  Arguments after -- reach the app "
                     "(sys.argv[1:] for Python apps).  The exit code is the app's return value.")
-    run.add_argument("app", metavar="APP", help="the app: a .py file with a main() function, or a flat "
-                     "binary (.app) built for BareMetal (runs under KVM)")
+    run.add_argument("app", metavar="APP",
+                     help="the app: a .py file with a main() function, a .c source (built and "
+                          "cached), a .so built by `baremetal cc`, or a flat binary (.app) built "
+                          "for BareMetal (runs under KVM)")
     _add_machine_options(run)
     monitor = commands.add_parser(
         "monitor", help="boot a machine into the Monitor (BareMetal's command line)",
@@ -62,13 +78,24 @@ def build_parser():
     bmfs.add_argument("disk", metavar="DISK")
     bmfs.add_argument("bmfs_command", metavar="COMMAND")
     bmfs.add_argument("bmfs_args", nargs="*", metavar="ARGS")
+    cc = commands.add_parser(
+        "cc", help="build a C app (a shared object of the hosted API)",
+        description="Compile and link C sources that include libBareMetal.h into an app for "
+                    "`baremetal run`.  Arguments after -- go to gcc as they are.")
+    cc.add_argument("sources", nargs="*", metavar="SOURCE", help="C source files")
+    cc.add_argument("-o", dest="output", default=None, metavar="APP.so",
+                    help="output file (default: the first source's name with .so, here)")
+    cc.add_argument("-O", dest="optimize", nargs="?", const="1", default="2", metavar="LEVEL",
+                    help="optimization level, as gcc's -O (default: -O2)")
+    cc.add_argument("--print-include-dir", action="store_true",
+                    help="print the directory holding libBareMetal.h and exit")
     return parser
 
 
 def machine_kwargs(args):
     """Machine(...) arguments from the parsed machine options."""
     return dict(cores=args.cores, memory=args.memory, console=args.console, input=args.input,
-                pin=args.pin, drives=args.drive, nics=args.nic)
+                pin=args.pin, drives=args.drive, nics=args.nic, screen=args.screen)
 
 
 def exit_code(result):
@@ -86,10 +113,23 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def cmd_cc(args, gcc_args):
+    from .apps import c
+    if args.print_include_dir:
+        print(c.include_dir())
+        return 0
+    if not args.sources:
+        raise ArgumentError("cc: no C sources given")
+    output = args.output or os.path.splitext(os.path.basename(args.sources[0]))[0] + ".so"
+    c.build(args.sources, output, args.optimize, gcc_args)
+    return 0
+
+
 def cmd_run(args, app_argv):
     from .apps import loader_for
     loader = loader_for(args.app)
-    return boot_and_run(args, lambda machine: loader.run(machine, args.app, app_argv))
+    return boot_and_run(args, lambda machine: loader.run(machine, args.app, app_argv),
+                        default_screen=getattr(loader, "DEFAULT_SCREEN", None))
 
 
 def cmd_monitor(args):
@@ -97,26 +137,41 @@ def cmd_monitor(args):
     return boot_and_run(args, monitor.run)
 
 
-def boot_and_run(args, runner):
-    """Build the machine the options describe, run ``runner(machine)``, halt; the exit code."""
+def boot_and_run(args, runner, default_screen=None):
+    """Build the machine the options describe, run ``runner(machine)`` (with the screen's PNGs
+    and window, if asked for), halt; the exit code.  ``default_screen``: the app kind's screen
+    when --screen is not given (C apps: 1024x768); --screen-png / --window imply 1024x768."""
     from .machine import Machine
+    from .screen import Outputs
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _terminate)
     warnings.formatwarning = lambda message, *rest, **kw: f"baremetal: warning: {message}\n"
-    machine = Machine(**machine_kwargs(args))
+    kwargs = machine_kwargs(args)
+    if args.screen is None:
+        kwargs["screen"] = default_screen or ("1024x768" if args.screen_png or args.window else None)
+    keys = os.pipe() if args.window and args.input is None else None
+    if keys is not None:
+        kwargs["input"] = keys[0]              # b_input reads the window's key presses
     try:
-        result = runner(machine)
-    except SystemExit as stop:
-        result = stop.code
-    except BareMetalError:
-        raise
-    except Exception:
-        machine.halt()
-        traceback.print_exc()
-        return 1
+        machine = Machine(**kwargs)
+        try:
+            with Outputs(machine, args.screen_png, args.screen_png_every, args.window,
+                         keys[1] if keys else -1):
+                result = runner(machine)
+        except SystemExit as stop:
+            result = stop.code
+        except BareMetalError:
+            raise
+        except Exception:
+            machine.halt()
+            traceback.print_exc()
+            return 1
+        finally:
+            machine.halt()
+        return exit_code(result)
     finally:
-        machine.halt()
-    return exit_code(result)
+        for fd in keys or ():
+            os.close(fd)
 
 
 def main(argv=None):
@@ -138,6 +193,8 @@ def main(argv=None):
             except BmfsError as error:
                 print(f"baremetal bmfs: error: {error}", file=sys.stderr)
                 return 1
+        if args.command == "cc":
+            return cmd_cc(args, app_argv)
     except BareMetalError as error:
         print(f"baremetal: error: {error}", file=sys.stderr)
         return getattr(error, "exit_status", 2)

@@ -14,6 +14,7 @@ from .errors import (ArgumentError, OutOfMemory, Reboot, Shutdown, StateError,
                      raise_recorded)
 from .io import Console
 from .memory import FlatMemory, check_range, parse_size
+from .screen import Screen, parse as screen_parse
 
 from .current import current_machine, local as _local  # noqa: F401 (re-exported)
 
@@ -46,6 +47,9 @@ class Machine:
     a file object, or False for none.
     ``pin``: pin each core to its own CPU.
     ``drives``, ``nics``: device specs, see pybaremetal.nvs and pybaremetal.net.
+    ``screen``: a frame buffer in flat memory: "WxH" or (width, height); None (default) or
+    "none" for no screen (a Python app may still ask for one with ``bm.screen()``, except
+    with "none").  ``machine.screen`` is the :class:`pybaremetal.screen.Screen`, or None.
     """
 
     def __init__(self, cores=None, memory="256M", console=None, input=None, pin=True,
@@ -83,9 +87,15 @@ class Machine:
         except BaseException:
             self._release()
             raise
+        self.screen_spec = screen              # None: no screen until bm.screen() asks for one
         self.screen = None
-        if screen is not None:
-            raise ArgumentError("screen: not supported by this build")
+        try:
+            size = screen_parse(screen)
+            if size is not None:
+                self.screen = Screen(self, *size)
+        except BaseException:
+            self._release()
+            raise
 
     # --- life -----------------------------------------------------------------------------
 
@@ -110,6 +120,7 @@ class Machine:
         self._halted = True
         try:
             lib.bm_machine_halt(self._c)
+            lib.bm_lowmap_release(self._c)
         finally:
             self._release()
             self._unbind_all()
@@ -165,7 +176,10 @@ class Machine:
             raise StateError("reboot: the machine is not running")
         lib.bm_machine_stop_cores(self._c)
         self._flat.clear()
+        lib.bm_lowmap_clear(self._c)
         lib.bm_mem_reset(self._c)
+        if self.screen is not None:
+            self.screen.reserve()
         if lib.bm_machine_boot(self._c) != 0:
             raise_recorded()
 

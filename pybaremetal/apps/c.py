@@ -1,0 +1,268 @@
+"""C apps: sources that ``#include "libBareMetal.h"``, built as shared objects, run on core 0.
+
+Building.  ``build()`` runs gcc as upstream builds apps (16-byte function alignment, so any
+function can be handed to SMP_SET) plus -shared -fPIC, warnings on, libm and pthreads linked.
+gcc's messages go straight to the terminal; a failure raises :class:`CompileError`.
+``cached_build()`` (what ``baremetal run app.c`` uses) keeps built objects under the cache
+directory, keyed by a hash of the sources, the flags, libBareMetal.h and the compiler; the
+local headers gcc reports (-MMD) are hashed too and checked on every hit.
+
+How an app's calls reach the runtime (one implementation per call).  The runtime's C core is
+the cffi extension ``pybaremetal._native``.  Python loads extensions RTLD_LOCAL, so their
+symbols are invisible to libraries loaded later.  An app is linked with b_output, b_system etc.
+left undefined; before the first app is loaded, :func:`_export_runtime` re-opens the extension
+with RTLD_NOLOAD | RTLD_GLOBAL: the same, already loaded file (nothing is loaded twice) is
+promoted to the global scope.  The app is then opened RTLD_NOW | RTLD_LOCAL, so the dynamic
+linker binds its b_* calls to the extension's own functions at load time (a call to a symbol
+that exists nowhere fails the load, with the linker's message), and the app's own symbols
+(its main, its globals) stay private to it.  Chosen over a separate libbaremetal.so that both
+the extension and apps link to because it keeps one file and one copy of each function in the
+process with no install-path or rpath bookkeeping; and over DT_NEEDED on the extension because
+the extension's file name depends on the Python version and the install.
+
+Running.  ``main`` is called through the C core's bm_run_main on the calling thread, bound as
+core 0, with the GIL released: SHUTDOWN and REBOOT unwind back to it (REBOOT closes the app
+and opens it again, so its globals start fresh, as a reboot reloads an app).  ``int main(void)``
+and ``int main(int argc, char **argv)`` both work (argv[0] is the app's path).
+
+stdout.  printf and b_output share fd 1 when the console is stdout: C stdio is flushed before
+each b_output (bm_console_set_flush_stdio) and after main returns, so lines come out in the
+order the app wrote them.  printf always writes to the process's stdout; b_output goes to the
+machine's console (which may be a file or a capture).
+
+The low window.  Upstream apps read the InfoMap and the kernel's variables by absolute address
+(0x5012, 0x5100, 0x110104, ...).  Before main runs, the machine claims the process's low
+window (native/lowmap.c): its system area appears at its own physical addresses 0x1000..
+0x1FFFFF.  One machine per process owns it: the first machine that runs a C app, until that
+machine halts.  When the window cannot be had (vm.mmap_min_addr above 0x1000, or another
+machine owns it), one line on stderr says what will not work and how to enable it.
+"""
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from .. import _native
+from .._native import ffi, lib
+from ..errors import ArgumentError, BareMetalError, Reboot, Shutdown, recorded_error
+
+DEFAULT_SCREEN = "1024x768"              # C apps get a screen unless --screen none
+WARNINGS = ("-Wall", "-Wextra")
+# as upstream builds apps (16-byte aligned functions), as a shared object of the hosted runtime
+BASE_FLAGS = ("-shared", "-fPIC", "-falign-functions=16", "-pthread", "-g")
+LIBS = ("-lm",)
+_STATE_RUNNING, _STATE_SHUTDOWN, _STATE_REBOOT = 1, 2, 3     # enum bm_machine_state
+
+
+class CompileError(BareMetalError):
+    """gcc failed (its messages were printed as gcc printed them)."""
+
+
+# --- building -----------------------------------------------------------------------------
+
+def include_dir():
+    """The directory holding libBareMetal.h: the installed package's copy, else the source tree's."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for directory in (os.path.join(package, "include"), os.path.join(os.path.dirname(package), "native")):
+        if os.path.isfile(os.path.join(directory, "libBareMetal.h")):
+            return directory
+    raise BareMetalError(f"libBareMetal.h is not installed with pybaremetal ({package}); reinstall the package")
+
+
+def compiler():
+    """The C compiler: $CC or gcc."""
+    name = os.environ.get("CC", "gcc")
+    path = shutil.which(name)
+    if path is None:
+        raise CompileError(f"no C compiler: '{name}' is not on PATH (install gcc, or set CC)")
+    return path
+
+
+def gcc_command(sources, output, optimize="2", extra=()):
+    """The gcc command line that builds ``sources`` into the app ``output``."""
+    return [compiler(), *BASE_FLAGS, f"-O{optimize}", *WARNINGS, "-I", include_dir(),
+            *extra, "-o", output, *sources, *LIBS]
+
+
+def _check_sources(sources):
+    if not sources:
+        raise ArgumentError("no C sources given")
+    for source in sources:
+        if not os.path.isfile(source):
+            raise ArgumentError(f"{source}: no such file")
+
+
+def build(sources, output, optimize="2", extra=(), depfile=None):
+    """Compile and link ``sources`` into the shared object ``output``.
+
+    gcc's messages go to stderr as gcc prints them.  Raises CompileError when it fails."""
+    _check_sources(sources)
+    command = gcc_command(sources, output, optimize, extra)
+    if depfile is not None:
+        command[1:1] = ["-MMD", "-MF", depfile]
+    if subprocess.run(command).returncode != 0:
+        raise CompileError(f"compiling {' '.join(sources)} failed (gcc's messages are above)")
+    return output
+
+
+def cache_dir():
+    """Where ``baremetal run app.c`` keeps built apps: $BAREMETAL_CACHE, else
+    $XDG_CACHE_HOME/pybaremetal/capps, else ~/.cache/pybaremetal/capps."""
+    if os.environ.get("BAREMETAL_CACHE"):
+        return os.environ["BAREMETAL_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pybaremetal", "capps")
+
+
+def _digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _compiler_identity(path):
+    version = subprocess.run([path, "-dumpfullversion", "-dumpversion"], capture_output=True, text=True)
+    return f"{path} {version.stdout.strip()}"
+
+
+def cache_key(sources, optimize="2", extra=()):
+    """The hash naming a build: sources (names and contents), flags, libBareMetal.h, compiler."""
+    h = hashlib.sha256()
+    for part in (_compiler_identity(compiler()), *BASE_FLAGS, optimize, *WARNINGS, *extra, *LIBS,
+                 _digest(os.path.join(include_dir(), "libBareMetal.h"))):
+        h.update(part.encode() + b"\0")
+    for source in sources:
+        h.update(os.path.abspath(source).encode() + b"\0" + _digest(source).encode() + b"\0")
+    return h.hexdigest()[:32]
+
+
+def _dependencies(depfile, sources):
+    """Files gcc read besides the sources (local headers), from its -MMD output."""
+    with open(depfile) as f:
+        text = f.read().replace("\\\n", " ")
+    names = text.split(":", 1)[1].split() if ":" in text else []
+    skip = {os.path.abspath(s) for s in sources} | {os.path.join(include_dir(), "libBareMetal.h")}
+    return sorted({os.path.abspath(n) for n in names} - skip)
+
+
+def _cache_hit(directory):
+    """True if the build in ``directory`` is complete and every header it read is unchanged."""
+    try:
+        with open(os.path.join(directory, "deps.json")) as f:
+            deps = json.load(f)
+        return os.path.isfile(os.path.join(directory, "app.so")) and all(
+            os.path.isfile(path) and _digest(path) == digest for path, digest in deps.items())
+    except (OSError, ValueError):
+        return False
+
+
+def cached_build(sources, optimize="2", extra=()):
+    """The built app for ``sources``: from the cache when nothing changed, else built now.
+    Returns the path of the shared object.  Raises CompileError."""
+    _check_sources(sources)
+    directory = os.path.join(cache_dir(), cache_key(sources, optimize, extra))
+    if _cache_hit(directory):
+        return os.path.join(directory, "app.so")
+    os.makedirs(cache_dir(), exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".build-", dir=cache_dir())
+    try:
+        build(sources, os.path.join(work, "app.so"), optimize, extra, depfile=os.path.join(work, "app.d"))
+        deps = {path: _digest(path) for path in _dependencies(os.path.join(work, "app.d"), sources)}
+        with open(os.path.join(work, "deps.json"), "w") as f:
+            json.dump(deps, f)
+        shutil.rmtree(directory, ignore_errors=True)     # a stale build (a header changed)
+        try:
+            os.rename(work, directory)
+        except OSError:                                  # another process finished first
+            if not _cache_hit(directory):
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return os.path.join(directory, "app.so")
+
+
+# --- loading and running ------------------------------------------------------------------
+
+_runtime_exported = False
+
+
+def _export_runtime():
+    """Promote the already loaded C core to the global symbol scope (see the module notes)."""
+    global _runtime_exported
+    if not _runtime_exported:
+        ctypes.CDLL(_native.__file__, mode=os.RTLD_NOW | os.RTLD_GLOBAL | os.RTLD_NOLOAD)
+        _runtime_exported = True
+
+
+class App:
+    """A loaded C app: ``main`` is its main as a cffi function pointer."""
+
+    def __init__(self, path):
+        _export_runtime()
+        try:
+            self._dll = ctypes.CDLL(os.path.abspath(path), mode=os.RTLD_NOW | os.RTLD_LOCAL)
+        except OSError as error:
+            raise ArgumentError(f"{path}: cannot load the app: {error}") from None
+        try:
+            address = ctypes.cast(self._dll.main, ctypes.c_void_p).value
+        except AttributeError:
+            self.close()
+            raise ArgumentError(f"{path}: the app has no main()") from None
+        self.main = ffi.cast("int (*)(int, char **)", address)
+
+    def close(self):
+        """dlclose it (only once nothing runs its code: a reload then starts with fresh globals)."""
+        if self._dll is not None:
+            import _ctypes
+            _ctypes.dlclose(self._dll._handle)
+            self._dll = None
+
+
+def _claim_low_window(machine):
+    """Map the machine's system area at its physical addresses; one line on stderr if not."""
+    if not lib.bm_lowmap_claim(machine._c):
+        _, reason = recorded_error()
+        print(f"baremetal: note: no low window: {reason}", file=sys.stderr)
+
+
+_libc = ctypes.CDLL(None)
+
+
+def _flush_c_stdio():
+    _libc.fflush(None)
+
+
+def run(machine, path, argv):
+    """Run the C app at ``path`` (.c: built through the cache; .so: as is) on ``machine``.
+
+    argv[0] is ``path``; returns main's return value (None after SHUTDOWN).  REBOOT reloads
+    the app and runs main again."""
+    app_path = cached_build([path]) if path.endswith(".c") else path
+    args = [ffi.new("char[]", os.fsencode(a)) for a in [path, *argv]]
+    c_argv = ffi.new("char *[]", args + [ffi.NULL])
+    exit_code = ffi.new("int *")
+    loaded = []
+
+    def once():
+        while loaded:                      # after a reboot: cores are stopped, reload the app
+            loaded.pop().close()
+        loaded.append(App(app_path))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            state = lib.bm_run_main(machine._c, loaded[-1].main, len(args), c_argv, exit_code)
+        finally:
+            _flush_c_stdio()
+        if state == _STATE_SHUTDOWN:
+            raise Shutdown()
+        if state == _STATE_REBOOT:
+            raise Reboot()
+        return exit_code[0]
+
+    _claim_low_window(machine)             # before boot: boot writes the system area into it
+    machine.boot()
+    lib.bm_console_set_flush_stdio(machine._c, 1)
+    return machine.run(once)
