@@ -205,7 +205,7 @@ class App:
         try:
             self._dll = ctypes.CDLL(os.path.abspath(path), mode=os.RTLD_NOW | os.RTLD_LOCAL)
         except OSError as error:
-            raise ArgumentError(f"{path}: cannot load the app: {error}") from None
+            raise ArgumentError(f"cannot load the app: {error}") from None
         try:
             address = ctypes.cast(self._dll.main, ctypes.c_void_p).value
         except AttributeError:
