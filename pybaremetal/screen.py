@@ -166,6 +166,7 @@ class Window:
         if not display_available():
             raise ArgumentError("--window needs a display, and neither DISPLAY nor WAYLAND_DISPLAY "
                                 "is set (use --screen-png FILE to see the screen without one)")
+        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         try:
             import pygame  # noqa: F401
         except ImportError:
@@ -182,7 +183,6 @@ class Window:
             raise ArgumentError(f"--window: cannot open a window: {self.error}")
 
     def _loop(self):
-        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         import pygame
         try:
             pygame.display.init()
