@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <string.h>
 #include <unistd.h>
 #include "machine.h"
@@ -70,7 +71,7 @@ void b_output(const char *str, u64 nbr)
 		fn(str, nbr);
 		return;
 	}
-	if (m->console.flush_stdio)
+	if (m->console.flush_stdio && __fpending(stdout) != 0)   /* unlocked peek: no lock when empty */
 		fflush(stdout);
 	console_write(m->console.out_fd, str, nbr);
 }
