@@ -190,8 +190,17 @@ def test_default_screen_for_c_apps_and_none_for_python_apps(tmp_path, cache):
 def test_screen_png_every_without_a_file_and_png_without_a_screen_are_clear_errors():
     done = baremetal("run", "examples/hello.py", "--screen", "64x64", "--screen-png-every", "10")
     assert done.returncode == 2 and b"--screen-png-every needs --screen-png FILE" in done.stderr
-    done = baremetal("run", "examples/hello.py", "--screen-png", "x.png")
+    done = baremetal("run", "examples/hello.py", "--screen", "none", "--screen-png", "x.png")
     assert done.returncode == 2 and b"need a screen" in done.stderr
+
+
+def test_a_python_app_watched_with_screen_png_gets_the_default_screen(tmp_path):
+    app = tmp_path / "red.py"
+    app.write_text("import pybaremetal as bm\ndef main():\n    bm.screen()[:] = 0xFF0000\n")
+    done = baremetal("run", str(app), "--screen-png", str(tmp_path / "red.png"))
+    assert done.returncode == 0, done.stderr
+    image = Image.open(tmp_path / "red.png")
+    assert image.size == (1024, 768) and image.getpixel((1023, 767)) == (255, 0, 0)
 
 
 def test_window_without_a_display_fails_with_a_clear_message():
