@@ -71,7 +71,6 @@ struct bm_machine;
 #include "smp.h"
 #include "nvs.h"
 #include "net.h"
-#include "lowmap.h"
 
 /* The linear frame buffer, described to the app by SCREEN_* and the InfoMap. */
 struct bm_screen {
