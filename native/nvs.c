@@ -103,17 +103,17 @@ static u64 nvs_request(int writing, void *mem, u64 start, u64 num, u64 drive)
 	u32 count = atomic_load_explicit(&nvs->num_drives, memory_order_acquire);
 	struct bm_drive *d = drive < count ? nvs->drives[drive] : NULL;
 	if (d == NULL)
-		return bm_fail(BM_ERR_ARGUMENT, "%s: no drive %llu (the machine has %u drive%s)",
+		return bm_fail(BM_ERR_ARGUMENT, "%s: no drive %lu (the machine has %u drive%s)",
 			       call, drive, count, count == 1 ? "" : "s");
 	if (num == 0)
 		return 0;
 	if (start >= d->sectors || num > d->sectors - start)
-		return bm_fail(BM_ERR_RANGE, "%s: drive %llu (%s): sectors %llu..%llu%s are past its end "
-			       "(it holds %llu sectors)", call, drive, d->name, start,
-			       start + num - 1 < start ? ~0ull : start + num - 1,
+		return bm_fail(BM_ERR_RANGE, "%s: drive %lu (%s): sectors %lu..%lu%s are past its end "
+			       "(it holds %lu sectors)", call, drive, d->name, start,
+			       start + num - 1 < start ? (u64)~0ull : start + num - 1,
 			       start + num - 1 < start ? " (overflow)" : "", d->sectors);
 	if (writing && d->read_only)
-		return bm_fail(BM_ERR_STATE, "%s: drive %llu (%s) is read-only", call, drive, d->name);
+		return bm_fail(BM_ERR_STATE, "%s: drive %lu (%s) is read-only", call, drive, d->name);
 	if (mem == NULL)
 		return bm_fail(BM_ERR_ARGUMENT, "%s: mem is NULL", call);
 
@@ -139,7 +139,7 @@ static u64 nvs_request(int writing, void *mem, u64 start, u64 num, u64 drive)
 	if (err != 0) {
 		char text[80];
 		atomic_fetch_add_explicit(&d->errors, 1, memory_order_relaxed);
-		bm_fail(BM_ERR_IO, "%s: drive %llu (%s): I/O error at sector %llu: %s", call, drive,
+		bm_fail(BM_ERR_IO, "%s: drive %lu (%s): I/O error at sector %lu: %s", call, drive,
 			d->name, start + sectors, strerror_r(err, text, sizeof text));
 	}
 	return sectors;
@@ -176,7 +176,7 @@ static int drive_size(int fd, const char *name, u64 *size)
 	if (S_ISREG(st.st_mode)) {
 		*size = (u64)st.st_size;
 		if (*size % BM_SECTOR_SIZE != 0)
-			return (int)bm_fail(BM_ERR_ARGUMENT, "drive %s: its size (%llu bytes) is not a multiple "
+			return (int)bm_fail(BM_ERR_ARGUMENT, "drive %s: its size (%lu bytes) is not a multiple "
 					    "of 4096 (grow it with create=SIZE)", name, *size) - 1;
 		return 0;
 	}
