@@ -1,9 +1,11 @@
 """C apps: `baremetal cc`, `baremetal run app.c / app.so`, the hosted libBareMetal.h, the low
 window, stdout ordering, SHUTDOWN/REBOOT, the build cache.  Real gcc, real processes."""
 import os
+import pty
 import re
 import subprocess
 import sys
+import termios
 
 import pytest
 
@@ -309,6 +311,30 @@ int main(int argc, char **argv)
     assert done.returncode == 4, done.stderr
     # the screen (1024x768x4 = 2 pages) stays reserved across the reboot
     assert done.stdout == b"boot 0 runs 1 free 26\nboot 1 runs 1 free 26\n"
+
+
+def test_exit_ends_the_run_like_a_return_and_the_machine_halts_cleanly(tmp_path, cache):
+    path = source(tmp_path, r"""
+#include <stdlib.h>
+static void deep(void) { printf("leaving\n"); exit(6); }
+
+int main(void)
+{
+	deep();
+	printf("not reached\n");
+	return 0;
+}
+""")
+    controller, terminal = pty.openpty()
+    try:
+        before = termios.tcgetattr(terminal)
+        done = subprocess.run([sys.executable, "-m", "pybaremetal", "run", path], stdin=terminal,
+                              capture_output=True, cwd=ROOT, timeout=60, env=dict(os.environ, BAREMETAL_CACHE=cache))
+        assert termios.tcgetattr(terminal) == before          # the console's raw mode was undone
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert done.returncode == 6 and done.stdout == b"leaving\n", done.stderr
 
 
 def test_stdout_set_from_c_redirects_b_output(tmp_path, cache):

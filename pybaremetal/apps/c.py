@@ -20,10 +20,11 @@ the extension and apps link to because it keeps one file and one copy of each fu
 process with no install-path or rpath bookkeeping; and over DT_NEEDED on the extension because
 the extension's file name depends on the Python version and the install.
 
-Running.  ``main`` is called through the C core's bm_run_main on the calling thread, bound as
-core 0, with the GIL released: SHUTDOWN and REBOOT unwind back to it (REBOOT closes the app
-and opens it again, so its globals start fresh, as a reboot reloads an app).  ``int main(void)``
-and ``int main(int argc, char **argv)`` both work (argv[0] is the app's path).
+Running.  ``main`` is called through the C core's bm_run_main (native/capps.c) on the calling
+thread, bound as core 0, with the GIL released: SHUTDOWN and REBOOT unwind back to it (REBOOT
+closes the app and opens it again, so its globals start fresh, as a reboot reloads an app), and
+so does exit(status) (apps are linked with --wrap=exit), which ends the run like a return.
+``int main(void)`` and ``int main(int argc, char **argv)`` both work (argv[0] is the app's path).
 
 stdout.  printf and b_output share fd 1 when the console is stdout: C stdio is flushed before
 each b_output (bm_console_set_flush_stdio) and after main returns, so lines come out in the
@@ -52,8 +53,9 @@ from ..errors import ArgumentError, BareMetalError, Reboot, Shutdown, recorded_e
 
 DEFAULT_SCREEN = "1024x768"              # C apps get a screen unless --screen none
 WARNINGS = ("-Wall", "-Wextra")
-# as upstream builds apps (16-byte aligned functions), as a shared object of the hosted runtime
-BASE_FLAGS = ("-shared", "-fPIC", "-falign-functions=16", "-pthread", "-g")
+# as upstream builds apps (16-byte aligned functions), as a shared object of the hosted runtime;
+# exit() goes to the runtime's __wrap_exit (native/capps.c): it ends the run, not the process
+BASE_FLAGS = ("-shared", "-fPIC", "-falign-functions=16", "-pthread", "-g", "-Wl,--wrap=exit")
 LIBS = ("-lm",)
 _STATE_RUNNING, _STATE_SHUTDOWN, _STATE_REBOOT = 1, 2, 3     # enum bm_machine_state
 
@@ -253,7 +255,7 @@ def run(machine, path, argv):
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            state = lib.bm_run_main(machine._c, loaded[-1].main, len(args), c_argv, exit_code)
+            state = lib.bm_capp_run_main(machine._c, loaded[-1].main, len(args), c_argv, exit_code)
         finally:
             _flush_c_stdio()
         if state == _STATE_SHUTDOWN:
