@@ -130,7 +130,7 @@ int bm_nic_send(struct bm_nic *nic, const void *frame, u64 len)
 {
 	if (len < BM_FRAME_MIN || len > BM_FRAME_MAX) {
 		atomic_fetch_add_explicit(&nic->stats.tx_dropped, 1, memory_order_relaxed);
-		bm_fail(BM_ERR_ARGUMENT, "frame length %llu is outside %d..%d", len, BM_FRAME_MIN, BM_FRAME_MAX);
+		bm_fail(BM_ERR_ARGUMENT, "frame length %lu is outside %d..%d", len, BM_FRAME_MIN, BM_FRAME_MAX);
 		return -1;
 	}
 	bm_nic_lock(&nic->tx_lock, 0);
@@ -211,7 +211,7 @@ void b_net_tx(void *mem, u64 len, u64 iid)
 	struct bm_nic *nic = nic_of(m, iid);
 	if (nic == NULL) {
 		atomic_fetch_add_explicit(&m->net.bad_iid_drops, 1, memory_order_relaxed);
-		bm_fail(BM_ERR_ARGUMENT, "no interface %llu (the machine has %u)", iid,
+		bm_fail(BM_ERR_ARGUMENT, "no interface %lu (the machine has %u)", iid,
 			atomic_load(&m->net.num_nics));
 		return;
 	}
@@ -233,7 +233,7 @@ u64 b_net_rx(void **mem, u64 iid)
 		return 0;
 	struct bm_nic *nic = nic_of(m, iid);
 	if (nic == NULL)
-		return bm_fail(BM_ERR_ARGUMENT, "no interface %llu (the machine has %u)", iid,
+		return bm_fail(BM_ERR_ARGUMENT, "no interface %lu (the machine has %u)", iid,
 			       atomic_load(&m->net.num_nics));
 	volatile u32 *hint = atomic_load_explicit(&nic->rx_hint, memory_order_relaxed);
 	if (hint != NULL && !(*hint & nic->rx_hint_mask))
@@ -282,7 +282,7 @@ u64 bm_net_config(struct bm_machine *m, u64 base, u64 iid)
 {
 	(void)base;
 	if (nic_of(m, iid) == NULL)
-		return bm_fail(BM_ERR_ARGUMENT, "NET_CONFIG: no interface %llu", iid);
+		return bm_fail(BM_ERR_ARGUMENT, "NET_CONFIG: no interface %lu", iid);
 	return 1;
 }
 
