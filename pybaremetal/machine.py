@@ -8,7 +8,7 @@ import os
 import threading
 import warnings
 
-from . import abi, nvs, net
+from . import abi, nvs, net, smp
 from ._native import ffi, lib
 from .errors import (ArgumentError, OutOfMemory, Reboot, Shutdown, StateError,
                      raise_recorded)
@@ -44,12 +44,13 @@ class Machine:
     ``console``: 'stdout' (default), 'stderr', 'capture', a path, an fd or a file object.
     ``input``: what b_input reads: None (stdin for a stdout console), bytes, a path, an fd,
     a file object, or False for none.
-    ``pin``: pin each core to its own CPU.
+    ``pin``: pin each core to its own CPU (core 0's previous affinity comes back at halt).
+    ``queue_size``: capacity of the work queue (a power of two), see :class:`pybaremetal.smp.Smp`.
     ``drives``, ``nics``: device specs, see pybaremetal.nvs and pybaremetal.net.
     """
 
     def __init__(self, cores=None, memory="256M", console=None, input=None, pin=True,
-                 drives=(), nics=(), screen=None):
+                 drives=(), nics=(), screen=None, queue_size=4096):
         if cores is None:
             cores = len(os.sched_getaffinity(0))
         if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= 256:
@@ -78,6 +79,7 @@ class Machine:
         self._c = ffi.gc(pointer, lib.bm_machine_free)
         lib.bm_machine_set_cpu_mhz(self._c, _cpu_mhz())
         try:
+            self.smp = smp.Smp(self, queue_size, pin)
             self.drives = nvs.attach(self, drives)
             self.nics = net.attach(self, nics)
         except BaseException:
@@ -110,6 +112,7 @@ class Machine:
         self._halted = True
         try:
             lib.bm_machine_halt(self._c)
+            self.smp._forget(halted=True)
         finally:
             self._release()
             self._unbind_all()
@@ -139,6 +142,12 @@ class Machine:
     def running(self):
         return self._booted and not self._halted
 
+    @property
+    def faults(self):
+        """Tasks that failed on this machine's cores (Python exceptions, C faults), oldest
+        first: a list of :class:`pybaremetal.smp.Fault`."""
+        return self.smp.faults
+
     # --- running apps ---------------------------------------------------------------------
 
     def run(self, main, *args, **kwargs):
@@ -164,6 +173,7 @@ class Machine:
         if not self.running:
             raise StateError("reboot: the machine is not running")
         lib.bm_machine_stop_cores(self._c)
+        self.smp._forget()
         self._flat.clear()
         lib.bm_mem_reset(self._c)
         if lib.bm_machine_boot(self._c) != 0:
