@@ -313,19 +313,10 @@ static void abandon_task(struct bm_core *core)
 	core->slot_value = 0;
 }
 
-/* core_main -- a worker core's thread: run work, idle, until the machine stops */
-static void *core_main(void *p)
+/* core_loop -- a worker core's life: run work, idle, until the machine stops */
+static void core_loop(struct bm_core *core)
 {
-	struct bm_core *core = p;
 	struct bm_smp *smp = &core->machine->smp;
-	sigjmp_buf fault_jmp;
-	bm_self = core;
-	core->tid = (pid_t)syscall(SYS_gettid);
-	core->cpu = smp->pin ? pin(cpu_for(core->id)) : -1;
-	core->altstack = bm_fault_altstack_new();
-	core->fault_jmp = &fault_jmp;
-	if (sigsetjmp(fault_jmp, 0) != 0)
-		abandon_task(core);              /* a C task faulted: fault.c reported it */
 	while (!atomic_load_explicit(&smp->stop, memory_order_acquire)) {
 		atomic_store(&core->running, 1);
 		work(core);
@@ -333,9 +324,30 @@ static void *core_main(void *p)
 		notify_idle(smp);
 		idle(core);
 	}
-	core->fault_jmp = NULL;
-	bm_fault_altstack_free(core->altstack);
-	core->altstack = NULL;
+}
+
+/* bm_smp_host_cpus -- how many CPUs the process may run on (read once, before any pinning) */
+int bm_smp_host_cpus(void)
+{
+	pthread_once(&allowed_once, read_allowed_cpus);
+	return num_allowed_cpus;
+}
+
+/* core_main -- a worker core's thread.  A C task that faults comes back here through fault.c
+ * (siglongjmp): locals may not survive that jump, so the core is read again from bm_self. */
+static void *core_main(void *p)
+{
+	sigjmp_buf fault_jmp;
+	bm_self = p;
+	bm_self->tid = (pid_t)syscall(SYS_gettid);
+	bm_self->altstack = bm_fault_altstack_new();
+	bm_self->fault_jmp = &fault_jmp;
+	if (sigsetjmp(fault_jmp, 0) != 0)
+		abandon_task(bm_self);
+	core_loop(bm_self);
+	bm_self->fault_jmp = NULL;
+	bm_fault_altstack_free(bm_self->altstack);
+	bm_self->altstack = NULL;
 	return NULL;
 }
 
@@ -411,8 +423,23 @@ int bm_smp_start(struct bm_machine *m)
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	int err = 0;
 	for (u32 i = 1; i < m->num_cores && err == 0; i++) {
-		err = pthread_create(&smp->cores[i].thread, NULL, core_main, &smp->cores[i]);
-		smp->cores[i].started = err == 0;
+		struct bm_core *core = &smp->cores[i];
+		pthread_attr_t attr;
+		cpu_set_t set;
+		pthread_attr_init(&attr);
+		core->cpu = smp->pin ? cpu_for(i) : -1;
+		if (core->cpu >= 0) {
+			CPU_ZERO(&set);
+			CPU_SET(core->cpu, &set);
+			pthread_attr_setaffinity_np(&attr, sizeof set, &set);
+		}
+		err = pthread_create(&core->thread, &attr, core_main, core);
+		if (err == EINVAL && core->cpu >= 0) {      /* the host refused the CPU: unpinned */
+			core->cpu = -1;
+			err = pthread_create(&core->thread, NULL, core_main, core);
+		}
+		pthread_attr_destroy(&attr);
+		core->started = err == 0;
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (err != 0) {
@@ -620,26 +647,11 @@ static int all_idle(struct bm_machine *m, struct bm_core *self)
 	return atomic_load(&smp->enqueue_pos) == before && atomic_load(&smp->slot_gen) == gen;
 }
 
-/* bm_smp_wait -- return when m's queue is empty and every core but the caller is idle, or
- * when the machine stops running (SHUTDOWN/REBOOT from a core, halt).  A caller that is a core
- * of m runs queued tasks itself meanwhile; any other thread only waits.
- *  IN:  m */
-void bm_smp_wait(struct bm_machine *m)
+/* wait_loop -- bm_smp_wait's loop; self = the caller if it is a core of m, else NULL */
+static void wait_loop(struct bm_machine *m, struct bm_core *self)
 {
 	struct bm_smp *smp = &m->smp;
-	struct bm_core *self = (bm_self && bm_self->machine == m) ? bm_self : NULL;
-	sigjmp_buf fault_jmp, *outer = NULL;
-	u32 spins = 0, was_running = 0;
-	if (self != NULL) {
-		outer = self->fault_jmp;
-		was_running = atomic_load(&self->running);
-		self->fault_jmp = &fault_jmp;
-		if (sigsetjmp(fault_jmp, 0) != 0) {      /* a task this core helped with faulted */
-			abandon_task(self);
-			atomic_store(&self->running, was_running);
-			spins = 0;
-		}
-	}
+	u32 spins = 0;
 	while (atomic_load(&m->state) == BM_STATE_RUNNING) {
 		if (self != NULL && help(self)) {
 			spins = 0;
@@ -660,8 +672,28 @@ void bm_smp_wait(struct bm_machine *m)
 		}
 		atomic_fetch_sub(&smp->idle_waiters, 1);
 	}
-	if (self != NULL)
-		self->fault_jmp = outer;
+}
+
+/* bm_smp_wait -- return when m's queue is empty and every core but the caller is idle, or
+ * when the machine stops running (SHUTDOWN/REBOOT from a core, halt).  A caller that is a core
+ * of m runs queued tasks itself meanwhile (a C task among them that faults is abandoned, as on
+ * the other cores); any other thread only waits.
+ *  IN:  m */
+void bm_smp_wait(struct bm_machine *m)
+{
+	if (!(bm_self && bm_self->machine == m)) {
+		wait_loop(m, NULL);
+		return;
+	}
+	sigjmp_buf fault_jmp, *volatile outer = bm_self->fault_jmp;
+	volatile u32 was_running = atomic_load(&bm_self->running);
+	bm_self->fault_jmp = &fault_jmp;
+	if (sigsetjmp(fault_jmp, 0) != 0) {             /* locals may not survive: use bm_self */
+		abandon_task(bm_self);
+		atomic_store(&bm_self->running, was_running);
+	}
+	wait_loop(bm_self->machine, bm_self);
+	bm_self->fault_jmp = outer;
 }
 
 /* bm_smp_enqueue_wait -- bm_smp_enqueue that waits while the queue is full; a caller that is
@@ -788,3 +820,7 @@ void bm_py_task(u64 handle)
 	if (self != NULL)
 		bm_py_run(self->machine, self->id, &handle, 1);
 }
+
+/* bm_smp_py_task -- the address of bm_py_task as the cores compare it (cffi's addressof of a
+ * function gives a wrapper's address, which the cores would not recognise) */
+u64 bm_smp_py_task(void) { return (u64)(uintptr_t)bm_py_task; }

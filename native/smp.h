@@ -97,11 +97,13 @@ u64 bm_smp_queue_size(struct bm_machine *m);
 u64 bm_smp_queued(struct bm_machine *m);
 u32 bm_smp_faults(struct bm_machine *m, u32 first, struct bm_fault *out, u32 max);
 int bm_smp_core_cpu(struct bm_machine *m, u32 core);
+int bm_smp_host_cpus(void);
 void bm_smp_record_fault(struct bm_core *core, int signal, u64 address);
 
 /* Python tasks: the code address of every Python task is bm_py_task; its argument is a
  * handle into pybaremetal.smp's table.  Cores hand runs of them to bm_py_run (cffi). */
 void bm_py_task(u64 handle);
+u64 bm_smp_py_task(void);
 void bm_py_run(struct bm_machine *m, u32 core, u64 *handles, u32 count);
 
 #include "fault.h"

@@ -4,7 +4,6 @@ A Machine is an object, not a global: several can live in one process.  The call
 *current* machine of the calling thread: core 0 (the BSP) is the thread that boots the machine
 or calls :meth:`Machine.run`; other cores are threads the machine starts itself.
 """
-import os
 import threading
 import warnings
 
@@ -52,7 +51,7 @@ class Machine:
     def __init__(self, cores=None, memory="256M", console=None, input=None, pin=True,
                  drives=(), nics=(), screen=None, queue_size=4096):
         if cores is None:
-            cores = len(os.sched_getaffinity(0))
+            cores = smp.host_cpus()
         if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= 256:
             raise ArgumentError(f"cores must be an int from 1 to 256, got {cores!r}")
         size = parse_size(memory, "memory")

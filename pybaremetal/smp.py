@@ -37,7 +37,7 @@ from ._native import ffi, lib
 from .errors import ArgumentError, BareMetalError, Reboot, Shutdown, StateError, raise_recorded
 from .system import converts
 
-PY_TASK = int(ffi.cast("uintptr_t", ffi.addressof(lib, "bm_py_task")))
+PY_TASK = lib.bm_smp_py_task()                # the code address of every Python task
 _STATE_SHUTDOWN, _STATE_REBOOT = 2, 3          # enum bm_machine_state
 _ERR_FULL = 6                                  # enum bm_error_code
 _SIGNALS = {11: "SIGSEGV", 7: "SIGBUS", 8: "SIGFPE", 4: "SIGILL"}
@@ -56,6 +56,11 @@ Fault.__doc__ = """A task that failed on a core.
 ``kind`` is "exception" for a Python task (``traceback`` holds the formatted traceback) or the
 signal's name ("SIGSEGV", ...) for a C task (``address`` is the faulting address, ``task`` the
 task's code address)."""
+
+
+def host_cpus():
+    """How many CPUs this process may run on (as it was before any core was pinned)."""
+    return lib.bm_smp_host_cpus() or len(os.sched_getaffinity(0))
 
 
 def _code_of(task):
@@ -96,7 +101,7 @@ class Smp:
         self._set_lock = threading.Lock()
         self._fault_buffer = ffi.new("struct bm_fault[]", 64)
         _BY_POINTER[int(ffi.cast("uintptr_t", machine._c))] = weakref.ref(self)
-        cpus = len(os.sched_getaffinity(0))
+        cpus = host_cpus()
         if machine.num_cores > cpus:
             warnings.warn(f"Machine(cores={machine.num_cores}) on {cpus} CPU(s): cores share CPUs "
                           f"(a task may wait for another core's task to be descheduled)",
@@ -264,6 +269,13 @@ def _smp_set(machine, var1, var2):
         return code, var2
     raise ArgumentError("b_system(SMP_SET, ...): give a Python callable to machine.smp.set(task, core); "
                         "b_system takes code addresses")
+
+
+@converts(abi.RESET)
+def _reset(machine, var1, var2):
+    """b_system(RESET) from Python: queued Python tasks are forgotten with the rest."""
+    machine.smp._forget()
+    return var1, var2
 
 
 # --- locks --------------------------------------------------------------------------------------
