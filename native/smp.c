@@ -21,10 +21,13 @@
  * it spins with `pause` for BM_SPIN_NS, then sleeps on the futex `wake_seq`.
  *
  * Sleeping without losing a wake-up (Dekker): a sleeper reads wake_seq, increments `sleepers`
- * (a locked RMW: a full barrier), then looks for work once more before futex_wait(wake_seq,
- * seen).  A producer publishes its task, issues a seq_cst fence, then reads `sleepers`: if it
- * is zero, every sleeper-to-be will see the task on its last look; otherwise the producer bumps
- * wake_seq (so a futex_wait still on its way returns at once) and wakes one sleeper.
+ * (seq_cst RMW), then looks for work once more (seq_cst loads of its slot and enqueue_pos)
+ * before futex_wait(wake_seq, seen).  A producer claims its cell with a seq_cst CAS on
+ * enqueue_pos (SMP_SET: a seq_cst store of the slot), publishes the task, then reads `sleepers`
+ * (seq_cst): if it reads zero, the sleeper-to-be increments later and so sees the claim on its
+ * last look (and the task, published before that read); otherwise the producer bumps wake_seq
+ * (so a futex_wait still on its way returns at once) and wakes a sleeper.  No fence is needed
+ * beyond the locked instructions the queue uses anyway.
  *
  * wait() (b_smp_wait): done when the queue is empty and no other core runs anything.  A core
  * sets `running` (seq_cst) before it tries to claim a queue cell and keeps it until it has
@@ -104,8 +107,9 @@ static inline int queue_put(struct bm_smp *smp, u64 code, u64 arg)
 		u64 seq = atomic_load_explicit(&cell->seq, memory_order_acquire);
 		int64_t dif = (int64_t)(seq - pos);
 		if (dif == 0) {
+			/* seq_cst: the sleepers' side of the Dekker pair (see wake_cores) */
 			if (atomic_compare_exchange_weak_explicit(&smp->enqueue_pos, &pos, pos + 1,
-								  memory_order_relaxed, memory_order_relaxed))
+								  memory_order_seq_cst, memory_order_relaxed))
 				break;
 		} else if (dif < 0) {
 			return 0;
@@ -151,17 +155,26 @@ static inline int queue_take(struct bm_smp *smp, u64 only, u64 *code, u64 *arg)
 
 static inline int queue_looks_empty(struct bm_smp *smp)
 {
-	return atomic_load_explicit(&smp->enqueue_pos, memory_order_relaxed) ==
-	       atomic_load_explicit(&smp->dequeue_pos, memory_order_relaxed);
+	return atomic_load(&smp->enqueue_pos) == atomic_load_explicit(&smp->dequeue_pos, memory_order_relaxed);
+}
+
+/* queue_head_ready -- the oldest cell is published: what a polling core watches (the cell's
+ * line carries the task itself, so the core that sees it has it in cache already) */
+static inline int queue_head_ready(struct bm_smp *smp)
+{
+	u64 pos = atomic_load_explicit(&smp->dequeue_pos, memory_order_relaxed);
+	return atomic_load_explicit(&smp->cells[pos & smp->mask].seq, memory_order_relaxed) == pos + 1;
 }
 
 /* ---- waking -------------------------------------------------------------------------------- */
 
-/* wake_cores -- after publishing work: wake `count` sleeping cores, if any sleep */
+/* wake_cores -- after publishing work: wake `count` sleeping cores, if any sleep.  The caller
+ * made its work visible with a seq_cst write first (the enqueue_pos CAS, or the fence after a
+ * slot store), so this seq_cst load of `sleepers` cannot pass it; a sleeper increments
+ * `sleepers` then reads enqueue_pos and its slot (seq_cst): one of the two sees the other. */
 static inline void wake_cores(struct bm_smp *smp, int count)
 {
-	atomic_thread_fence(memory_order_seq_cst);
-	if (atomic_load_explicit(&smp->sleepers, memory_order_relaxed) != 0) {
+	if (atomic_load(&smp->sleepers) != 0) {
 		atomic_fetch_add(&smp->wake_seq, 1);
 		futex(&smp->wake_seq, FUTEX_WAKE_PRIVATE, (u32)count, NULL);
 	}
@@ -241,14 +254,18 @@ static void work(struct bm_core *core)
 	}
 }
 
-/* has_work -- what an idle core looks at: its slot, the queue, the stop flag */
-static inline int has_work(struct bm_core *core)
+/* has_work -- what an idle core looks at: its slot, the queue, the stop flag.  Polling
+ * (last_look 0) watches the head cell; the last look before sleeping reads enqueue_pos, the
+ * word producers CAS before they read `sleepers` (see the top). */
+static inline int has_work(struct bm_core *core, int last_look)
 {
 	struct bm_machine *m = core->machine;
-	return (atomic_load_explicit(slot_of(m, core->id), memory_order_relaxed) & BM_SLOT_ACTIVE) ||
-	       atomic_load_explicit(&m->smp.stop, memory_order_relaxed) ||
-	       (!queue_looks_empty(&m->smp) &&
-		atomic_load_explicit(&m->state, memory_order_relaxed) == BM_STATE_RUNNING);
+	if ((atomic_load(slot_of(m, core->id)) & BM_SLOT_ACTIVE) ||
+	    atomic_load_explicit(&m->smp.stop, memory_order_relaxed))
+		return 1;
+	if (atomic_load_explicit(&m->state, memory_order_relaxed) != BM_STATE_RUNNING)
+		return 0;
+	return last_look ? !queue_looks_empty(&m->smp) : queue_head_ready(&m->smp);
 }
 
 /* idle -- poll for BM_SPIN_NS, then sleep until woken; returns when there may be work */
@@ -257,7 +274,7 @@ static void idle(struct bm_core *core)
 	struct bm_smp *smp = &core->machine->smp;
 	u64 deadline = bm_now_ns() + BM_SPIN_NS;
 	for (u32 i = 1;; i++) {
-		if (has_work(core))
+		if (has_work(core, 0))
 			return;
 		cpu_relax();
 		if ((i & 127) == 0 && bm_now_ns() > deadline)
@@ -265,7 +282,7 @@ static void idle(struct bm_core *core)
 	}
 	u32 seen = atomic_load(&smp->wake_seq);
 	atomic_fetch_add(&smp->sleepers, 1);
-	if (!has_work(core))
+	if (!has_work(core, 1))
 		futex(&smp->wake_seq, FUTEX_WAIT_PRIVATE, seen, NULL);
 	atomic_fetch_sub(&smp->sleepers, 1);
 }
@@ -519,7 +536,7 @@ u64 bm_smp_set_arg(struct bm_machine *m, u64 code, u64 core, u64 arg)
 		return bm_fail(BM_ERR_STATE, "SMP_SET: core %llu already has work", core);
 	m->smp.cores[core].slot_arg = arg;
 	atomic_fetch_add(&m->smp.slot_gen, 1);
-	atomic_store_explicit(slot, code | BM_SLOT_PRESENT | BM_SLOT_ACTIVE, memory_order_release);
+	atomic_store(slot, code | BM_SLOT_PRESENT | BM_SLOT_ACTIVE);   /* seq_cst: see wake_cores */
 	wake_cores(&m->smp, INT_MAX);
 	return code;
 }

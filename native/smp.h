@@ -10,7 +10,7 @@
 #define BM_QUEUE_DEFAULT 4096u
 #define BM_QUEUE_MAX (1u << 24)
 #define BM_FAULT_LOG 64                 /* C faults remembered per machine */
-#define BM_PY_BATCH 64                  /* Python tasks run under one GIL hold, at most */
+#define BM_PY_BATCH 1024                  /* Python tasks run under one GIL hold, at most */
 
 /* Slot flags (upstream's layout at 0x1FF800): bit 0 present, bit 1 active.  Bit 2 is hosted:
  * SMP_SET is storing the task (between claiming the slot and publishing it). */

@@ -24,11 +24,13 @@ sets the machine's state: the cores stop taking queued work, and core 0 hears of
 restarts the app.
 """
 import collections
+import functools
 import itertools
 import os
 import sys
 import threading
 import traceback
+import types
 import warnings
 import weakref
 
@@ -38,6 +40,7 @@ from .errors import ArgumentError, BareMetalError, Reboot, Shutdown, StateError,
 from .system import converts
 
 PY_TASK = lib.bm_smp_py_task()                # the code address of every Python task
+_enqueue, _enqueue_wait = lib.bm_smp_enqueue, lib.bm_smp_enqueue_wait
 _STATE_SHUTDOWN, _STATE_REBOOT = 2, 3          # enum bm_machine_state
 _ERR_FULL = 6                                  # enum bm_error_code
 _SIGNALS = {11: "SIGSEGV", 7: "SIGBUS", 8: "SIGFPE", 4: "SIGILL"}
@@ -63,8 +66,14 @@ def host_cpus():
     return lib.bm_smp_host_cpus() or len(os.sched_getaffinity(0))
 
 
+_PYTHON_CALLABLES = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+                     functools.partial)
+
+
 def _code_of(task):
     """(code address, python callable or None) for a task given to enqueue/set."""
+    if type(task) in _PYTHON_CALLABLES:
+        return PY_TASK, task
     if type(task) is int:
         if task <= 0 or task >= 1 << 64:
             raise ArgumentError(f"task address 0x{task:x} is not a valid code address")
@@ -121,7 +130,10 @@ class Smp:
         ``arg`` is a u64 for C tasks and any object for Python tasks.  Raises QueueFull when the
         queue is full (``block=True`` waits for room instead; a core caller runs queued tasks
         meanwhile), StateError if the machine is not running, ArgumentError for a bad task."""
-        code, python = _code_of(task)
+        if type(task) in _PYTHON_CALLABLES:           # the common case, kept short
+            code, python = PY_TASK, task
+        else:
+            code, python = _code_of(task)
         if python is None:
             if type(arg) is not int or not 0 <= arg < 1 << 64:
                 raise ArgumentError(f"arg of a C task must be an int in 0..2**64-1, got {arg!r}")
@@ -129,7 +141,7 @@ class Smp:
             handle = next(self._handles)
             self._pending[handle] = (python, arg)
             arg = handle
-        if (lib.bm_smp_enqueue_wait if block else lib.bm_smp_enqueue)(self._c, code, arg):
+        if (_enqueue_wait if block else _enqueue)(self._c, code, arg):
             return
         if python is not None:
             self._pending.pop(arg, None)
