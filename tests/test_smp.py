@@ -475,3 +475,26 @@ def test_reboot_from_a_task_restarts_the_app_with_the_cores_running():
     with m:
         assert m.run(main) == 1
     assert runs == [2, 2]
+
+
+# --- examples -----------------------------------------------------------------------------------
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def run_example(name, *args):
+    return subprocess.run([sys.executable, "-W", "ignore", "-m", "pybaremetal", "run",
+                           os.path.join(EXAMPLES, name), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_example_smp_says_hello_from_every_core_one_line_each():
+    run = run_example("smp.py", "--cores", "3")
+    assert run.returncode == 0, run.stderr
+    assert sorted(run.stdout.splitlines()) == [f"Hello from core {n}" for n in range(3)]
+
+
+def test_example_primes_counts_the_same_on_all_cores_as_on_one():
+    run = run_example("primes.py", "--cores", "2", "--", "200000")
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert run.stdout.startswith("17984 primes below 200,000\n")
