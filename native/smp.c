@@ -37,6 +37,10 @@
  * flags and starts over if either moved.  The waiting core helps: it runs queued tasks itself
  * (on a 1-core machine it is the only one that can).
  *
+ * SHUTDOWN / REBOOT from a core other than 0 only set the machine's state (system.c): from then
+ * on the cores take no queued work, and core 0's wait() returns (b_smp_wait unwinds a C main
+ * to bm_run_main, the Python face raises Shutdown / Reboot) so the app's run ends there.
+ *
  * Python tasks all have the code address bm_py_task and a handle as argument; a core that takes
  * one also takes the Python tasks right behind it (up to BM_PY_BATCH) and hands the run to
  * bm_py_run (cffi, pybaremetal/smp.py) under one GIL hold.
@@ -432,6 +436,11 @@ int bm_smp_start(struct bm_machine *m)
 		smp->pinned_bsp = bsp->cpu >= 0;
 	}
 	bm_fault_install();
+	/* core 0 gets a signal stack too (so a stack overflow in a C main is still reported),
+	 * unless its thread has one already (Python's faulthandler makes one) */
+	stack_t current;
+	if (bsp->altstack == NULL && sigaltstack(NULL, &current) == 0 && (current.ss_flags & SS_DISABLE))
+		bsp->altstack = bm_fault_altstack_new();
 	/* workers take no asynchronous signals: Ctrl-C and friends go to the app's thread */
 	sigset_t all, old;
 	sigfillset(&all);
@@ -493,6 +502,11 @@ void bm_smp_stop(struct bm_machine *m)
 	}
 	queue_clear(smp);
 	notify_idle(smp);
+	struct bm_core *bsp = &smp->cores[0];
+	if (bsp->altstack != NULL && bsp->tid == (pid_t)syscall(SYS_gettid)) {
+		bm_fault_altstack_free(bsp->altstack);
+		bsp->altstack = NULL;
+	}
 	if (smp->pinned_bsp) {
 		sched_setaffinity(smp->cores[0].tid, sizeof(cpu_set_t), smp->bsp_affinity);
 		smp->pinned_bsp = 0;
