@@ -231,7 +231,10 @@ class Smp:
         """Drop queued Python tasks (reboot, halt: the queue was emptied in C)."""
         self._pending.clear()
         if halted:
-            _BY_POINTER.pop(int(ffi.cast("uintptr_t", self._c)), None)
+            key = int(ffi.cast("uintptr_t", self._c))
+            ref = _BY_POINTER.get(key)
+            if ref is not None and ref() in (self, None):    # not a newer machine's entry
+                del _BY_POINTER[key]
 
     # --- running Python tasks (called by the cores through cffi) ------------------------------
 

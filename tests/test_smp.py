@@ -347,6 +347,7 @@ def test_python_tasks_get_their_argument_and_may_call_the_machine(machine):
         machine.smp.enqueue(task, {"n": n})
     machine.smp.wait()
     assert sorted(results) == list(range(50)) and set(results.values()) <= {0, 1}
+    assert not machine.faults
     assert sorted(machine.console.output().decode().splitlines()) == sorted(f"task {n}" for n in range(50))
 
 
