@@ -11,9 +11,9 @@
  *    slot with a CAS (present -> code|present|claimed, hosted bit 2), stores the argument, then
  *    publishes code|present|active.  The core runs code(arg) and CASes the slot back to present.
  *  - the work queue of older BareMetal: a bounded MPMC ring (Dmitry Vyukov's: each cell carries
- *    a sequence number, one cell per cache line).  Producers CAS enqueue_pos, fill the cell and
- *    release seq = pos + 1; consumers CAS dequeue_pos when seq == pos + 1, read the cell and
- *    release seq = pos + capacity.  A full queue is a cell whose seq is behind pos.  The only
+ *    a sequence number; two 32-byte cells per cache line, see smp.h).  Producers CAS
+ *    enqueue_pos, fill the cell and release seq = pos + 1; consumers CAS dequeue_pos when
+ *    seq == pos + 1, read the cell and release seq = pos + capacity.  A full queue is a cell whose seq is behind pos.  The only
  *    shared writes per task are the two CASes and the cell itself.
  *
  * A worker's loop: while it finds work (its slot, then the queue) it runs it to completion, one
@@ -640,8 +640,13 @@ u64 bm_smp_enqueue(struct bm_machine *m, u64 code, u64 arg)
 		return bm_fail(BM_ERR_ARGUMENT, "enqueue: the task's code address is 0");
 	if (__builtin_expect(atomic_load_explicit(&m->state, memory_order_relaxed) != BM_STATE_RUNNING, 0))
 		return bm_fail(BM_ERR_STATE, "enqueue: the machine is not running");
-	if (!queue_put(&m->smp, code, arg))
-		return bm_fail(BM_ERR_FULL, "the work queue is full (%llu tasks)", m->smp.mask + 1);
+	if (!queue_put(&m->smp, code, arg)) {
+		/* producers spin on this: record it without formatting (bm_fail's vsnprintf) */
+		static const char full[] = "the work queue is full";
+		bm_error.code = BM_ERR_FULL;
+		memcpy(bm_error.message, full, sizeof full);
+		return 0;
+	}
 	wake_cores(&m->smp, 1);
 	return 1;
 }
