@@ -36,6 +36,7 @@ import weakref
 
 from . import abi
 from ._native import ffi, lib
+from .current import current_machine, local as _local
 from .errors import ArgumentError, BareMetalError, Reboot, Shutdown, StateError, raise_recorded
 from .system import converts
 
@@ -239,7 +240,6 @@ class Smp:
     # --- running Python tasks (called by the cores through cffi) ------------------------------
 
     def _run(self, core, handles, count):
-        from .machine import _local
         machine = self._machine()
         if machine is None:
             return
@@ -312,7 +312,6 @@ class Lock:
             if isinstance(address, bool) or not isinstance(address, int):
                 raise ArgumentError(f"Lock: address must be an int, got {address!r}")
             if machine is None:
-                from .machine import current_machine
                 machine = current_machine()
             machine.offset(address, 2)                         # AddressError outside memory
             if address % 2:
