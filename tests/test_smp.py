@@ -495,7 +495,7 @@ def test_example_smp_says_hello_from_every_core_one_line_each():
     assert sorted(run.stdout.splitlines()) == [f"Hello from core {n}" for n in range(3)]
 
 
-def test_example_primes_counts_the_same_on_all_cores_as_on_one():
-    run = run_example("primes.py", "--cores", "2", "--", "200000")
+def test_example_primes_counts_the_same_on_all_cores_as_on_one_with_a_small_queue():
+    run = run_example("primes.py", "--cores", "2", "--queue-size", "16", "--", "200000")
     assert run.returncode == 0, run.stderr + run.stdout
     assert run.stdout.startswith("17984 primes below 200,000\n")
