@@ -47,6 +47,7 @@ u64 mutex_queue(u64 n, u64 capacity, int cpu0, int cpu1);
 double ping_pong(u64 rounds, int cpu0, int cpu1);
 void condvar_wakeup(u64 *out, u64 n, u64 gap_ns, int cpu0, int cpu1);
 void ring_latency(u64 *out, u64 n, u64 gap_ns, int cpu0, int cpu1);
+void stamp_one_way(u64 *out, u64 n, u64 gap_ns, int cpu0, int cpu1);
 """
 
 
@@ -142,10 +143,15 @@ def test_latency_to_a_polling_core(benchmark, record, peers):
     ring = np.zeros(20_000, dtype=np.uint64)
     peers.ring_latency(peers.ffi.cast("u64 *", ring.ctypes.data), len(ring), 2_000, CPU0, CPU1)
     ring = ring / ticks_per_ns
+    line = np.zeros(20_000, dtype=np.uint64)
+    peers.stamp_one_way(peers.ffi.cast("u64 *", line.ctypes.data), len(line), 2_000, CPU0, CPU1)
+    line = line / ticks_per_ns
     record("latency: enqueue on core 0 -> start on core 1 (polling), median", median, one_way,
            unit="ns", peer_name="cache-line ping-pong one way", target="ratio <= 2")
     record("latency: polling core, median, vs the bare ring measured the same way", median,
            float(np.median(ring)), unit="ns", peer_name="bare C Vyukov ring put -> take")
+    record("latency: polling core, median, vs one cache line stamped the same way", median,
+           float(np.median(line)), unit="ns", peer_name="store -> remote poll after a 2 us gap")
     record("latency: polling core, p99", p99, float(np.percentile(ring, 99)), unit="ns",
            peer_name="bare C Vyukov ring p99")
 

@@ -401,6 +401,50 @@ double ping_pong(u64 rounds, int cpu0, int cpu1)
 	return (double)(now_ns() - start) / (2.0 * rounds);
 }
 
+/* stamp_one_way -- one cache line, measured like our latency: thread 0 waits `gap_ns`, stores
+ * the TSC in the line; thread 1, polling it, writes the ticks since.  The floor of any
+ * enqueue -> start measured this way (ping_pong's round trip / 2 has no idle gap and no clock). */
+struct stamp_run { _Alignas(64) _Atomic u64 stamp; _Alignas(64) _Atomic u64 done; u64 *out, n, gap_ns; };
+
+static void *stamp_sender(void *p)
+{
+	struct stamp_run *run = p;
+	for (u64 i = 0; i < run->n; i++) {
+		u64 until = now_ns() + run->gap_ns;
+		while (now_ns() < until)
+			__builtin_ia32_pause();
+		atomic_store_explicit(&run->stamp, __rdtsc(), memory_order_release);
+		while (atomic_load_explicit(&run->done, memory_order_acquire) <= i)
+			__builtin_ia32_pause();
+	}
+	return NULL;
+}
+
+static void *stamp_receiver(void *p)
+{
+	struct stamp_run *run = p;
+	u64 last = 0;
+	for (u64 i = 0; i < run->n; i++) {
+		u64 stamp;
+		while ((stamp = atomic_load_explicit(&run->stamp, memory_order_acquire)) == last)
+			__builtin_ia32_pause();
+		run->out[i] = __rdtsc() - stamp;
+		last = stamp;
+		atomic_store_explicit(&run->done, i + 1, memory_order_release);
+	}
+	return NULL;
+}
+
+void stamp_one_way(u64 *out, u64 n, u64 gap_ns, int cpu0, int cpu1)
+{
+	static struct stamp_run run;
+	memset(&run, 0, sizeof run);
+	run.out = out;
+	run.n = n;
+	run.gap_ns = gap_ns;
+	run_pair(stamp_sender, stamp_receiver, &run, cpu0, cpu1);
+}
+
 /* ---- peer: a pthread condvar wake-up --------------------------------------------------- */
 
 struct wakeup {
