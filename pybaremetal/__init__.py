@@ -20,6 +20,7 @@ from .machine import Machine, current_machine
 from .nvs import Drive, NvsError, NvsWarning, b_nvs_read, b_nvs_write
 from .screen import screen
 from .net import NetError, b_net_rx, b_net_tx, wire
+from .smp import Fault, Lock, QueueFull
 from .system import b_system
 from . import bmfs
 

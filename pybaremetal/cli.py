@@ -32,6 +32,8 @@ def _add_machine_options(parser):
                        help="what b_input reads (default: stdin; a terminal is put in raw mode)")
     group.add_argument("--no-pin", dest="pin", action="store_false",
                        help="do not pin each core to its own CPU")
+    group.add_argument("--queue-size", type=int, default=4096, metavar="N",
+                       help="capacity of the work queue, a power of two (default: 4096)")
     group.add_argument("--drive", action="append", default=[], metavar="SPEC",
                        help="attach a drive (repeatable; drive numbers follow the order)")
     group.add_argument("--nic", action="append", default=[], metavar="SPEC",
@@ -95,7 +97,8 @@ def build_parser():
 def machine_kwargs(args):
     """Machine(...) arguments from the parsed machine options."""
     return dict(cores=args.cores, memory=args.memory, console=args.console, input=args.input,
-                pin=args.pin, drives=args.drive, nics=args.nic, screen=args.screen)
+                pin=args.pin, drives=args.drive, nics=args.nic, queue_size=args.queue_size,
+                screen=args.screen)
 
 
 def exit_code(result):

@@ -8,6 +8,7 @@ machine) for the machine's lifetime and restored on halt, on exceptions, at exit
 SIGTERM/SIGHUP.
 """
 import atexit
+import fcntl
 import os
 import signal
 import sys
@@ -26,7 +27,11 @@ def _open_output(console):
     if console == "stderr":
         return 2, False, "stderr"
     if console == "capture":
-        return os.memfd_create("baremetal-console", os.MFD_CLOEXEC), True, "capture"
+        fd = os.memfd_create("baremetal-console", os.MFD_CLOEXEC)
+        # O_APPEND: a memfd has no atomic file position, so writes from several cores at once
+        # would land on the same offset and overwrite each other
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        return fd, True, "capture"
     if isinstance(console, (str, os.PathLike)):
         return os.open(console, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644), True, "file"
     if isinstance(console, int) and not isinstance(console, bool):

@@ -4,11 +4,10 @@ A Machine is an object, not a global: several can live in one process.  The call
 *current* machine of the calling thread: core 0 (the BSP) is the thread that boots the machine
 or calls :meth:`Machine.run`; other cores are threads the machine starts itself.
 """
-import os
 import threading
 import warnings
 
-from . import abi, nvs, net
+from . import abi, nvs, net, smp
 from ._native import ffi, lib
 from .errors import (ArgumentError, OutOfMemory, Reboot, Shutdown, StateError,
                      raise_recorded)
@@ -45,7 +44,8 @@ class Machine:
     ``console``: 'stdout' (default), 'stderr', 'capture', a path, an fd or a file object.
     ``input``: what b_input reads: None (stdin for a stdout console), bytes, a path, an fd,
     a file object, or False for none.
-    ``pin``: pin each core to its own CPU.
+    ``pin``: pin each core to its own CPU (core 0's previous affinity comes back at halt).
+    ``queue_size``: capacity of the work queue (a power of two), see :class:`pybaremetal.smp.Smp`.
     ``drives``, ``nics``: device specs, see pybaremetal.nvs and pybaremetal.net.
     ``screen``: a frame buffer in flat memory: "WxH" or (width, height); None (default) or
     "none" for no screen (a Python app may still ask for one with ``bm.screen()``, except
@@ -53,9 +53,9 @@ class Machine:
     """
 
     def __init__(self, cores=None, memory="256M", console=None, input=None, pin=True,
-                 drives=(), nics=(), screen=None):
+                 drives=(), nics=(), screen=None, queue_size=4096):
         if cores is None:
-            cores = len(os.sched_getaffinity(0))
+            cores = smp.host_cpus()
         if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= 256:
             raise ArgumentError(f"cores must be an int from 1 to 256, got {cores!r}")
         size = parse_size(memory, "memory")
@@ -82,6 +82,7 @@ class Machine:
         self._c = ffi.gc(pointer, lib.bm_machine_free)
         lib.bm_machine_set_cpu_mhz(self._c, _cpu_mhz())
         try:
+            self.smp = smp.Smp(self, queue_size, pin)
             self.drives = nvs.attach(self, drives)
             self.nics = net.attach(self, nics)
         except BaseException:
@@ -121,6 +122,7 @@ class Machine:
         try:
             lib.bm_machine_halt(self._c)
             lib.bm_lowmap_release(self._c)
+            self.smp._forget(halted=True)
         finally:
             self._release()
             self._unbind_all()
@@ -150,6 +152,12 @@ class Machine:
     def running(self):
         return self._booted and not self._halted
 
+    @property
+    def faults(self):
+        """Tasks that failed on this machine's cores (Python exceptions, C faults), oldest
+        first: a list of :class:`pybaremetal.smp.Fault`."""
+        return self.smp.faults
+
     # --- running apps ---------------------------------------------------------------------
 
     def run(self, main, *args, **kwargs):
@@ -175,6 +183,7 @@ class Machine:
         if not self.running:
             raise StateError("reboot: the machine is not running")
         lib.bm_machine_stop_cores(self._c)
+        self.smp._forget()
         self._flat.clear()
         lib.bm_lowmap_clear(self._c)
         lib.bm_mem_reset(self._c)

@@ -1,0 +1,339 @@
+"""Cores and the work queue: the control side (the polling lives in native/smp.c).
+
+``machine.smp`` gives work to the machine's cores, in both of BareMetal's models:
+
+* the work queue (older BareMetal, the seed's model): ``enqueue(task, arg)`` adds a task that
+  whichever core is free takes and runs to completion; ``wait()`` returns when the queue is
+  empty and every other core is idle (the calling core runs queued tasks meanwhile);
+* the per-core slots (the current kernel): ``set(task, core)`` gives one core one task;
+  ``busy()`` says whether any other core still has work.
+
+A task is a Python callable ``task(arg)``, a cffi C function pointer ``void(*)(u64)``, an int
+address of such a function, or any object with an int ``address`` (``numba.cfunc``).  C tasks
+never touch Python.  A Python task runs through one cffi callback that takes the GIL while it
+runs; a core that takes a Python task also takes the Python tasks queued right behind it and
+runs them under the same GIL hold.  An exception in a Python task is recorded in
+``machine.faults`` (core id and traceback) and printed to stderr; the core goes back to idle.
+A C task that faults (SIGSEGV, SIGFPE, ...) on a core is reported the same way ("core N:
+SIGSEGV at address 0x...") and the core goes back to idle too (native/fault.c).
+
+Who calls what: ``enqueue``, ``set``, ``busy``, ``reset`` and ``wait`` may be called from any
+thread while the machine runs.  SHUTDOWN or REBOOT requested from a task on a core other than 0
+sets the machine's state: the cores stop taking queued work, and core 0 hears of it at its next
+``wait()``, which raises :class:`Shutdown` / :class:`Reboot` there so that ``Machine.run`` ends or
+restarts the app.
+"""
+import collections
+import functools
+import itertools
+import os
+import sys
+import threading
+import traceback
+import types
+import warnings
+import weakref
+
+from . import abi
+from ._native import ffi, lib
+from .current import current_machine, local as _local
+from .errors import ArgumentError, BareMetalError, Reboot, Shutdown, StateError, raise_recorded
+from .system import converts
+
+PY_TASK = lib.bm_smp_py_task()                # the code address of every Python task
+_enqueue, _enqueue_wait = lib.bm_smp_enqueue, lib.bm_smp_enqueue_wait
+_STATE_SHUTDOWN, _STATE_REBOOT = 2, 3          # enum bm_machine_state
+_ERR_FULL = 6                                  # enum bm_error_code
+_SIGNALS = {11: "SIGSEGV", 7: "SIGBUS", 8: "SIGFPE", 4: "SIGILL"}
+_BY_POINTER = {}                               # C machine address -> weakref to its Smp
+_NO_ARG = object()                             # slot tasks: Python callables take no argument
+
+
+class QueueFull(BareMetalError):
+    """The work queue holds ``machine.smp.queue_size`` tasks already (enqueue with
+    ``block=True`` to wait for room instead)."""
+
+
+Fault = collections.namedtuple("Fault", "core kind address task traceback")
+Fault.__doc__ = """A task that failed on a core.
+
+``kind`` is "exception" for a Python task (``traceback`` holds the formatted traceback) or the
+signal's name ("SIGSEGV", ...) for a C task (``address`` is the faulting address, ``task`` the
+task's code address)."""
+
+
+def host_cpus():
+    """How many CPUs this process may run on (as it was before any core was pinned)."""
+    return lib.bm_smp_host_cpus() or len(os.sched_getaffinity(0))
+
+
+_PYTHON_CALLABLES = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+                     functools.partial)
+
+
+def _code_of(task):
+    """(code address, python callable or None) for a task given to enqueue/set."""
+    if type(task) in _PYTHON_CALLABLES:
+        return PY_TASK, task
+    if type(task) is int:
+        if task <= 0 or task >= 1 << 64:
+            raise ArgumentError(f"task address 0x{task:x} is not a valid code address")
+        return task, None
+    if isinstance(task, ffi.CData):
+        if ffi.typeof(task).kind not in ("function", "pointer"):
+            raise ArgumentError(f"task: a cffi {ffi.typeof(task).cname} is not a function pointer")
+        return _code_of(int(ffi.cast("uintptr_t", task)))
+    address = getattr(task, "address", None)
+    if isinstance(address, int) and not isinstance(address, bool):
+        return _code_of(address)                # numba.cfunc and friends
+    if callable(task):
+        return PY_TASK, task
+    raise ArgumentError(f"task must be a callable, a cffi function pointer or a code address, "
+                        f"not {type(task).__name__}")
+
+
+class Smp:
+    """``machine.smp``: the cores and the work queue of one machine (see the module doc)."""
+
+    def __init__(self, machine, queue_size=4096, pin=True):
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int):
+            raise ArgumentError(f"queue_size must be an int (a power of two), got {queue_size!r}")
+        if lib.bm_smp_configure(machine._c, queue_size, 1 if pin else 0) != 0:
+            raise_recorded()
+        self._machine = weakref.ref(machine)
+        self._c = machine._c
+        self.num_cores = machine.num_cores
+        self.queue_size = queue_size
+        self._pending = {}                     # handle -> (callable, arg): queued Python tasks
+        self._handles = itertools.count(1)
+        self._faults = []
+        self._c_faults_seen = 0
+        self._set_lock = threading.Lock()
+        self._fault_buffer = ffi.new("struct bm_fault[]", 64)
+        _BY_POINTER[int(ffi.cast("uintptr_t", machine._c))] = weakref.ref(self)
+        cpus = host_cpus()
+        if machine.num_cores > cpus:
+            warnings.warn(f"Machine(cores={machine.num_cores}) on {cpus} CPU(s): cores share CPUs "
+                          f"(a task may wait for another core's task to be descheduled)",
+                          RuntimeWarning, stacklevel=3)
+
+    def _running(self):
+        machine = self._machine()
+        if machine is None or not machine.running:
+            raise StateError("the machine is not running (boot it first)")
+        return machine
+
+    # --- the queue --------------------------------------------------------------------------
+
+    def enqueue(self, task, arg=0, block=False):
+        """Add ``task(arg)`` to the work queue; any free core runs it, to completion.
+
+        ``arg`` is a u64 for C tasks and any object for Python tasks.  Raises QueueFull when the
+        queue is full (``block=True`` waits for room instead; a core caller runs queued tasks
+        meanwhile), StateError if the machine is not running, ArgumentError for a bad task."""
+        if type(task) in _PYTHON_CALLABLES:           # the common case, kept short
+            code, python = PY_TASK, task
+        else:
+            code, python = _code_of(task)
+        if python is None:
+            if type(arg) is not int or not 0 <= arg < 1 << 64:
+                raise ArgumentError(f"arg of a C task must be an int in 0..2**64-1, got {arg!r}")
+        else:
+            handle = next(self._handles)
+            self._pending[handle] = (python, arg)
+            arg = handle
+        if (_enqueue_wait if block else _enqueue)(self._c, code, arg):
+            return
+        if python is not None:
+            self._pending.pop(arg, None)
+        self._running()
+        raise_recorded(QueueFull if lib.bm_error_code() == _ERR_FULL else None)
+
+    def wait(self):
+        """Return when the queue is empty and every other core is idle.  A core of this machine
+        calling it runs queued tasks meanwhile.  Raises Shutdown / Reboot if a core asked for
+        that meanwhile (see the module doc)."""
+        self._running()
+        lib.bm_smp_wait(self._c)
+        state = lib.bm_machine_state(self._c)
+        if state == _STATE_SHUTDOWN:
+            raise Shutdown()
+        if state == _STATE_REBOOT:
+            raise Reboot()
+
+    @property
+    def queued(self):
+        """Tasks in the queue that no core has taken yet (a snapshot)."""
+        return lib.bm_smp_queued(self._c)
+
+    # --- slots --------------------------------------------------------------------------------
+
+    def set(self, task, core):
+        """SMP_SET: give ``core`` the task to run (``task()`` for a Python callable; C code is
+        called with no meaningful argument, as upstream's).  Returns the code address stored in
+        the slot.  Raises ArgumentError (no such core, code not 16-byte aligned) or StateError
+        (the core already has work, the machine is not running)."""
+        if isinstance(core, bool) or not isinstance(core, int) or core < 0:
+            raise ArgumentError(f"core must be a core id (int), got {core!r}")
+        code, python = _code_of(task)
+        arg = 0
+        with self._set_lock:
+            if python is not None:
+                arg = next(self._handles)
+                self._pending[arg] = (python, _NO_ARG)
+            result = lib.bm_smp_set_arg(self._c, code, core, arg)
+            if result == 0 and python is not None:
+                self._pending.pop(arg, None)
+        if result == 0:
+            raise_recorded()
+        return result
+
+    def busy(self):
+        """SMP_BUSY: True if a core other than the caller has work (a slot task, or a queue task
+        it is running; tasks still waiting in the queue do not count)."""
+        return bool(lib.bm_smp_busy(self._c))
+
+    def reset(self):
+        """RESET: forget every queued task and every other core's slot work.  Tasks already
+        running finish (nothing preempts them) and their cores then go idle."""
+        lib.bm_smp_reset(self._c)
+        self._pending.clear()
+
+    def cpu_of(self, core):
+        """The host CPU ``core`` is pinned to, or None (not pinned, or no such core)."""
+        cpu = lib.bm_smp_core_cpu(self._c, core)
+        return None if cpu < 0 else cpu
+
+    # --- faults -------------------------------------------------------------------------------
+
+    @property
+    def faults(self):
+        """Every task that failed so far, oldest first: a list of :class:`Fault`."""
+        while True:
+            n = lib.bm_smp_faults(self._c, self._c_faults_seen, self._fault_buffer, 64)
+            for i in range(n):
+                f = self._fault_buffer[i]
+                self._faults.append(Fault(f.core, _SIGNALS.get(f.signal, f"signal {f.signal}"),
+                                          f.address, f.code or None, None))
+            self._c_faults_seen += n
+            if n < 64:
+                return self._faults
+
+    def _record_exception(self, core, task):
+        text = traceback.format_exc()
+        self._faults.append(Fault(core, "exception", None, task, text))
+        try:
+            sys.stderr.write(f"core {core}: task {task!r} raised an exception (core back to idle)\n{text}")
+            sys.stderr.flush()
+        except Exception:
+            pass
+
+    def _forget(self, halted=False):
+        """Drop queued Python tasks (reboot, halt: the queue was emptied in C)."""
+        self._pending.clear()
+        if halted:
+            key = int(ffi.cast("uintptr_t", self._c))
+            ref = _BY_POINTER.get(key)
+            if ref is not None and ref() in (self, None):    # not a newer machine's entry
+                del _BY_POINTER[key]
+
+    # --- running Python tasks (called by the cores through cffi) ------------------------------
+
+    def _run(self, core, handles, count):
+        machine = self._machine()
+        if machine is None:
+            return
+        previous = getattr(_local, "machine", None)
+        _local.machine = machine
+        pending = self._pending
+        try:
+            for i in range(count):
+                entry = pending.pop(handles[i], None)
+                if entry is None:                # abandoned by RESET
+                    continue
+                fn, arg = entry
+                try:
+                    fn() if arg is _NO_ARG else fn(arg)
+                except (Shutdown, Reboot):
+                    pass                         # the state is set: see the module doc
+                except BaseException:
+                    self._record_exception(core, fn)
+        finally:
+            _local.machine = previous
+
+
+@ffi.def_extern()
+def bm_py_run(machine, core, handles, count):
+    """The cores' way into Python: run ``count`` Python tasks by handle (GIL held)."""
+    ref = _BY_POINTER.get(int(ffi.cast("uintptr_t", machine)))
+    smp = ref() if ref is not None else None
+    if smp is not None:
+        smp._run(core, handles, count)
+
+
+# --- SMP_SET through b_system -----------------------------------------------------------------
+
+@converts(abi.SMP_SET)
+def _smp_set(machine, var1, var2):
+    """b_system(SMP_SET, task, core) with a Python callable or a numba cfunc: a Python callable
+    goes through machine.smp.set (which stores it in the slot); others become an address."""
+    if isinstance(var1, int) or isinstance(var1, ffi.CData):
+        return var1, var2
+    code, python = _code_of(var1)
+    if python is None:
+        return code, var2
+    raise ArgumentError("b_system(SMP_SET, ...): give a Python callable to machine.smp.set(task, core); "
+                        "b_system takes code addresses")
+
+
+@converts(abi.RESET)
+def _reset(machine, var1, var2):
+    """b_system(RESET) from Python: queued Python tasks are forgotten with the rest."""
+    machine.smp._forget()
+    return var1, var2
+
+
+# --- locks --------------------------------------------------------------------------------------
+
+class Lock:
+    """A spin lock over a 16-bit lock word, with SMP_LOCK / SMP_UNLOCK semantics (bit 0).
+
+    ``Lock()`` owns a private word (on its own cache line); ``Lock(address)`` uses the word at a
+    process address inside the current machine's memory (or ``machine``'s), so C code of the
+    same app can take the same lock with ``b_system(SMP_LOCK, address, 0)``.  The wait spins in
+    C without the GIL.  Usable as a context manager."""
+
+    def __init__(self, address=None, machine=None):
+        if address is None:
+            self._word = ffi.new("u16[64]")                   # 128 bytes: a whole line inside
+            start = int(ffi.cast("uintptr_t", self._word))
+            self.address = (start + 63) & ~63
+        else:
+            if isinstance(address, bool) or not isinstance(address, int):
+                raise ArgumentError(f"Lock: address must be an int, got {address!r}")
+            if machine is None:
+                machine = current_machine()
+            machine.offset(address, 2)                         # AddressError outside memory
+            if address % 2:
+                raise ArgumentError(f"Lock: the lock word at 0x{address:x} is not 2-byte aligned")
+            self.address = address
+            self._word = None
+
+    def acquire(self):
+        lib.bm_smp_lock(self.address)
+        return True
+
+    def release(self):
+        lib.bm_smp_unlock(self.address)
+
+    def locked(self):
+        return bool(ffi.cast("u16 *", self.address)[0] & 1)
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+    def __repr__(self):
+        return f"<bm.Lock at 0x{self.address:x} {'locked' if self.locked() else 'unlocked'}>"
