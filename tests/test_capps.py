@@ -430,26 +430,47 @@ int main(void)
     assert done.stdout == b"all once\n"
 
 
-@needs_cores
-@pytest.mark.parametrize("where", ["main", "core"])
-def test_a_crash_reports_core_and_address_and_exits_non_zero(tmp_path, cache, where):
-    path = source(tmp_path, r"""
+CRASH = r"""
 static void crash(void) { *(volatile u64 *)0xDEAD0000 = 1; }
 
 int main(int argc, char **argv)
 {
 	printf("started\n");
-	if (argv[1][0] == 'm')
+	if (argc > 1 && argv[1][0] == 'm')
 		crash();
 	b_system(SMP_SET, (u64)crash, 1);
 	while (b_system(SMP_BUSY, 0, 0))
 		;
-	b_system(DELAY, 200000, 0);
 	return 0;
 }
-""")
+"""
+
+
+@needs_cores
+@pytest.mark.parametrize("where", ["main", "core"])
+def test_a_crash_reports_core_and_address_and_exits_non_zero(tmp_path, cache, where):
+    path = source(tmp_path, CRASH)
     done = baremetal("run", path, "--cores", "2", "--no-pin", "--", where, cache=cache)
-    assert done.returncode != 0
-    assert done.stdout.startswith(b"started\n")
-    report = done.stderr.decode().lower()
-    assert "core " + ("0" if where == "main" else "1") in report and "0xdead0000" in report
+    assert done.returncode == 128 + 11
+    assert done.stdout == b"started\n"
+    report = done.stderr.decode()
+    core = "0" if where == "main" else "1"
+    assert f"core {core}: SIGSEGV at address 0xdead0000" in report
+    assert f"the app crashed in {'main' if where == 'main' else 'a task'} on core {core}" in report
+    assert "machine halted, drives flushed" in report and "Traceback" not in report
+
+
+@needs_cores
+def test_a_crash_in_main_restores_the_terminal(tmp_path, cache):
+    path = source(tmp_path, CRASH)
+    controller, terminal = pty.openpty()
+    try:
+        before = termios.tcgetattr(terminal)
+        done = subprocess.run([sys.executable, "-m", "pybaremetal", "run", path, "--cores", "2", "--no-pin",
+                               "--", "main"], stdin=terminal, capture_output=True, cwd=ROOT, timeout=60,
+                              env=dict(os.environ, BAREMETAL_CACHE=cache))
+        assert done.returncode == 128 + 11, done.stderr
+        assert termios.tcgetattr(terminal) == before          # raw mode undone
+    finally:
+        os.close(controller)
+        os.close(terminal)

@@ -26,6 +26,13 @@ closes the app and opens it again, so its globals start fresh, as a reboot reloa
 so does exit(status) (apps are linked with --wrap=exit), which ends the run like a return.
 ``int main(void)`` and ``int main(int argc, char **argv)`` both work (argv[0] is the app's path).
 
+Crashes.  main runs under the cores' fault recovery (native/capps.c, fault.c): a fault in main
+or in a task on another core is reported on stderr when it happens ("core N: SIGSEGV at
+address 0x..."); a task's core goes back to idle, as upstream's exception handler leaves it.
+Either way the run then ends with :class:`AppCrashed` (at once for main, when main returns for
+a task): the machine is halted the ordinary way (drives flushed, terminal restored) and
+`baremetal run` exits with 128 + the signal number.
+
 stdout.  printf and b_output share fd 1 when the console is stdout: C stdio is flushed before
 each b_output (bm_console_set_flush_stdio) and after main returns, so lines come out in the
 order the app wrote them.  printf always writes to the process's stdout; b_output goes to the
@@ -50,6 +57,7 @@ import tempfile
 from .. import _native
 from .._native import ffi, lib
 from ..errors import ArgumentError, BareMetalError, Reboot, Shutdown, recorded_error
+from ..smp import _SIGNALS                # signal number -> name, as fault reports spell them
 
 DEFAULT_SCREEN = "1024x768"              # C apps get a screen unless --screen none
 WARNINGS = ("-Wall", "-Wextra")
@@ -58,10 +66,21 @@ WARNINGS = ("-Wall", "-Wextra")
 BASE_FLAGS = ("-shared", "-fPIC", "-falign-functions=16", "-pthread", "-g", "-Wl,--wrap=exit")
 LIBS = ("-lm",)
 _STATE_RUNNING, _STATE_SHUTDOWN, _STATE_REBOOT = 1, 2, 3     # enum bm_machine_state
+_NUMBERS = {name: number for number, name in _SIGNALS.items()}
 
 
 class CompileError(BareMetalError):
     """gcc failed (its messages were printed as gcc printed them)."""
+
+
+class AppCrashed(BareMetalError):
+    """The app faulted (SIGSEGV, ...) in main or in a task on a core.  The fault was reported
+    on stderr when it happened ("core N: SIGSEGV at address 0x...").  ``exit_status`` is
+    128 + the signal number, as a shell reports a process killed by it."""
+
+    def __init__(self, message, signal):
+        super().__init__(message)
+        self.exit_status = 128 + signal
 
 
 # --- building -----------------------------------------------------------------------------
@@ -254,10 +273,18 @@ def run(machine, path, argv):
         loaded.append(App(app_path))
         sys.stdout.flush()
         sys.stderr.flush()
+        faults_before = len(machine.faults)
         try:
             state = lib.bm_capp_run_main(machine._c, loaded[-1].main, len(args), c_argv, exit_code)
         finally:
             _flush_c_stdio()
+        crashed = [f for f in machine.faults[faults_before:] if f.address is not None]
+        if state < 0 or crashed:
+            core, kind, address = (crashed[0][:3] if crashed else (0, _SIGNALS.get(-state), None))
+            where = "in main" if state < 0 and core == 0 else "in a task"
+            at = f" at address 0x{address:x}" if address is not None else ""
+            raise AppCrashed(f"the app crashed {where} on core {core}: {kind}{at}; "
+                             "machine halted, drives flushed", -state if state < 0 else _NUMBERS.get(kind, 11))
         if state == _STATE_SHUTDOWN:
             raise Shutdown()
         if state == _STATE_REBOOT:
