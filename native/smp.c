@@ -541,15 +541,15 @@ u64 bm_smp_id(struct bm_machine *m)
 u64 bm_smp_set_arg(struct bm_machine *m, u64 code, u64 core, u64 arg)
 {
 	if (core >= m->num_cores)
-		return bm_fail(BM_ERR_ARGUMENT, "SMP_SET: no core %llu (the machine has %u)", core, m->num_cores);
+		return bm_fail(BM_ERR_ARGUMENT, "SMP_SET: no core %lu (the machine has %u)", core, m->num_cores);
 	if (code == 0 || (code & BM_SLOT_FLAGS) != 0)
-		return bm_fail(BM_ERR_ARGUMENT, "SMP_SET: code address 0x%llx is not 16-byte aligned", code);
+		return bm_fail(BM_ERR_ARGUMENT, "SMP_SET: code address 0x%lx is not 16-byte aligned", code);
 	if (atomic_load(&m->state) != BM_STATE_RUNNING)
 		return bm_fail(BM_ERR_STATE, "SMP_SET: the machine is not running");
 	_Atomic u64 *slot = slot_of(m, (u32)core);
 	u64 idle_value = BM_SLOT_PRESENT;
 	if (!atomic_compare_exchange_strong(slot, &idle_value, code | BM_SLOT_PRESENT | BM_SLOT_CLAIMED))
-		return bm_fail(BM_ERR_STATE, "SMP_SET: core %llu already has work", core);
+		return bm_fail(BM_ERR_STATE, "SMP_SET: core %lu already has work", core);
 	m->smp.cores[core].slot_arg = arg;
 	atomic_fetch_add(&m->smp.slot_gen, 1);
 	atomic_store(slot, code | BM_SLOT_PRESENT | BM_SLOT_ACTIVE);   /* seq_cst: see wake_cores */

@@ -15,11 +15,6 @@ from pybaremetal.apps import c as capps
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 
-# what the smp branch (cores other than 0, the work queue, fault reports) brings; until it has
-# landed these tests are expected to fail
-needs_cores = pytest.mark.xfail(
-    "b_smp_enqueue" not in open(os.path.join(ROOT, "native", "smp.c")).read(), strict=False,
-    reason="needs cores other than 0 and the work queue (the cores issue, branch smp)")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +47,6 @@ def test_helloc_example_prints_hello_and_the_machine(cache):
         "Hello from C!", "2 cores, 58 MiB free, screen 1024x768", "argv[1] = one", "argv[2] = two"]
 
 
-@needs_cores
 def test_smp_example_every_core_says_hello_once(cache):
     done = baremetal("run", "examples/smp.c", "--cores", "4", "--no-pin", cache=cache)
     assert done.returncode == 0, done.stderr
@@ -61,7 +55,6 @@ def test_smp_example_every_core_says_hello_once(cache):
     assert lines[-1] == "4 of 4 cores said hello"
 
 
-@needs_cores
 def test_primes_example_counts_on_every_core(cache):
     done = baremetal("run", "examples/primes.c", "--cores", "2", "--no-pin", "--", "200000", cache=cache)
     assert done.returncode == 0, done.stderr
@@ -369,7 +362,6 @@ def test_run_in_process_captures_b_output_and_returns_main(tmp_path):
         assert m.console.output() == b"captured"
 
 
-@needs_cores
 def test_smp_set_runs_an_app_function_and_smp_lock_guards_a_global(tmp_path, cache):
     path = source(tmp_path, r"""
 static u16 lock;
@@ -402,7 +394,6 @@ int main(void)
     assert done.stdout == b"300000\n"
 
 
-@needs_cores
 def test_work_queue_from_c_runs_every_task_once(tmp_path, cache):
     path = source(tmp_path, r"""
 static u64 seen[100];
@@ -446,7 +437,6 @@ int main(int argc, char **argv)
 """
 
 
-@needs_cores
 @pytest.mark.parametrize("where", ["main", "core"])
 def test_a_crash_reports_core_and_address_and_exits_non_zero(tmp_path, cache, where):
     path = source(tmp_path, CRASH)
@@ -460,7 +450,6 @@ def test_a_crash_reports_core_and_address_and_exits_non_zero(tmp_path, cache, wh
     assert "machine halted, drives flushed" in report and "Traceback" not in report
 
 
-@needs_cores
 def test_a_crash_in_main_restores_the_terminal(tmp_path, cache):
     path = source(tmp_path, CRASH)
     controller, terminal = pty.openpty()
