@@ -3,7 +3,8 @@
 The image lives on the machine's disk (not tmpfs) and is written through first, so reads hit
 allocated blocks.  Both sides use O_DIRECT.  "C face" is a C loop that calls b_nvs_read /
 b_nvs_write through the machine's call table (0x100030 / 0x100038), as a C app or a flat
-binary does; "Python face" is bm.b_nvs_read in a Python loop.  Each measure runs ~2.5 s.
+binary does; "Python face" is bm.b_nvs_read in a Python loop.  Each measure runs ~2 s; ours
+and fio alternate, best of 2 each, so that both see the same moods of a shared disk.
 """
 import json
 import mmap
@@ -19,7 +20,8 @@ import pytest
 import pybaremetal as bm
 
 IMAGE_SIZE = 1 << 30
-SECONDS = 2.5
+SECONDS = 2.0
+ROUNDS = 2
 SECTOR = bm.SECTOR_SIZE
 MB = 1e6
 
@@ -149,9 +151,9 @@ def c_sequential(loops, image, writing, sectors, queue_depth, small_pages=False)
     return calls * sectors * SECTOR / (elapsed[0] / 1e9)
 
 
-def c_random(loops, image):
+def c_random(loops, image, poll_us=None):
     ffi, lib = loops
-    with bm.Machine(cores=1, memory="16M", console="capture", drives=[image]) as m:
+    with bm.Machine(cores=1, memory="16M", console="capture", drives=[bm.Drive(image, poll_us=poll_us)]) as m:
         address, _ = m.alloc(SECTOR)
         elapsed = ffi.new("uint64_t *")
         calls = lib.nvs_random(call_address(m, 0x100030), ffi.cast("void *", address), m.drives[0].sectors,
@@ -176,18 +178,24 @@ def python_random(image):
         return calls / (time.perf_counter() - start)
 
 
-def once(benchmark, fn, *args):
-    return benchmark.pedantic(fn, args=args, rounds=1, iterations=1)
+def best_alternating(ours, peer):
+    """(best of ours, best of peer), each called ROUNDS times in turn."""
+    results = [(ours(), peer()) for _ in range(ROUNDS)]
+    return max(r[0] for r in results), max(r[1] for r in results)
+
+
+def alternate(benchmark, ours, peer):
+    return benchmark.pedantic(best_alternating, args=(ours, peer), rounds=1, iterations=1)
 
 
 @pytest.mark.parametrize("writing", [False, True], ids=["read", "write"])
 def test_sequential_2mib_c_face_vs_fio_psync(benchmark, record, loops, image, writing):
     name = "write" if writing else "read"
-    ours = once(benchmark, c_sequential, loops, image, writing, 512, 1)
-    peer, _ = fio(image, name, "2M")
-    small = c_sequential(loops, image, writing, 512, 1, small_pages=True)
-    record(f"nvs sequential 2 MiB {name}s, C face, one pread/pwrite per call", ours / MB, peer / MB,
+    fio_psync = lambda: fio(image, name, "2M")[0]
+    ours, peer = alternate(benchmark, lambda: c_sequential(loops, image, writing, 512, 1), fio_psync)
+    record(f"nvs sequential 2 MiB {name}s, C face, one request per call", ours / MB, peer / MB,
            unit="MB/s", peer_name="fio psync iodepth 1", target="ratio >= 0.9")
+    small, peer = best_alternating(lambda: c_sequential(loops, image, writing, 512, 1, small_pages=True), fio_psync)
     record(f"nvs sequential 2 MiB {name}s, C face, same, 4 KiB-page buffer (as fio)", small / MB,
            peer / MB, unit="MB/s", peer_name="fio psync iodepth 1", target="ratio >= 0.9")
     split = c_sequential(loops, image, writing, 512, 8)
@@ -196,17 +204,20 @@ def test_sequential_2mib_c_face_vs_fio_psync(benchmark, record, loops, image, wr
 
 
 def test_random_4k_reads_qd1_c_and_python_faces_vs_fio(benchmark, record, loops, image):
-    ours = once(benchmark, c_random, loops, image)
-    python = python_random(image)
-    _, peer = fio(image, "randread", "4k")
+    fio_random = lambda: fio(image, "randread", "4k")[1]
+    ours, peer = alternate(benchmark, lambda: c_random(loops, image), fio_random)
     record("nvs random 4 KiB reads QD1, C face", ours, peer, unit="IOPS", peer_name="fio psync",
            target="ratio >= 0.85")
+    python, peer = best_alternating(lambda: python_random(image), fio_random)
     record("nvs random 4 KiB reads QD1, Python face", python, peer, unit="IOPS", peer_name="fio psync",
            target="ratio >= 0.6")
+    sleeping, peer = best_alternating(lambda: c_random(loops, image, poll_us=0), fio_random)
+    record("nvs random 4 KiB reads QD1, C face, poll_us=0 (core sleeps for completion)", sleeping, peer,
+           unit="IOPS", peer_name="fio psync", target=None)
 
 
 def test_one_large_read_split_in_flight_vs_fio_libaio_depth_8(benchmark, record, loops, image):
-    ours = once(benchmark, c_sequential, loops, image, False, 8 * 512, 8)      # 16 MiB calls
-    peer, _ = fio(image, "read", "2M", engine="libaio", depth=8)
+    ours, peer = alternate(benchmark, lambda: c_sequential(loops, image, False, 8 * 512, 8),   # 16 MiB calls
+                           lambda: fio(image, "read", "2M", engine="libaio", depth=8)[0])
     record("nvs one 16 MiB b_nvs_read (8 x 2 MiB in flight), C face", ours / MB, peer / MB, unit="MB/s",
            peer_name="fio libaio iodepth 8, 2 MiB", target="ratio >= 0.9")

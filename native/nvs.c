@@ -220,6 +220,7 @@ int bm_nvs_attach_file(struct bm_machine *m, int fd, unsigned flags, const char 
 	d->direct = (fl & O_DIRECT) != 0;
 	d->align = d->direct ? BM_SECTOR_SIZE : 1;
 	d->queue_depth = d->direct ? 8 : 1;
+	d->poll_ns = d->direct ? BM_NVS_POLL_US * 1000ull : 0;
 	d->read_only = (flags & BM_DRIVE_READ_ONLY) || (fl & O_ACCMODE) == O_RDONLY;
 	d->durable = (flags & BM_DRIVE_DURABLE) != 0;
 	d->sync_each_write = d->durable && (fl & O_DSYNC) != O_DSYNC;
@@ -250,10 +251,11 @@ int bm_nvs_info(struct bm_machine *m, u32 drive, struct bm_drive_info *out)
 		return -1;
 	*out = (struct bm_drive_info){
 		.sectors = d->sectors, .fd = d->fd, .read_only = d->read_only, .durable = d->durable,
-		.direct = d->direct, .queue_depth = d->queue_depth,
+		.direct = d->direct, .queue_depth = d->queue_depth, .poll_us = d->poll_ns / 1000,
 		.reads = atomic_load(&d->reads), .writes = atomic_load(&d->writes),
 		.sectors_read = atomic_load(&d->sectors_read), .sectors_written = atomic_load(&d->sectors_written),
 		.errors = atomic_load(&d->errors), .bounced = atomic_load(&d->bounced),
+		.polled = atomic_load(&d->polled),
 	};
 	return 0;
 }
@@ -270,6 +272,26 @@ int bm_nvs_set_queue_depth(struct bm_machine *m, u32 drive, u32 depth)
 	if (depth < 1 || depth > 32)
 		return (int)bm_fail(BM_ERR_ARGUMENT, "queue depth must be 1..32, not %u", depth) - 1;
 	d->queue_depth = depth;
+	return 0;
+}
+
+/* bm_nvs_set_poll -- how long a core polls for a request's completion before it sleeps
+ * (direct drives; a buffered drive's I/O completes in the system call)
+ *  IN:  m, drive, poll_us = 0 (sleep at once, as a plain pread does) .. 10 s
+ * OUT:  0, -1 with the error recorded (missing drive, out of range, buffered drive) */
+int bm_nvs_set_poll(struct bm_machine *m, u32 drive, u64 poll_us)
+{
+	bm_error_clear();
+	struct bm_drive *d = drive_of(m, drive);
+	if (d == NULL)
+		return -1;
+	if (poll_us > BM_NVS_POLL_MAX_US)
+		return (int)bm_fail(BM_ERR_ARGUMENT, "poll time must be 0..%d us, not %lu", BM_NVS_POLL_MAX_US,
+				    poll_us) - 1;
+	if (poll_us > 0 && !d->direct)
+		return (int)bm_fail(BM_ERR_STATE, "drive %u (%s) is buffered: there is no completion to poll",
+				    drive, d->name) - 1;
+	d->poll_ns = poll_us * 1000;
 	return 0;
 }
 

@@ -11,6 +11,8 @@
 #define BM_MAX_DRIVES 16
 #define BM_NVS_BOUNCE (1ull << 20)      /* bytes of each core's bounce buffer */
 #define BM_NVS_NAME 96                  /* bytes of a drive's name kept for messages */
+#define BM_NVS_POLL_US 20000            /* default completion polling on O_DIRECT drives */
+#define BM_NVS_POLL_MAX_US 10000000
 
 /* attach flags (also in nvs.cdef) */
 #define BM_DRIVE_READ_ONLY 1u
@@ -36,10 +38,11 @@ struct bm_drive {
 	u64 sectors;                    /* 4096-byte sectors */
 	u32 align;                      /* memory alignment the fd needs (4096 with O_DIRECT, else 1) */
 	u32 queue_depth;                /* requests in flight for one large call (1: one at a time) */
+	u64 poll_ns;                    /* a core polls for completion this long before sleeping (0: sleeps) */
 	int read_only, durable, direct;
 	int sync_each_write;            /* durable without O_DSYNC on the fd: fdatasync per write */
 	char name[BM_NVS_NAME];
-	_Atomic u64 reads, writes, sectors_read, sectors_written, errors, bounced;
+	_Atomic u64 reads, writes, sectors_read, sectors_written, errors, bounced, polled;
 };
 
 /* What one core keeps for its I/O (taken and given back around each call). */
@@ -59,12 +62,14 @@ struct bm_drive_info {
 	u64 sectors;
 	int fd, read_only, durable, direct;
 	u32 queue_depth;
-	u64 reads, writes, sectors_read, sectors_written, errors, bounced;
+	u64 poll_us;
+	u64 reads, writes, sectors_read, sectors_written, errors, bounced, polled;
 };
 
 int bm_nvs_attach_file(struct bm_machine *m, int fd, unsigned flags, const char *name);
 int bm_nvs_info(struct bm_machine *m, u32 drive, struct bm_drive_info *out);
 int bm_nvs_set_queue_depth(struct bm_machine *m, u32 drive, u32 depth);
+int bm_nvs_set_poll(struct bm_machine *m, u32 drive, u64 poll_us);
 u64 bm_nvs_flush(struct bm_machine *m, u32 drive);
 void bm_nvs_close_all(struct bm_machine *m); /* flush and close every drive */
 /* fdatasync every writable drive; async-signal-safe (the fault handler calls it) */

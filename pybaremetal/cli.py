@@ -35,7 +35,8 @@ def _add_machine_options(parser):
     group.add_argument("--queue-size", type=int, default=4096, metavar="N",
                        help="capacity of the work queue, a power of two (default: 4096)")
     group.add_argument("--drive", action="append", default=[], metavar="SPEC",
-                       help="attach a drive (repeatable; drive numbers follow the order)")
+                       help="attach a drive: PATH[,ro][,durable][,create=SIZE][,queue=N][,poll=US][,buffered] "
+                            "(repeatable; drive numbers follow the order)")
     group.add_argument("--nic", action="append", default=[], metavar="SPEC",
                        help="attach a NIC (repeatable; interface ids follow the order): tap:NAME, "
                             "tap:@FD, packet:IFACE[,promisc][,txring], wire (loopback); "

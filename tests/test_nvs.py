@@ -278,7 +278,7 @@ def test_machine_drives_list_geometry_and_counters(disk_dir):
         assert bm.b_nvs_write(bytes(2 * SECTOR), 6, 2) == 2
         assert bm.b_nvs_read(bytearray(SECTOR), 3, 1, drive=1) == 1
         assert first.stats() == {"reads": 1, "writes": 1, "sectors_read": 3, "sectors_written": 2,
-                                 "errors": 0, "bounced": 2}
+                                 "errors": 0, "bounced": 2, "polled": 2}
         assert (second.reads, second.sectors_read, second.writes) == (1, 1, 0)
         fds = [d._info.fd for d in m.drives]
     for fd in fds:                                      # halt closed them
@@ -499,3 +499,45 @@ def test_flat_binary_reaches_the_same_drive_calls(disk_dir):
         assert m.console.output() == first
         assert (m.drives[0].reads, m.drives[0].writes) == (1, 1)     # the refused read moved nothing
     assert path.read_bytes()[3 * SECTOR:4 * SECTOR] == b"Z" * SECTOR
+
+
+# --- completion polling ------------------------------------------------------------------------
+
+def test_nvs_direct_drives_poll_for_completion_and_poll_0_sleeps(disk_dir):
+    path = disk_dir / "poll.img"
+    with machine_with(bm.Drive(path, create="8M"), f"{path},poll=0", memory="32M") as m:
+        polling, sleeping = m.drives
+        assert polling.direct and polling.poll_us == 20000 and sleeping.poll_us == 0
+        addr, view = m.alloc(2 << 20)
+        data = np.frombuffer(pattern(300, seed=11), np.uint8)
+        for drive, sectors in ((0, 1), (0, 300), (1, 1), (1, 300)):  # one request; split in flight
+            view[:sectors * SECTOR] = data[:sectors * SECTOR]
+            assert bm.b_nvs_write(addr, 5, sectors, drive) == sectors
+            view[:] = 0
+            assert bm.b_nvs_read(addr, 5, sectors, drive) == sectors
+            assert np.array_equal(view[:sectors * SECTOR], data[:sectors * SECTOR])
+            assert not view[sectors * SECTOR:].any()                # nothing past the request
+        assert polling.polled >= 4 and sleeping.polled == 0
+        polling.poll_us = 0
+        before = polling.polled
+        assert bm.b_nvs_read(addr, 0, 1) == 1 and polling.polled == before
+        sleeping.poll_us = 500
+        assert bm.b_nvs_read(addr, 0, 1, 1) == 1 and sleeping.polled == 1
+
+
+def test_nvs_poll_setting_errors_are_clear(disk_dir):
+    with machine_with(str(image(disk_dir, sectors=8))) as m:
+        for bad in (-1, 10_000_001, 1.5, True, "10"):
+            with pytest.raises(bm.ArgumentError, match="poll_us must be an int 0..10000000"):
+                m.drives[0].poll_us = bad
+        assert m.drives[0].poll_us == 20000
+    with pytest.raises(bm.ArgumentError, match="unknown option 'poll=fast'"):
+        bm.Machine(cores=1, memory="8M", drives=[f"{disk_dir}/x.img,poll=fast"])
+    with ramfs() as directory:
+        path = image(directory, sectors=8)
+        with pytest.warns(bm.NvsWarning):
+            m = bm.Machine(cores=1, memory="8M", console="capture", drives=[f"{path},poll=100"])
+        with m:
+            assert m.drives[0].poll_us == 0                         # buffered: nothing to poll
+            with pytest.raises(bm.NvsError, match="is buffered: there is no completion to poll"):
+                m.drives[0].poll_us = 100

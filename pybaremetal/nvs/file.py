@@ -72,14 +72,18 @@ def open_drive(machine, drive, number):
     attached = FileDrive(machine, number, path, drive)
     if drive.queue_depth is not None:
         attached.queue_depth = drive.queue_depth
+    if drive.poll_us is not None and not refused:      # buffered: nothing to poll (warned)
+        attached.poll_us = drive.poll_us
     return attached
 
 
 class FileDrive:
     """An attached drive, as ``machine.drives[n]`` shows it: ``number``, ``path``, ``sectors``,
-    ``read_only``, ``durable``, ``direct`` (O_DIRECT in use), ``queue_depth``, and the I/O
+    ``read_only``, ``durable``, ``direct`` (O_DIRECT in use), ``queue_depth``, ``poll_us``
+    (how long a core polls for completion before sleeping; both settable), and the I/O
     counters ``reads``, ``writes`` (calls), ``sectors_read``, ``sectors_written``, ``errors``,
-    ``bounced`` (chunks copied through a core's aligned buffer).  After the machine halts the
+    ``bounced`` (chunks copied through a core's aligned buffer), ``polled`` (completions a core
+    took by polling rather than sleeping).  After the machine halts the
     last values read stay readable."""
 
     kind = "file"
@@ -120,11 +124,23 @@ class FileDrive:
         if lib.bm_nvs_set_queue_depth(self._machine._c, self.number, depth) != 0:
             raise_recorded(NvsError)
 
+    @property
+    def poll_us(self):
+        return self._refresh().poll_us
+
+    @poll_us.setter
+    def poll_us(self, microseconds):
+        if isinstance(microseconds, bool) or not isinstance(microseconds, int) \
+                or not 0 <= microseconds <= 10_000_000:
+            raise ArgumentError(f"poll_us must be an int 0..10000000 (microseconds), got {microseconds!r}")
+        if lib.bm_nvs_set_poll(self._machine._c, self.number, microseconds) != 0:
+            raise_recorded(NvsError)
+
     def stats(self):
         """The counters as a dict."""
         info = self._refresh()
         return {name: getattr(info, name) for name in
-                ("reads", "writes", "sectors_read", "sectors_written", "errors", "bounced")}
+                ("reads", "writes", "sectors_read", "sectors_written", "errors", "bounced", "polled")}
 
     def __repr__(self):
         info = self._refresh()
@@ -138,7 +154,7 @@ def _counter(name):
 
 
 for _name in ("sectors", "read_only", "durable", "direct", "reads", "writes", "sectors_read",
-              "sectors_written", "errors", "bounced"):
+              "sectors_written", "errors", "bounced", "polled"):
     setattr(FileDrive, _name, _counter(_name))
 for _name in ("read_only", "durable", "direct"):
     setattr(FileDrive, _name, property(lambda self, _n=_name: bool(getattr(self._refresh(), _n))))
