@@ -1,7 +1,8 @@
 /* nvs_file.c -- the drive backend for regular files (disk images) and block devices.
  *
- * One positional system call per transfer (pread/pwrite at the request's offset), retried on
- * EINTR and short transfers.  A large transfer (>= 1 MiB) on an O_DIRECT drive with a queue
+ * A buffered drive, or a direct one that does not poll (poll_us 0), makes one positional system
+ * call per transfer (pread/pwrite at the request's offset), retried on EINTR and short
+ * transfers.  A large transfer (>= 1 MiB) on an O_DIRECT drive with a queue
  * depth above 1 is split into up to `queue_depth` pieces kept in flight together with Linux
  * AIO (io_submit), so that one b_nvs_read keeps the device's queue full the way fio's
  * iodepth does; a buffered fd gains nothing from it (AIO runs synchronously there) and takes
