@@ -70,6 +70,18 @@ void bm_nic_unlock(_Atomic int *lock) { atomic_store_explicit(lock, 0, memory_or
 
 /* ---- the table -------------------------------------------------------------------------- */
 
+/* bm_nic_alloc -- zeroed memory for a backend's NIC struct, aligned for its per-core counters
+ *  IN:  size (bytes of the backend's struct, which starts with or holds a struct bm_nic)
+ * OUT:  the memory (release with free), or NULL */
+void *bm_nic_alloc(size_t size)
+{
+	size = (size + BM_CACHE_LINE - 1) & ~(size_t)(BM_CACHE_LINE - 1);
+	void *p = aligned_alloc(BM_CACHE_LINE, size);
+	if (p != NULL)
+		memset(p, 0, size);
+	return p;
+}
+
 /* bm_nic_init -- fill the common part of a backend's NIC
  *  IN:  nic, ops, fd (-1 if none), mac (48-bit) */
 void bm_nic_init(struct bm_nic *nic, const struct bm_nic_ops *ops, int fd, u64 mac)
@@ -123,6 +135,23 @@ void bm_nic_close(struct bm_nic *nic)
 		nic->ops->close(nic);
 }
 
+/* nic_count -- count one frame of `bytes` sent (tx) or received in the calling core's counters
+ *  IN:  nic, tx (0 received, 1 sent), bytes
+ * OUT:  nothing */
+static inline void nic_count(struct bm_nic *nic, int tx, u64 bytes)
+{
+	struct bm_core *self = bm_self;
+	struct bm_nic_counts *c = &nic->stats.counts[self != NULL ? self->counter_slot : BM_NIC_SHARED_SLOT];
+	_Atomic u64 *packets = tx ? &c->tx_packets : &c->rx_packets, *sum = tx ? &c->tx_bytes : &c->rx_bytes;
+	if (self == NULL) {
+		atomic_fetch_add_explicit(packets, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(sum, bytes, memory_order_relaxed);
+		return;
+	}
+	atomic_store_explicit(packets, atomic_load_explicit(packets, memory_order_relaxed) + 1, memory_order_relaxed);
+	atomic_store_explicit(sum, atomic_load_explicit(sum, memory_order_relaxed) + bytes, memory_order_relaxed);
+}
+
 /* bm_nic_send -- send one frame on a NIC: length check, lock, backend, counters
  *  IN:  nic, frame, len
  * OUT:  0 sent; -1 dropped (tx_dropped counted, BM_ERR_ARGUMENT / _FULL / _IO recorded) */
@@ -140,8 +169,7 @@ int bm_nic_send(struct bm_nic *nic, const void *frame, u64 len)
 		atomic_fetch_add_explicit(&nic->stats.tx_dropped, 1, memory_order_relaxed);
 		return -1;
 	}
-	atomic_fetch_add_explicit(&nic->stats.tx_packets, 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&nic->stats.tx_bytes, len, memory_order_relaxed);
+	nic_count(nic, 1, len);
 	return 0;
 }
 
@@ -151,10 +179,8 @@ int bm_nic_send(struct bm_nic *nic, const void *frame, u64 len)
 u64 bm_nic_recv(struct bm_nic *nic, void *buf, u64 cap)
 {
 	u32 len = nic->ops->rx(nic, buf, cap > 0xFFFFFFFFull ? 0xFFFFFFFFu : (u32)cap);
-	if (len) {
-		atomic_fetch_add_explicit(&nic->stats.rx_packets, 1, memory_order_relaxed);
-		atomic_fetch_add_explicit(&nic->stats.rx_bytes, len, memory_order_relaxed);
-	}
+	if (len)
+		nic_count(nic, 0, len);
 	return len;
 }
 
@@ -164,11 +190,15 @@ void bm_nic_stats(struct bm_nic *nic, u64 *out)
 {
 	if (nic->ops->host_drops)
 		atomic_fetch_add(&nic->stats.rx_dropped, nic->ops->host_drops(nic));
-	out[0] = atomic_load(&nic->stats.rx_packets);
-	out[1] = atomic_load(&nic->stats.rx_bytes);
+	memset(out, 0, 6 * sizeof *out);
+	for (u32 i = 0; i < BM_MAX_CORES + 2; i++) {
+		struct bm_nic_counts *c = &nic->stats.counts[i];
+		out[0] += atomic_load_explicit(&c->rx_packets, memory_order_relaxed);
+		out[1] += atomic_load_explicit(&c->rx_bytes, memory_order_relaxed);
+		out[3] += atomic_load_explicit(&c->tx_packets, memory_order_relaxed);
+		out[4] += atomic_load_explicit(&c->tx_bytes, memory_order_relaxed);
+	}
 	out[2] = atomic_load(&nic->stats.rx_dropped);
-	out[3] = atomic_load(&nic->stats.tx_packets);
-	out[4] = atomic_load(&nic->stats.tx_bytes);
 	out[5] = atomic_load(&nic->stats.tx_dropped);
 }
 
@@ -242,8 +272,7 @@ u64 b_net_rx(void **mem, u64 iid)
 	u32 len = nic->ops->rx(nic, buf, BM_NET_BUFFER_SIZE);
 	if (len == 0)
 		return 0;
-	atomic_fetch_add_explicit(&nic->stats.rx_packets, 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&nic->stats.rx_bytes, len, memory_order_relaxed);
+	nic_count(nic, 0, len);
 	*mem = buf;
 	return len;
 }
@@ -317,10 +346,11 @@ static void deliver(struct bm_machine *m)
 			u64 fn = atomic_load(&m->callback[1]);
 			if (fn == 0 || atomic_load(&m->state) != BM_STATE_RUNNING)
 				return;
-			u64 before = atomic_load(&nic->stats.rx_packets);
+			_Atomic u64 *received = &nic->stats.counts[BM_NIC_SERVICE_SLOT].rx_packets;
+			u64 before = atomic_load(received);
 			((void (*)(void))(uintptr_t)fn)();
 			atomic_fetch_add(&m->net.service.network_calls, 1);
-			if (atomic_load(&nic->stats.rx_packets) == before)
+			if (atomic_load(received) == before)      /* it left its frame unread */
 				break;
 		}
 	}
@@ -412,6 +442,7 @@ int bm_net_service_start(struct bm_machine *m)
 		} else {
 			s->core->machine = m;
 			s->core->id = 0;
+			s->core->counter_slot = BM_NIC_SERVICE_SLOT;
 			s->core->cpu = -1;
 			s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 			atomic_store(&s->stop, 0);

@@ -38,9 +38,21 @@ struct bm_nic_ops {
 	void (*close)(struct bm_nic *nic);
 };
 
+/* Packet and byte counters, one set per core: a core adds to its own set with a plain load and
+ * store (no locked instruction on the per-frame path, as Linux's per-CPU NIC counters); reading
+ * sums the sets.  The callback service thread has a set of its own (BM_NIC_SERVICE_SLOT);
+ * threads that are not cores (a Python harness on a wire end) add atomically to a shared set.
+ * Two host threads acting as the same core at once could lose a count. */
+struct bm_nic_counts {
+	_Atomic u64 rx_packets __attribute__((aligned(BM_CACHE_LINE)));   /* a line per set */
+	_Atomic u64 rx_bytes, tx_packets, tx_bytes;
+};
+#define BM_NIC_SERVICE_SLOT BM_MAX_CORES
+#define BM_NIC_SHARED_SLOT  (BM_MAX_CORES + 1)
+
 struct bm_nic_stats {
-	_Atomic u64 rx_packets, rx_bytes, rx_dropped;
-	_Atomic u64 tx_packets, tx_bytes, tx_dropped;
+	_Atomic u64 rx_dropped, tx_dropped;
+	struct bm_nic_counts counts[BM_MAX_CORES + 2];
 };
 
 struct bm_nic {
@@ -82,6 +94,7 @@ u64 bm_net_config(struct bm_machine *m, u64 base, u64 iid);
 void bm_net_close_all(struct bm_machine *m);
 
 /* net.c: the table, for the backends and the Python face */
+void *bm_nic_alloc(size_t size);
 void bm_nic_init(struct bm_nic *nic, const struct bm_nic_ops *ops, int fd, u64 mac);
 int bm_net_add(struct bm_machine *m, struct bm_nic *nic);
 u64 bm_net_rx_face(void **mem, u64 iid);

@@ -241,7 +241,7 @@ static const struct bm_nic_ops packet_ring_ops = {
 struct bm_nic *bm_net_packet_open(int fd, int ifindex, u64 mac, int tx_ring)
 {
 	bm_error_clear();
-	struct packet_nic *p = calloc(1, sizeof *p);
+	struct packet_nic *p = bm_nic_alloc(sizeof *p);
 	if (p == NULL) {
 		close(fd);
 		return (void *)bm_fail(BM_ERR_FULL, "out of host memory");

@@ -92,7 +92,7 @@ static const struct bm_nic_ops tap_ops = {
 struct bm_nic *bm_net_tap_open(int fd, u64 mac)
 {
 	bm_error_clear();
-	struct bm_nic *nic = malloc(sizeof *nic);
+	struct bm_nic *nic = bm_nic_alloc(sizeof *nic);
 	if (nic == NULL) {
 		close(fd);
 		return (void *)bm_fail(BM_ERR_FULL, "out of host memory");

@@ -170,7 +170,7 @@ static struct wire_queue *queue_new(void)
 
 static struct wire_nic *end_new(struct wire *wire, struct wire_queue *in, struct wire_queue *out, u64 mac)
 {
-	struct wire_nic *w = calloc(1, sizeof *w);
+	struct wire_nic *w = bm_nic_alloc(sizeof *w);
 	if (w != NULL) {
 		bm_nic_init(&w->nic, &wire_ops, -1, mac);
 		w->wire = wire;

@@ -387,7 +387,7 @@ int bm_smp_init(struct bm_machine *m)
 	memset(smp->cores, 0, m->num_cores * sizeof *smp->cores);
 	for (u32 i = 0; i < m->num_cores; i++) {
 		smp->cores[i].machine = m;
-		smp->cores[i].id = i;
+		smp->cores[i].id = smp->cores[i].counter_slot = i;
 		smp->cores[i].cpu = -1;
 	}
 	smp->pin = 1;

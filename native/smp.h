@@ -24,6 +24,7 @@ typedef void (*bm_task_fn)(u64 arg);
 struct bm_core {
 	struct bm_machine *machine;
 	u32 id;
+	u32 counter_slot;               /* its set of NIC counters: id; the service thread's own */
 	int cpu;                        /* host CPU the core is pinned to, -1 if not pinned */
 	jmp_buf *exit_jmp;              /* set while a C main runs here: SHUTDOWN/REBOOT unwind to it */
 	pthread_t thread;               /* cores 1..n-1: the worker thread */

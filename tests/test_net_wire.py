@@ -156,6 +156,9 @@ def test_tx_from_several_cores_at_once_loses_and_mixes_nothing():
         t.join()
     m.halt()
     assert errors == []
+    # per-core counters, summed: exact (each core counts in its own set)
+    assert m.nics[0].stats["tx_packets"] == 4 * per_core and m.nics[0].stats["tx_bytes"] == 4 * per_core * 200
+    assert port.stats["rx_packets"] == 4 * per_core
     numbers = [int.from_bytes(d[14:22], "little") for d in received]
     assert all(d == frame(n, 200) for d, n in zip(received, numbers))
     for core_id in range(4):                           # each core's frames in its own order
