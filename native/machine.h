@@ -98,6 +98,7 @@ struct bm_machine {
 
 	_Atomic u64 callback[3]; /* CALLBACK_TIMER, _NETWORK, _KEYBOARD: function addresses */
 	struct bm_kvm *_Atomic kvm; /* the VM while a flat binary runs (cpu_kvm.c), else NULL */
+	_Atomic u32 kvm_users;      /* core threads that may be using `kvm` (cpu_kvm.c) */
 
 	struct bm_console console;
 	struct bm_smp smp;

@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -337,3 +338,72 @@ spin:
     with bm.Machine(cores=2, memory="16M", console="capture", pin=False) as m:
         assert binary.run(m, image, []) == 7
         assert m.run(lambda: bm.b_system(bm.SMP_BUSY)) == 0    # core 1 is idle again
+
+
+def on_other_cores(label):
+    """Assembly: SMP_SET(label, core) for every core but 0 (the InfoMap's core count at 0x5012)."""
+    return f"""
+    mov rbx, 1
+.next_core:
+    mov rdx, rbx
+    lea rax, [{label}]
+    mov rcx, 0x12
+    call [abs b_system]
+    inc rbx
+    movzx r8, word [abs 0x5012]
+    cmp rbx, r8
+    jb .next_core
+"""
+
+
+# what the other cores are doing when core 0's app returns: all of it must end with the run
+WORKERS = {
+    "spinning": """
+align 16
+worker:
+    jmp worker
+""",
+    "waiting for a lock core 0 holds": """
+align 16
+worker:
+    lea rax, [the_lock]
+    mov rcx, 0x14               ; SMP_LOCK: never theirs
+    call [abs b_system]
+    ret
+""",
+    "in a 60 s DELAY": """
+align 16
+worker:
+    mov rax, 60000000
+    mov rcx, 0x72
+    call [abs b_system]
+    ret
+""",
+}
+
+
+@pytest.mark.filterwarnings("ignore:Machine\\(cores=3\\) on 2 CPU")
+@pytest.mark.parametrize("delay_us", [0, 2000])
+@pytest.mark.parametrize("doing", list(WORKERS))
+def test_the_run_ends_at_once_whatever_the_other_cores_are_doing(tmp_path, doing, delay_us):
+    image = assemble(tmp_path, """
+    lea rax, [the_lock]
+    mov rcx, 0x14               ; SMP_LOCK: core 0 takes the lock and keeps it
+    call [abs b_system]
+""" + on_other_cores("worker") + f"""
+    mov rax, {delay_us}         ; DELAY: 0 returns while the others start, 2 ms once they run
+    mov rcx, 0x72
+    call [abs b_system]
+    mov eax, 7
+    ret
+""" + WORKERS[doing] + """
+align 8
+the_lock: dw 0
+""")
+    with bm.Machine(cores=3, memory="16M", console="capture", pin=False) as m:
+        for _ in range(5):                  # the same cores, one run after another
+            started = time.monotonic()
+            assert binary.run(m, image, []) == 7
+            assert time.monotonic() - started < 5
+        assert m.run(lambda: bm.b_system(bm.SMP_BUSY)) == 0    # every core is idle again
+
