@@ -24,7 +24,7 @@
  * cores go back to their slot.  SMP_GET shows the guest's code address.
  *
  * Stopping vCPUs: when core 0's app returns, the other vCPUs must leave guest code before the
- * VM goes away.  A vCPU is kicked
+ * VM goes away; when another core calls SHUTDOWN / REBOOT, core 0's must.  A vCPU is kicked
  * (kick): run->immediate_exit = 1, then a real-time signal to its thread.  Every vCPU thread
  * blocks that signal, except inside KVM_RUN (KVM_SET_SIGNAL_MASK), so the signal can only end a
  * KVM_RUN, never interrupt the host code of a call; immediate_exit ends a KVM_RUN that starts
@@ -372,6 +372,13 @@ static u64 guest_system(struct bm_machine *m, struct bm_kvm *k, struct vcpu *v, 
 	}
 	case DELAY:
 		return guest_delay(m, k, v, var1);
+	case SHUTDOWN:                               /* core 0 may be spinning in guest code */
+	case REBOOT: {
+		u64 result = b_system(function, var1, var2);
+		if (v->core != 0)
+			kick(atomic_load(&k->cpus[0]));
+		return result;
+	}
 	case DUMP_MEM: {
 		void *p = guest_to_host(m, var1, var2);
 		if (p == NULL)
@@ -616,7 +623,7 @@ int bm_kvm_run_app(struct bm_machine *m, u64 stack_top, u64 *rax)
 	if (k->kvm >= 0)
 		close(k->kvm);
 	free(k);
-	eat_kicks();                                     /* a kick that came late */
+	eat_kicks();                                     /* a SHUTDOWN kick that came late */
 	pthread_sigmask(SIG_SETMASK, &thread_mask, NULL);
 	bm_error = error;
 	return end;

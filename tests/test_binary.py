@@ -407,3 +407,23 @@ the_lock: dw 0
             assert time.monotonic() - started < 5
         assert m.run(lambda: bm.b_system(bm.SMP_BUSY)) == 0    # every core is idle again
 
+
+def test_shutdown_from_another_core_stops_core_0_spinning_in_guest_code(tmp_path):
+    image = assemble(tmp_path, """
+    lea rax, [stopper]
+    mov rdx, 1
+    mov rcx, 0x12
+    call [abs b_system]
+spin:
+    jmp spin                    ; no call: only a kick gets core 0 out
+align 16
+stopper:
+    mov rax, 2000               ; DELAY 2 ms: core 0 is spinning by then
+    mov rcx, 0x72
+    call [abs b_system]
+    mov rcx, 0x7F               ; SHUTDOWN
+    call [abs b_system]
+    ret
+""")
+    with bm.Machine(cores=2, memory="16M", console="capture", pin=False) as m:
+        assert binary.run(m, image, []) is None
