@@ -628,6 +628,20 @@ u64 bm_smp_reset(struct bm_machine *m)
 	return 1;
 }
 
+/* bm_smp_cancel -- forget slot work `code` on every core: slots that hold it become idle (a
+ * core already running it finishes it, as after RESET)
+ *  IN:  m, code = the task's code address */
+void bm_smp_cancel(struct bm_machine *m, u64 code)
+{
+	for (u32 i = 0; i < m->num_cores; i++) {
+		_Atomic u64 *slot = slot_of(m, i);
+		u64 value = atomic_load(slot);
+		if ((value & ~BM_SLOT_FLAGS) == code && (value & BM_SLOT_ACTIVE))
+			atomic_compare_exchange_strong(slot, &value, BM_SLOT_PRESENT);
+	}
+	notify_idle(&m->smp);
+}
+
 /* ---- the work queue -------------------------------------------------------------------- */
 
 /* bm_smp_enqueue -- add task code(arg) to m's queue and wake a sleeping core

@@ -93,6 +93,7 @@ u64 bm_smp_lock(u64 address);
 u64 bm_smp_unlock(u64 address);
 u64 bm_smp_busy(struct bm_machine *m);
 u64 bm_smp_reset(struct bm_machine *m);
+void bm_smp_cancel(struct bm_machine *m, u64 code);
 
 /* control-side helpers for the Python face (smp.cdef) */
 u64 bm_smp_enqueue(struct bm_machine *m, u64 code, u64 arg);

@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -132,7 +133,8 @@ int main(void) {
         code = binary.run(m, image, [])
         out = m.console.output()
     assert out == b"cores=2\n"
-    assert code == 32 + 24 % 7   # RAM 32 MiB; free: 30 minus the image's 4 MiB (+heap) and a 2 MiB stack
+    # RAM 32 MiB; free: 30 minus the image's 4 MiB (+heap), a 2 MiB stack, 2 MiB of core stacks
+    assert code == 32 + 22 % 7
 
 
 def test_compile_errors_raise_build_error(tmp_path):
@@ -208,3 +210,220 @@ def test_empty_and_oversized_images_are_refused(tmp_path):
     with bm.Machine(cores=1, memory="8M", console="capture") as m:
         with pytest.raises(bm.ArgumentError, match="does not fit"):
             binary.run(m, str(big), [])
+
+
+SMP = """
+b_system_call equ 0x100040
+    lea rax, [worker]           ; SMP_SET(worker, core) for each other core
+    mov rbx, 1
+next_core:
+    mov rdx, rbx
+    mov rcx, 0x12
+    lea rax, [worker]
+    call [abs b_system_call]
+    inc rbx
+    movzx r8, word [abs 0x5012]
+    cmp rbx, r8
+    jb next_core
+waiting:
+    mov rcx, 0x16               ; SMP_BUSY
+    call [abs b_system_call]
+    test rax, rax
+    jnz waiting
+    mov rax, [counter]
+    mov rcx, 0x71               ; DUMP_RAX
+    call [abs b_system_call]
+    xor eax, eax
+    ret
+align 16
+worker:
+    mov rcx, 0x10               ; SMP_ID
+    call [abs b_system_call]
+    mov r12, rax
+    mov rcx, 0x13               ; SMP_GET: our slot shows our code
+    call [abs b_system_call]
+    and rax, -16
+    lea r13, [worker]
+    cmp rax, r13
+    jne .bad
+    mov r14, 10000
+.again:
+    lea rax, [spinlock]
+    mov rcx, 0x14               ; SMP_LOCK
+    call [abs b_system_call]
+    mov rax, [counter]
+    inc rax
+    mov [counter], rax
+    lea rax, [spinlock]
+    mov rcx, 0x15               ; SMP_UNLOCK
+    call [abs b_system_call]
+    dec r14
+    jnz .again
+    ret
+.bad:
+    mov qword [counter], -1
+    ret
+align 8
+counter: dq 0
+spinlock: dw 0
+"""
+
+
+def test_smp_set_runs_guest_code_on_every_core_under_smp_lock(tmp_path):
+    image = assemble(tmp_path, SMP)
+    with bm.Machine(cores=4, memory="32M", console="capture", pin=False) as m:
+        assert binary.run(m, image, []) == 0
+        out = m.console.output()
+    assert out == b"%016X" % 30000            # 3 cores x 10,000 increments, none lost
+
+
+def test_smp_set_refuses_unaligned_code_and_missing_cores(tmp_path):
+    image = assemble(tmp_path, """
+    lea rax, [worker + 1]       ; not 16-byte aligned
+    mov rdx, 1
+    mov rcx, 0x12
+    call [abs b_system]
+    mov rbx, rax
+    lea rax, [worker]
+    mov rdx, 9                  ; no such core
+    mov rcx, 0x12
+    call [abs b_system]
+    or rax, rbx
+    ret                         ; exit code 0 only if both returned 0
+align 16
+worker:
+    ret
+""")
+    with bm.Machine(cores=2, memory="16M", console="capture", pin=False) as m:
+        assert binary.run(m, image, []) == 0
+
+
+def test_a_crash_on_another_core_is_reported_and_core_0_goes_on(tmp_path, capfd):
+    image = assemble(tmp_path, """
+    lea rax, [worker]
+    mov rdx, 1
+    mov rcx, 0x12
+    call [abs b_system]
+waiting:
+    mov rcx, 0x16
+    call [abs b_system]
+    test rax, rax
+    jnz waiting
+    mov eax, 5
+    ret
+align 16
+worker:
+    ud2
+""")
+    with bm.Machine(cores=2, memory="16M", console="capture", pin=False) as m:
+        assert binary.run(m, image, []) == 5
+    assert "core 1: the app crashed on core 1" in capfd.readouterr().err
+
+
+def test_the_run_ends_even_if_another_core_never_returns(tmp_path):
+    image = assemble(tmp_path, """
+    lea rax, [spin]
+    mov rdx, 1
+    mov rcx, 0x12
+    call [abs b_system]
+    mov rcx, 0x72               ; DELAY 2 ms: let core 1 get going
+    mov rax, 2000
+    call [abs b_system]
+    mov eax, 7
+    ret
+align 16
+spin:
+    jmp spin
+""")
+    with bm.Machine(cores=2, memory="16M", console="capture", pin=False) as m:
+        assert binary.run(m, image, []) == 7
+        assert m.run(lambda: bm.b_system(bm.SMP_BUSY)) == 0    # core 1 is idle again
+
+
+def on_other_cores(label):
+    """Assembly: SMP_SET(label, core) for every core but 0 (the InfoMap's core count at 0x5012)."""
+    return f"""
+    mov rbx, 1
+.next_core:
+    mov rdx, rbx
+    lea rax, [{label}]
+    mov rcx, 0x12
+    call [abs b_system]
+    inc rbx
+    movzx r8, word [abs 0x5012]
+    cmp rbx, r8
+    jb .next_core
+"""
+
+
+# what the other cores are doing when core 0's app returns: all of it must end with the run
+WORKERS = {
+    "spinning": """
+align 16
+worker:
+    jmp worker
+""",
+    "waiting for a lock core 0 holds": """
+align 16
+worker:
+    lea rax, [the_lock]
+    mov rcx, 0x14               ; SMP_LOCK: never theirs
+    call [abs b_system]
+    ret
+""",
+    "in a 60 s DELAY": """
+align 16
+worker:
+    mov rax, 60000000
+    mov rcx, 0x72
+    call [abs b_system]
+    ret
+""",
+}
+
+
+@pytest.mark.filterwarnings("ignore:Machine\\(cores=3\\) on 2 CPU")
+@pytest.mark.parametrize("delay_us", [0, 2000])
+@pytest.mark.parametrize("doing", list(WORKERS))
+def test_the_run_ends_at_once_whatever_the_other_cores_are_doing(tmp_path, doing, delay_us):
+    image = assemble(tmp_path, """
+    lea rax, [the_lock]
+    mov rcx, 0x14               ; SMP_LOCK: core 0 takes the lock and keeps it
+    call [abs b_system]
+""" + on_other_cores("worker") + f"""
+    mov rax, {delay_us}         ; DELAY: 0 returns while the others start, 2 ms once they run
+    mov rcx, 0x72
+    call [abs b_system]
+    mov eax, 7
+    ret
+""" + WORKERS[doing] + """
+align 8
+the_lock: dw 0
+""")
+    with bm.Machine(cores=3, memory="16M", console="capture", pin=False) as m:
+        for _ in range(5):                  # the same cores, one run after another
+            started = time.monotonic()
+            assert binary.run(m, image, []) == 7
+            assert time.monotonic() - started < 5
+        assert m.run(lambda: bm.b_system(bm.SMP_BUSY)) == 0    # every core is idle again
+
+
+def test_shutdown_from_another_core_stops_core_0_spinning_in_guest_code(tmp_path):
+    image = assemble(tmp_path, """
+    lea rax, [stopper]
+    mov rdx, 1
+    mov rcx, 0x12
+    call [abs b_system]
+spin:
+    jmp spin                    ; no call: only a kick gets core 0 out
+align 16
+stopper:
+    mov rax, 2000               ; DELAY 2 ms: core 0 is spinning by then
+    mov rcx, 0x72
+    call [abs b_system]
+    mov rcx, 0x7F               ; SHUTDOWN
+    call [abs b_system]
+    ret
+""")
+    with bm.Machine(cores=2, memory="16M", console="capture", pin=False) as m:
+        assert binary.run(m, image, []) is None
