@@ -70,6 +70,23 @@ void bm_nic_unlock(_Atomic int *lock) { atomic_store_explicit(lock, 0, memory_or
 
 /* ---- the table -------------------------------------------------------------------------- */
 
+/* bm_nic_tx_gave_up -- a backend waiting for TX room: starts the wait on the first call, and
+ * once BM_NET_TX_WAIT_NS has passed records BM_ERR_FULL ("<what> for N ms")
+ *  IN:  deadline (0 before the first call; kept by the caller), what (the reason, for the message)
+ * OUT:  1 when the wait is over (drop the frame), else 0 */
+int bm_nic_tx_gave_up(u64 *deadline, const char *what)
+{
+	u64 now = bm_now_ns();
+	if (*deadline == 0) {
+		*deadline = now + BM_NET_TX_WAIT_NS;
+		return 0;
+	}
+	if (now <= *deadline)
+		return 0;
+	bm_fail(BM_ERR_FULL, "%s for %llu ms", what, BM_NET_TX_WAIT_NS / 1000000);
+	return 1;
+}
+
 /* bm_nic_alloc -- zeroed memory for a backend's NIC struct, aligned for its per-core counters
  *  IN:  size (bytes of the backend's struct, which starts with or holds a struct bm_nic)
  * OUT:  the memory (release with free), or NULL */

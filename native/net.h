@@ -95,6 +95,7 @@ void bm_net_close_all(struct bm_machine *m);
 
 /* net.c: the table, for the backends and the Python face */
 void *bm_nic_alloc(size_t size);
+int bm_nic_tx_gave_up(u64 *deadline, const char *what);
 void bm_nic_init(struct bm_nic *nic, const struct bm_nic_ops *ops, int fd, u64 mac);
 int bm_net_add(struct bm_machine *m, struct bm_nic *nic);
 u64 bm_net_rx_face(void **mem, u64 iid);

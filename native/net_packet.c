@@ -150,13 +150,8 @@ static int packet_send(struct bm_nic *nic, const void *frame, u32 len)
 			bm_fail(BM_ERR_IO, "packet: send: %s", strerror(errno));
 			return -1;
 		}
-		u64 now = bm_now_ns();
-		if (deadline == 0)
-			deadline = now + BM_NET_TX_WAIT_NS;
-		else if (now > deadline) {
-			bm_fail(BM_ERR_FULL, "packet: the socket stayed full for %llu ms", BM_NET_TX_WAIT_NS / 1000000);
+		if (bm_nic_tx_gave_up(&deadline, "packet: the socket stayed full"))
 			return -1;
-		}
 		struct pollfd p = { .fd = nic->fd, .events = POLLOUT };
 		poll(&p, 1, 1);
 	}
@@ -176,13 +171,8 @@ static int packet_tx(struct bm_nic *nic, const void *frame, u32 len)
 			break;
 		if (send(nic->fd, NULL, 0, MSG_DONTWAIT) < 0 && errno != EAGAIN && errno != ENOBUFS)
 			set_status(h, TP_STATUS_AVAILABLE);  /* the device is gone: the old frame too */
-		u64 now = bm_now_ns();
-		if (deadline == 0)
-			deadline = now + BM_NET_TX_WAIT_NS;
-		else if (now > deadline) {
-			bm_fail(BM_ERR_FULL, "packet: the TX ring stayed full for %llu ms", BM_NET_TX_WAIT_NS / 1000000);
+		if (bm_nic_tx_gave_up(&deadline, "packet: the TX ring stayed full"))
 			return -1;
-		}
 		sched_yield();
 	}
 	memcpy((u8 *)h + TX_DATA, frame, len);

@@ -34,13 +34,8 @@ static int tap_tx(struct bm_nic *nic, const void *frame, u32 len)
 			bm_fail(BM_ERR_IO, "tap: write: %s", strerror(errno));
 			return -1;
 		}
-		u64 now = bm_now_ns();
-		if (deadline == 0)
-			deadline = now + BM_NET_TX_WAIT_NS;
-		else if (now > deadline) {
-			bm_fail(BM_ERR_FULL, "tap: the device stayed full for %llu ms", BM_NET_TX_WAIT_NS / 1000000);
+		if (bm_nic_tx_gave_up(&deadline, "tap: the device stayed full"))
 			return -1;
-		}
 		struct pollfd p = { .fd = nic->fd, .events = POLLOUT };
 		poll(&p, 1, 1);
 	}

@@ -61,13 +61,8 @@ static int wire_tx(struct bm_nic *nic, const void *frame, u32 len)
 	while (tail - atomic_load_explicit(&q->head, memory_order_acquire) >= WIRE_SLOTS) {
 		if (!atomic_load(&q->reader_open))
 			break;
-		u64 now = bm_now_ns();
-		if (deadline == 0)
-			deadline = now + BM_NET_TX_WAIT_NS;
-		else if (now > deadline) {
-			bm_fail(BM_ERR_FULL, "wire: the other end read nothing for %llu ms", BM_NET_TX_WAIT_NS / 1000000);
+		if (bm_nic_tx_gave_up(&deadline, "wire: the other end read nothing"))
 			return -1;
-		}
 		sched_yield();
 	}
 	if (!atomic_load(&q->reader_open)) {

@@ -24,7 +24,6 @@
 #include <linux/aio_abi.h>
 #include <string.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 #include "machine.h"
 
@@ -81,13 +80,6 @@ void bm_nvs_aio_release(unsigned long ctx)
 		syscall(SYS_io_destroy, (aio_context_t)ctx);
 }
 
-static u64 now_ns(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (u64)t.tv_sec * 1000000000ull + (u64)t.tv_nsec;
-}
-
 /* aio_reap -- completed events of ctx: polled from its ring for up to d's poll_ns (counted in
  * d->polled), then waited for
  *  IN:  d, ctx, events (room for max), max >= 1
@@ -110,7 +102,7 @@ static long aio_reap(struct bm_drive *d, aio_context_t ctx, struct io_event *eve
 			}
 			__builtin_ia32_pause();
 			if (spins % 64 == 0) {
-				u64 now = now_ns();
+				u64 now = bm_now_ns();
 				if (deadline == 0)
 					deadline = now + poll_ns;
 				else if (now >= deadline)

@@ -131,8 +131,9 @@ class FileDrive:
     @poll_us.setter
     def poll_us(self, microseconds):
         if isinstance(microseconds, bool) or not isinstance(microseconds, int) \
-                or not 0 <= microseconds <= 10_000_000:
-            raise ArgumentError(f"poll_us must be an int 0..10000000 (microseconds), got {microseconds!r}")
+                or not 0 <= microseconds <= lib.BM_NVS_POLL_MAX_US:
+            raise ArgumentError(f"poll_us must be an int 0..{lib.BM_NVS_POLL_MAX_US} (microseconds), "
+                                f"got {microseconds!r}")
         if lib.bm_nvs_set_poll(self._machine._c, self.number, microseconds) != 0:
             raise_recorded(NvsError)
 
