@@ -368,14 +368,17 @@ u64 mutex_queue(u64 n, u64 capacity, int cpu0, int cpu1)
 
 /* ---- peer: cache-line ping-pong ------------------------------------------------------------ */
 
-struct pingpong { _Alignas(64) _Atomic u64 ball; u64 rounds; };
+/* ping writes `ball`, pong answers in `ball` (one line, both write it) or, with `two_lines`, in
+ * `answer` (each side writes its own line: the shape of any producer -> polling consumer) */
+struct pingpong { _Alignas(64) _Atomic u64 ball; _Alignas(64) _Atomic u64 answer; u64 rounds; int two_lines; };
 
 static void *ping(void *p)
 {
 	struct pingpong *pp = p;
+	_Atomic u64 *back = pp->two_lines ? &pp->answer : &pp->ball;
 	for (u64 i = 0; i < pp->rounds; i++) {
 		atomic_store_explicit(&pp->ball, 2 * i + 1, memory_order_release);
-		while (atomic_load_explicit(&pp->ball, memory_order_acquire) != 2 * i + 2)
+		while (atomic_load_explicit(back, memory_order_acquire) != 2 * i + 2)
 			__builtin_ia32_pause();
 	}
 	return NULL;
@@ -384,18 +387,20 @@ static void *ping(void *p)
 static void *pong(void *p)
 {
 	struct pingpong *pp = p;
+	_Atomic u64 *back = pp->two_lines ? &pp->answer : &pp->ball;
 	for (u64 i = 0; i < pp->rounds; i++) {
 		while (atomic_load_explicit(&pp->ball, memory_order_acquire) != 2 * i + 1)
 			__builtin_ia32_pause();
-		atomic_store_explicit(&pp->ball, 2 * i + 2, memory_order_release);
+		atomic_store_explicit(back, 2 * i + 2, memory_order_release);
 	}
 	return NULL;
 }
 
-/* ping_pong -- `rounds` round trips of one cache line between two threads; ns per one-way */
-double ping_pong(u64 rounds, int cpu0, int cpu1)
+/* ping_pong -- `rounds` round trips between two threads, through one cache line or, with
+ * `two_lines`, through one line each way; ns per one-way */
+double ping_pong(u64 rounds, int two_lines, int cpu0, int cpu1)
 {
-	struct pingpong pp = { .rounds = rounds };
+	struct pingpong pp = { .rounds = rounds, .two_lines = two_lines };
 	u64 start = now_ns();
 	run_pair(ping, pong, &pp, cpu0, cpu1);
 	return (double)(now_ns() - start) / (2.0 * rounds);
