@@ -38,7 +38,7 @@ typedef u64 (*enqueue_fn)(void *, u64);
 typedef void (*wait_fn)(void);
 void empty_task(u64); void stamp_task(u64); void primes_task(u64);
 u64 produce(enqueue_fn enqueue, wait_fn wait, void *task, u64 n);
-double latency_ours(enqueue_fn enqueue, u64 *out, u64 n, u64 gap_ns);
+double latency_ours(enqueue_fn enqueue, u64 *out, u64 *put, u64 n, u64 gap_ns);
 void primes_setup(u64 limit, u64 chunk);
 u64 primes_result(void);
 u64 primes_pthreads(int threads, const int *cpus);
@@ -46,7 +46,7 @@ u64 vyukov_ring(u64 n, u64 capacity, int cpu0, int cpu1);
 u64 mutex_queue(u64 n, u64 capacity, int cpu0, int cpu1);
 double ping_pong(u64 rounds, int two_lines, int cpu0, int cpu1);
 void condvar_wakeup(u64 *out, u64 n, u64 gap_ns, int cpu0, int cpu1);
-void ring_latency(u64 *out, u64 n, u64 gap_ns, int cpu0, int cpu1);
+void ring_latency(u64 *out, u64 *put, u64 n, u64 gap_ns, int cpu0, int cpu1);
 void stamp_one_way(u64 *out, u64 n, u64 gap_ns, int cpu0, int cpu1);
 """
 
@@ -124,28 +124,31 @@ def test_dispatch_of_empty_c_tasks(benchmark, record, peers):
 
 # --- 2. latency -------------------------------------------------------------------------------
 
+def _ns(peers, array):
+    return peers.ffi.cast("u64 *", array.ctypes.data)
+
+
 def _latency(peers, samples, gap_ns):
-    """(median, p99, ticks per ns) of enqueue on core 0 -> start on core 1."""
-    out = np.zeros(samples, dtype=np.uint64)
+    """(median, p99, median enqueue call, ticks per ns) of enqueue on core 0 -> start on core 1."""
+    out, put = np.zeros(samples, dtype=np.uint64), np.zeros(samples, dtype=np.uint64)
     with bm.Machine(cores=2, memory="8M", console="capture") as m:
-        ticks_per_ns = peers.latency_ours(peers.enqueue, peers.ffi.cast("u64 *", out.ctypes.data),
-                                          samples, gap_ns)
+        ticks_per_ns = peers.latency_ours(peers.enqueue, _ns(peers, out), _ns(peers, put), samples, gap_ns)
         assert not m.faults
     ns = out / ticks_per_ns
-    return float(np.median(ns)), float(np.percentile(ns, 99)), ticks_per_ns
+    return float(np.median(ns)), float(np.percentile(ns, 99)), float(np.median(put)) / ticks_per_ns, ticks_per_ns
 
 
 def test_latency_to_a_polling_core(benchmark, record, peers):
     result = []
     benchmark.pedantic(lambda: result.append(_latency(peers, 20_000, 2_000)), rounds=1, iterations=1)
-    median, p99, ticks_per_ns = result[0]
+    median, p99, put, ticks_per_ns = result[0]
     one_way = best_of(3, lambda: peers.ping_pong(200_000, 0, CPU0, CPU1))
     two_lines = best_of(3, lambda: peers.ping_pong(200_000, 1, CPU0, CPU1))
-    ring = np.zeros(20_000, dtype=np.uint64)
-    peers.ring_latency(peers.ffi.cast("u64 *", ring.ctypes.data), len(ring), 2_000, CPU0, CPU1)
-    ring = ring / ticks_per_ns
+    ring, ring_put = np.zeros(20_000, dtype=np.uint64), np.zeros(20_000, dtype=np.uint64)
+    peers.ring_latency(_ns(peers, ring), _ns(peers, ring_put), len(ring), 2_000, CPU0, CPU1)
+    ring, ring_put = ring / ticks_per_ns, ring_put / ticks_per_ns
     line = np.zeros(20_000, dtype=np.uint64)
-    peers.stamp_one_way(peers.ffi.cast("u64 *", line.ctypes.data), len(line), 2_000, CPU0, CPU1)
+    peers.stamp_one_way(_ns(peers, line), len(line), 2_000, CPU0, CPU1)
     line = line / ticks_per_ns
     record("latency: enqueue on core 0 -> start on core 1 (polling), median", median, one_way,
            unit="ns", peer_name="cache-line ping-pong one way", target="ratio <= 2")
@@ -157,15 +160,17 @@ def test_latency_to_a_polling_core(benchmark, record, peers):
            float(np.median(line)), unit="ns", peer_name="store -> remote poll after a 2 us gap")
     record("latency: polling core, p99", p99, float(np.percentile(ring, 99)), unit="ns",
            peer_name="bare C Vyukov ring p99")
+    record("enqueue call on core 0 while core 1 polls, median", put, float(np.median(ring_put)),
+           unit="ns", peer_name="bare C Vyukov ring put")
 
 
 def test_latency_to_a_sleeping_core(benchmark, record, peers):
     samples, gap = 300, 2_000_000                  # 2 ms apart: past the 100 us polling budget
     result = []
     benchmark.pedantic(lambda: result.append(_latency(peers, samples, gap)), rounds=1, iterations=1)
-    median, p99, _ = result[0]
+    median, p99, _, _ = result[0]
     out = np.zeros(samples, dtype=np.uint64)
-    peers.condvar_wakeup(peers.ffi.cast("u64 *", out.ctypes.data), samples, gap, CPU0, CPU1)
+    peers.condvar_wakeup(_ns(peers, out), samples, gap, CPU0, CPU1)
     record("latency: enqueue -> start on a sleeping core (futex), median", median,
            float(np.median(out)), unit="ns", peer_name="pthread condvar wake-up")
     record("latency: sleeping core, p99", p99, float(np.percentile(out, 99)), unit="ns",

@@ -77,9 +77,10 @@ void stamp_task(u64 stamp)
 	atomic_fetch_add_explicit(&latency_done, 1, memory_order_release);
 }
 
-/* latency_ours -- n one-way enqueue -> start samples (TSC ticks) into out, `gap_ns` apart
+/* latency_ours -- n one-way enqueue -> start samples (TSC ticks) into out, `gap_ns` apart, and
+ * the ticks each enqueue call took on core 0 into put
  * OUT: TSC ticks per ns */
-double latency_ours(enqueue_fn enqueue, u64 *out, u64 n, u64 gap_ns)
+double latency_ours(enqueue_fn enqueue, u64 *out, u64 *put, u64 n, u64 gap_ns)
 {
 	latency_out = out;
 	atomic_store(&latency_done, 0);
@@ -92,7 +93,9 @@ double latency_ours(enqueue_fn enqueue, u64 *out, u64 n, u64 gap_ns)
 		}
 		while (now_ns() < until)
 			__builtin_ia32_pause();
-		enqueue((void *)stamp_task, __rdtsc());
+		u64 stamp = __rdtsc();
+		enqueue((void *)stamp_task, stamp);
+		put[i] = __rdtsc() - stamp;
 		while (atomic_load_explicit(&latency_done, memory_order_acquire) <= i)
 			__builtin_ia32_pause();
 	}
@@ -265,8 +268,8 @@ u64 vyukov_ring(u64 n, u64 capacity, int cpu0, int cpu1)
 }
 
 /* ring_latency -- the same one-way measure as latency_ours, through the bare ring: thread 1
- * polls the ring, thread 0 stamps (TSC) and puts; samples in TSC ticks */
-struct ring_latency_run { struct vring ring; u64 *out, n, gap_ns; _Atomic u64 done; };
+ * polls the ring, thread 0 stamps (TSC) and puts; samples (and put times) in TSC ticks */
+struct ring_latency_run { struct vring ring; u64 *out, *put, n, gap_ns; _Atomic u64 done; };
 
 static void *ring_latency_producer(void *p)
 {
@@ -275,7 +278,9 @@ static void *ring_latency_producer(void *p)
 		u64 until = now_ns() + run->gap_ns;
 		while (now_ns() < until)
 			__builtin_ia32_pause();
-		vring_put(&run->ring, __rdtsc());
+		u64 stamp = __rdtsc();
+		vring_put(&run->ring, stamp);
+		run->put[i] = __rdtsc() - stamp;
 		while (atomic_load_explicit(&run->done, memory_order_acquire) <= i)
 			__builtin_ia32_pause();
 	}
@@ -295,7 +300,7 @@ static void *ring_latency_consumer(void *p)
 	return NULL;
 }
 
-void ring_latency(u64 *out, u64 n, u64 gap_ns, int cpu0, int cpu1)
+void ring_latency(u64 *out, u64 *put, u64 n, u64 gap_ns, int cpu0, int cpu1)
 {
 	static struct ring_latency_run run;
 	memset(&run, 0, sizeof run);
@@ -304,6 +309,7 @@ void ring_latency(u64 *out, u64 n, u64 gap_ns, int cpu0, int cpu1)
 	for (u64 i = 0; i < 4096; i++)
 		atomic_store(&run.ring.cells[i].seq, i);
 	run.out = out;
+	run.put = put;
 	run.n = n;
 	run.gap_ns = gap_ns;
 	run_pair(ring_latency_producer, ring_latency_consumer, &run, cpu0, cpu1);
