@@ -1,5 +1,5 @@
 ; hello.asm -- a flat BareMetal app, byte for byte what the real kernel runs.
-;   nasm -f bin examples/hello.asm -o hello.app && baremetal run hello.app
+;   baremetal run examples/hello.asm   (or: nasm -f bin examples/hello.asm -o hello.app)
 BITS 64
 DEFAULT REL				; RIP-relative data: the image runs high
 ORG 0xFFFF800000000000

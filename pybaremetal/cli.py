@@ -17,6 +17,8 @@ EPILOG = """examples:
   baremetal run examples/helloc.c
   baremetal run examples/mandelbrot.c --screen 800x600 --screen-png mandel.png
   baremetal cc app.c -o app.so -O3 -- -DDEBUG
+  baremetal run examples/hello.asm --cores 2
+  baremetal cc app.c -o app.app          (a flat binary for the real kernel)
 """
 
 
@@ -66,8 +68,8 @@ def build_parser():
                     "(sys.argv[1:] for Python apps).  The exit code is the app's return value.")
     run.add_argument("app", metavar="APP",
                      help="the app: a .py file with a main() function, a .c source (built and "
-                          "cached), a .so built by `baremetal cc`, or a flat binary (.app) built "
-                          "for BareMetal (runs under KVM)")
+                          "cached), a .so built by `baremetal cc`, a flat binary (.app) built "
+                          "for BareMetal, or its NASM source (.asm); binaries run under KVM")
     _add_machine_options(run)
     monitor = commands.add_parser(
         "monitor", help="boot a machine into the Monitor (BareMetal's command line)",
@@ -82,12 +84,15 @@ def build_parser():
     bmfs.add_argument("bmfs_command", metavar="COMMAND")
     bmfs.add_argument("bmfs_args", nargs="*", metavar="ARGS")
     cc = commands.add_parser(
-        "cc", help="build a C app (a shared object of the hosted API)",
+        "cc", help="build a C app (a shared object of the hosted API, or a flat binary)",
         description="Compile and link C sources that include libBareMetal.h into an app for "
-                    "`baremetal run`.  Arguments after -- go to gcc as they are.")
+                    "`baremetal run`: a shared object (.so), or with -o NAME.app a flat binary "
+                    "for the real kernel (freestanding, linked at 0xFFFF800000000000; it runs "
+                    "here under KVM too).  Arguments after -- go to gcc as they are.")
     cc.add_argument("sources", nargs="*", metavar="SOURCE", help="C source files")
-    cc.add_argument("-o", dest="output", default=None, metavar="APP.so",
-                    help="output file (default: the first source's name with .so, here)")
+    cc.add_argument("-o", dest="output", default=None, metavar="APP",
+                    help="output file: NAME.so (the default: the first source's name, here) or "
+                         "NAME.app for a flat binary")
     cc.add_argument("-O", dest="optimize", nargs="?", const="1", default="2", metavar="LEVEL",
                     help="optimization level, as gcc's -O (default: -O2)")
     cc.add_argument("--print-include-dir", action="store_true",
@@ -125,7 +130,11 @@ def cmd_cc(args, gcc_args):
     if not args.sources:
         raise ArgumentError("cc: no C sources given")
     output = args.output or os.path.splitext(os.path.basename(args.sources[0]))[0] + ".so"
-    c.build(args.sources, output, args.optimize, gcc_args)
+    if output.lower().endswith(".app"):
+        from .apps import binary
+        binary.build(args.sources, output, f"-O{args.optimize}", gcc_args)
+    else:
+        c.build(args.sources, output, args.optimize, gcc_args)
     return 0
 
 

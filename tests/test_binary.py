@@ -47,6 +47,50 @@ def test_hello_example_assembled_with_nasm(tmp_path):
     assert done.stdout == b"Hello, world!\ncores: 2\n"
 
 
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "pybaremetal", *args], capture_output=True,
+                          timeout=60, **kwargs)
+
+
+def test_run_assembles_an_asm_source_itself_and_leaves_nothing_behind(tmp_path):
+    source = tmp_path / "hello.asm"
+    shutil.copy(os.path.join(ROOT, "examples", "hello.asm"), source)
+    done = cli("run", str(source), "--cores", "2", "--no-pin", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"Hello, world!\ncores: 2\n"
+    assert sorted(os.listdir(tmp_path)) == ["hello.asm"]
+
+
+def test_an_asm_source_that_does_not_assemble_is_a_clear_error(tmp_path):
+    source = tmp_path / "bad.asm"
+    source.write_text("BITS 64\n\tmov rax, [\n")
+    done = cli("run", str(source))
+    assert done.returncode == 2
+    assert b"bad.asm:2: error" in done.stderr                    # nasm's own message
+    assert b"baremetal: error: assembling " in done.stderr and b"bad.asm failed" in done.stderr
+    with bm.Machine(cores=1, memory="8M", console="capture") as m:
+        with pytest.raises(binary.BuildError, match="assembling"):
+            binary.run(m, str(source), [])
+        with pytest.raises(bm.ArgumentError, match="no such file"):
+            binary.run(m, str(tmp_path / "missing.asm"), [])
+
+
+def test_cc_with_an_app_output_builds_a_flat_binary_that_runs(tmp_path):
+    source = tmp_path / "exit.c"
+    source.write_text('#include "libBareMetal.h"\n'
+                      'int main(void) { b_output("flat\\n", 5); return 42; }\n')
+    done = cli("cc", str(source), "-o", str(tmp_path / "exit.app"), "-O3")
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "exit.app", "rb") as f:
+        assert f.read(4) != b"\x7fELF"                          # a flat image, not an ELF file
+    done = cli("run", str(tmp_path / "exit.app"), "--cores", "1")
+    assert (done.returncode, done.stdout) == (42, b"flat\n"), done.stderr
+    (tmp_path / "bad.c").write_text("int main(void) { return nope; }\n")
+    done = cli("cc", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.app"))
+    assert done.returncode == 2 and b"compiling" in done.stderr
+    assert not (tmp_path / "bad.app").exists()
+
+
 def test_registers_other_than_results_are_preserved_across_calls(tmp_path):
     image = assemble(tmp_path, """
     mov rbx, 0x1111

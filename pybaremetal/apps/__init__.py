@@ -7,6 +7,7 @@ from ..errors import ArgumentError
 KINDS = {
     ".py": ("python", "a Python module with a main() function"),
     ".app": ("binary", "a flat binary built for BareMetal, run under KVM"),
+    ".asm": ("binary", "a NASM source of a flat binary, assembled with nasm -f bin, run under KVM"),
     ".c": ("c", "a C source including libBareMetal.h, built and cached"),
     ".so": ("c", "a C app built with `baremetal cc`"),
 }

@@ -1,4 +1,5 @@
-"""Flat binaries (.app): images built for the real kernel, run unmodified under KVM.
+"""Flat binaries (.app): images built for the real kernel, run unmodified under KVM.  A NASM
+source (.asm) is assembled with ``nasm -f bin`` first, as for the real kernel.
 
 The image is loaded at physical 0x200000, which the guest sees at 0xFFFF800000000000 (where
 BareMetal apps are linked), and entered at its first byte on core 0.  While it runs, the pages
@@ -7,6 +8,7 @@ machine.alloc see them as used; a further 2 MiB page is the app's stack.  When t
 and the low 8 bits of RAX are the exit code (C apps: main's return value through crt0).
 """
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -49,6 +51,19 @@ def build(sources, output, optimize="-O2", extra_flags=()):
     return output
 
 
+def assemble(source, output):
+    """Assemble the NASM ``source`` into the flat binary ``output`` (``nasm -f bin``, what
+    upstream uses for its apps).  Raises BuildError when nasm is missing or fails (nasm's
+    messages were printed)."""
+    if not os.path.exists(source):
+        raise ArgumentError(f"{source}: no such file")
+    if shutil.which("nasm") is None:
+        raise BuildError(f"{source}: nasm is not installed (apt-get install nasm; `make` does it)")
+    if subprocess.run(["nasm", "-f", "bin", source, "-o", output]).returncode != 0:
+        raise BuildError(f"assembling {source} failed")
+    return output
+
+
 def execute(machine, image):
     """Load ``image`` at 0x200000, run it on core 0 (the calling thread) and give its memory
     back.  Returns the app's RAX; raises Shutdown/Reboot for those calls, AppCrashed if it
@@ -81,8 +96,13 @@ def read_image(path):
 
 
 def run(machine, path, argv):
-    """Run the binary at ``path`` on ``machine``; returns its exit code (RAX & 0xFF)."""
-    image = read_image(path)
+    """Run the binary at ``path`` (.app, or .asm assembled first) on ``machine``; returns its
+    exit code (RAX & 0xFF)."""
+    if path.lower().endswith(".asm"):
+        with tempfile.TemporaryDirectory(prefix="baremetal-asm-") as work:
+            image = read_image(assemble(path, os.path.join(work, "app.app")))
+    else:
+        image = read_image(path)
     if not kvm.available():
         raise kvm.AppCrashed("flat binaries need KVM: /dev/kvm is missing or not usable here")
     return machine.run(lambda: execute(machine, image) & 0xFF)
