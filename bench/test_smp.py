@@ -124,7 +124,7 @@ def test_dispatch_of_empty_c_tasks(benchmark, record, peers):
 
 # --- 2. latency -------------------------------------------------------------------------------
 
-def _ns(peers, array):
+def _u64_ptr(peers, array):
     return peers.ffi.cast("u64 *", array.ctypes.data)
 
 
@@ -132,7 +132,7 @@ def _latency(peers, samples, gap_ns):
     """(median, p99, median enqueue call, ticks per ns) of enqueue on core 0 -> start on core 1."""
     out, put = np.zeros(samples, dtype=np.uint64), np.zeros(samples, dtype=np.uint64)
     with bm.Machine(cores=2, memory="8M", console="capture") as m:
-        ticks_per_ns = peers.latency_ours(peers.enqueue, _ns(peers, out), _ns(peers, put), samples, gap_ns)
+        ticks_per_ns = peers.latency_ours(peers.enqueue, _u64_ptr(peers, out), _u64_ptr(peers, put), samples, gap_ns)
         assert not m.faults
     ns = out / ticks_per_ns
     return float(np.median(ns)), float(np.percentile(ns, 99)), float(np.median(put)) / ticks_per_ns, ticks_per_ns
@@ -145,10 +145,10 @@ def test_latency_to_a_polling_core(benchmark, record, peers):
     one_way = best_of(3, lambda: peers.ping_pong(200_000, 0, CPU0, CPU1))
     two_lines = best_of(3, lambda: peers.ping_pong(200_000, 1, CPU0, CPU1))
     ring, ring_put = np.zeros(20_000, dtype=np.uint64), np.zeros(20_000, dtype=np.uint64)
-    peers.ring_latency(_ns(peers, ring), _ns(peers, ring_put), len(ring), 2_000, CPU0, CPU1)
+    peers.ring_latency(_u64_ptr(peers, ring), _u64_ptr(peers, ring_put), len(ring), 2_000, CPU0, CPU1)
     ring, ring_put = ring / ticks_per_ns, ring_put / ticks_per_ns
     line = np.zeros(20_000, dtype=np.uint64)
-    peers.stamp_one_way(_ns(peers, line), len(line), 2_000, CPU0, CPU1)
+    peers.stamp_one_way(_u64_ptr(peers, line), len(line), 2_000, CPU0, CPU1)
     line = line / ticks_per_ns
     record("latency: enqueue on core 0 -> start on core 1 (polling), median", median, one_way,
            unit="ns", peer_name="cache-line ping-pong one way", target="ratio <= 2")
@@ -170,7 +170,7 @@ def test_latency_to_a_sleeping_core(benchmark, record, peers):
     benchmark.pedantic(lambda: result.append(_latency(peers, samples, gap)), rounds=1, iterations=1)
     median, p99, _, _ = result[0]
     out = np.zeros(samples, dtype=np.uint64)
-    peers.condvar_wakeup(_ns(peers, out), samples, gap, CPU0, CPU1)
+    peers.condvar_wakeup(_u64_ptr(peers, out), samples, gap, CPU0, CPU1)
     record("latency: enqueue -> start on a sleeping core (futex), median", median,
            float(np.median(out)), unit="ns", peer_name="pthread condvar wake-up")
     record("latency: sleeping core, p99", p99, float(np.percentile(out, 99)), unit="ns",
