@@ -21,3 +21,19 @@ def run_captured(main, **kwargs):
     with bm.Machine(console="capture", **kwargs) as m:
         result = m.run(main)
         return result, m.console.output()
+
+
+def errors_on_another_thread(call, error_type):
+    """Run ``call()`` on a new thread (not a core); the ``error_type`` exceptions it raised."""
+    import threading
+    errors = []
+
+    def other():
+        try:
+            call()
+        except error_type as error:
+            errors.append(error)
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    return errors

@@ -1,12 +1,11 @@
 import os
-import threading
 
 import numpy as np
 import pytest
 
 import pybaremetal as bm
 
-from conftest import run_captured
+from conftest import errors_on_another_thread, run_captured
 
 
 def u16(m, p):
@@ -155,16 +154,7 @@ def test_calls_without_a_machine_raise_a_clear_error():
 
 
 def test_a_thread_that_is_not_a_core_gets_no_machine(machine):
-    errors = []
-
-    def other():
-        try:
-            bm.b_system(bm.TIMECOUNTER)
-        except bm.NoMachineError as error:
-            errors.append(error)
-    thread = threading.Thread(target=other)
-    thread.start()
-    thread.join()
+    errors = errors_on_another_thread(lambda: bm.b_system(bm.TIMECOUNTER), bm.NoMachineError)
     assert len(errors) == 1
 
 

@@ -13,6 +13,7 @@ import pytest
 import pybaremetal as bm
 from pybaremetal._native import ffi, lib
 
+from conftest import errors_on_another_thread
 from smp_helpers import Helpers
 
 
@@ -66,16 +67,7 @@ def test_c_tasks_run_on_every_core(machine, helpers):
 
 
 def test_smp_id_from_a_thread_that_is_not_a_core_raises(machine):
-    errors = []
-
-    def outsider():
-        try:
-            bm.b_system(bm.SMP_ID)
-        except bm.NoMachineError as e:
-            errors.append(e)
-    thread = threading.Thread(target=outsider)
-    thread.start()
-    thread.join()
+    errors = errors_on_another_thread(lambda: bm.b_system(bm.SMP_ID), bm.NoMachineError)
     assert len(errors) == 1
     assert lib.b_system(bm.SMP_ID, 0, 0) == 0               # this thread is core 0
 

@@ -25,6 +25,26 @@ static u64 now_ns(void)
 	return (u64)ts.tv_sec * 1000000000ull + (u64)ts.tv_nsec;
 }
 
+/* pause_for -- let `gap_ns` pass before the next sample: sleep through long gaps (so the
+ * other side falls asleep too), spin through short ones */
+static void pause_for(u64 gap_ns)
+{
+	u64 until = now_ns() + gap_ns;
+	if (gap_ns >= 1000000) {
+		struct timespec gap = { 0, (long)gap_ns };
+		nanosleep(&gap, NULL);
+	}
+	while (now_ns() < until)
+		__builtin_ia32_pause();
+}
+
+/* wait_past -- spin until the other side has counted past sample i */
+static void wait_past(_Atomic u64 *done, u64 i)
+{
+	while (atomic_load_explicit(done, memory_order_acquire) <= i)
+		__builtin_ia32_pause();
+}
+
 static void pin_to(int cpu)
 {
 	if (cpu < 0)
@@ -86,18 +106,11 @@ double latency_ours(enqueue_fn enqueue, u64 *out, u64 *put, u64 n, u64 gap_ns)
 	atomic_store(&latency_done, 0);
 	u64 ns0 = now_ns(), tsc0 = __rdtsc();
 	for (u64 i = 0; i < n; i++) {
-		u64 until = now_ns() + gap_ns;
-		if (gap_ns >= 1000000) {                 /* long gaps: the target core falls asleep */
-			struct timespec gap = { 0, (long)gap_ns };
-			nanosleep(&gap, NULL);
-		}
-		while (now_ns() < until)
-			__builtin_ia32_pause();
+		pause_for(gap_ns);
 		u64 stamp = __rdtsc();
 		enqueue((void *)stamp_task, stamp);
 		put[i] = __rdtsc() - stamp;
-		while (atomic_load_explicit(&latency_done, memory_order_acquire) <= i)
-			__builtin_ia32_pause();
+		wait_past(&latency_done, i);
 	}
 	return (double)(__rdtsc() - tsc0) / (double)(now_ns() - ns0);
 }
@@ -275,14 +288,11 @@ static void *ring_latency_producer(void *p)
 {
 	struct ring_latency_run *run = p;
 	for (u64 i = 0; i < run->n; i++) {
-		u64 until = now_ns() + run->gap_ns;
-		while (now_ns() < until)
-			__builtin_ia32_pause();
+		pause_for(run->gap_ns);
 		u64 stamp = __rdtsc();
 		vring_put(&run->ring, stamp);
 		run->put[i] = __rdtsc() - stamp;
-		while (atomic_load_explicit(&run->done, memory_order_acquire) <= i)
-			__builtin_ia32_pause();
+		wait_past(&run->done, i);
 	}
 	return NULL;
 }
@@ -421,12 +431,9 @@ static void *stamp_sender(void *p)
 {
 	struct stamp_run *run = p;
 	for (u64 i = 0; i < run->n; i++) {
-		u64 until = now_ns() + run->gap_ns;
-		while (now_ns() < until)
-			__builtin_ia32_pause();
+		pause_for(run->gap_ns);
 		atomic_store_explicit(&run->stamp, __rdtsc(), memory_order_release);
-		while (atomic_load_explicit(&run->done, memory_order_acquire) <= i)
-			__builtin_ia32_pause();
+		wait_past(&run->done, i);
 	}
 	return NULL;
 }
@@ -468,8 +475,7 @@ static void *wake_sender(void *p)
 {
 	struct wakeup *w = p;
 	for (u64 i = 0; i < w->n; i++) {
-		struct timespec gap = { 0, (long)w->gap_ns };
-		nanosleep(&gap, NULL);                   /* the waiter is asleep by now */
+		pause_for(w->gap_ns);                    /* the waiter is asleep by now */
 		pthread_mutex_lock(&w->lock);
 		w->stamp = now_ns();
 		w->posted = i + 1;
