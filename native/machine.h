@@ -79,7 +79,8 @@ struct bm_screen {
 	u32 x, y, ppsl, bpp;
 };
 
-enum bm_machine_state { BM_STATE_NEW, BM_STATE_RUNNING, BM_STATE_SHUTDOWN, BM_STATE_REBOOT, BM_STATE_HALTED };
+enum bm_machine_state { BM_STATE_NEW, BM_STATE_RUNNING, BM_STATE_SHUTDOWN, BM_STATE_REBOOT, BM_STATE_HALTED,
+			BM_STATE_STOPPING /* a stop signal or the timeout came (signals.c) */ };
 
 struct bm_machine {
 	u8 *mem;                /* flat memory, 2 MiB aligned; mem[p] is physical address p */

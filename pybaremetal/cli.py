@@ -39,6 +39,8 @@ def _add_machine_options(parser):
     group.add_argument("--drive", action="append", default=[], metavar="SPEC",
                        help="attach a drive: PATH[,ro][,durable][,create=SIZE][,queue=N][,poll=US][,buffered] "
                             "(repeatable; drive numbers follow the order)")
+    group.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                       help="end the run after SECONDS, as a signal would (exit status 124)")
     group.add_argument("--nic", action="append", default=[], metavar="SPEC",
                        help="attach a NIC (repeatable; interface ids follow the order): tap:NAME, "
                             "tap:@FD, packet:IFACE[,promisc][,txring], wire (loopback); "
@@ -156,6 +158,7 @@ def boot_and_run(args, runner, default_screen=None):
     when --screen is not given (C apps: 1024x768); --screen-png / --window imply 1024x768."""
     from .machine import Machine
     from .screen import Outputs
+    from . import signals
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _terminate)
     warnings.formatwarning = lambda message, *rest, **kw: f"baremetal: warning: {message}\n"
@@ -168,6 +171,7 @@ def boot_and_run(args, runner, default_screen=None):
     try:
         machine = Machine(**kwargs)
         try:
+            signals.arm(machine, args.timeout)     # stop signals and --timeout end native code too
             with Outputs(machine, args.screen_png, args.screen_png_every, args.window,
                          keys[1] if keys else -1):
                 result = runner(machine)
@@ -181,6 +185,7 @@ def boot_and_run(args, runner, default_screen=None):
             return 1
         finally:
             machine.halt()
+            signals.disarm(machine)
         return exit_code(result)
     finally:
         for fd in keys or ():

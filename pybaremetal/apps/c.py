@@ -54,7 +54,7 @@ import subprocess
 import sys
 import tempfile
 
-from .. import _native
+from .. import _native, signals
 from .._native import ffi, lib
 from ..errors import ArgumentError, BareMetalError, Reboot, Shutdown, recorded_error
 from ..smp import _SIGNALS                # signal number -> name, as fault reports spell them
@@ -285,6 +285,7 @@ def run(machine, path, argv):
             at = f" at address 0x{address:x}" if address is not None else ""
             raise AppCrashed(f"the app crashed {where} on core {core}: {kind}{at}; "
                              "machine halted, drives flushed", -state if state < 0 else _NUMBERS.get(kind, 11))
+        signals.raise_if_stopping(machine._c)     # a stop signal unwound main (SystemExit)
         if state == _STATE_SHUTDOWN:
             raise Shutdown()
         if state == _STATE_REBOOT:
