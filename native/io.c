@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "machine.h"
+#include "signals.h"
 
 /* bm_console_init -- set up a console
  *  IN:  c = console, out_fd = where b_output writes, in_fd = where b_input reads (-1: none)
@@ -78,7 +79,8 @@ void b_output(const char *str, u64 nbr)
 
 /* b_input -- the next byte of input, never blocking
  *  IN:  nothing
- * OUT:  the byte; 0 when nothing is waiting, input has ended, or there is no machine */
+ * OUT:  the byte; 0 when nothing is waiting, input has ended, or there is no machine (a C main
+ *       polling for a key unwinds there when the machine stops: bm_stop_point) */
 u8 b_input(void)
 {
 	bm_error_clear();
@@ -103,6 +105,8 @@ u8 b_input(void)
 	if (c->in_pos < c->in_len)
 		key = c->in_buf[c->in_pos++];
 	pthread_mutex_unlock(&c->in_lock);
+	if (key == 0 && bm_stop_requested(m))
+		bm_stop_point(m);
 	return key;
 }
 

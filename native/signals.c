@@ -16,8 +16,8 @@
  *     Stopping is the cooperative path: the loops that wait in C give up when the machine is
  *     not running (DELAY, SMP_LOCK, b_smp_wait, the cores' queue) and, under a C main, unwind
  *     it to bm_run_main as SHUTDOWN does (bm_stop_point).
- *  3. The watchdog, a thread that blocks every signal, gives Python BM_SIGNALS_GRACE_NS (50 ms)
- *     to end the run (bm_signals_disarm after the halt).  If it has not, code that nothing can
+ *  3. The watchdog, a thread that blocks every signal, gives Python a grace of 50 ms (tests
+ *     may set longer, to prove the cooperative path alone ends a run) to end the run (bm_signals_disarm after the halt).  If it has not, code that nothing can
  *     interrupt is running (a C loop, a guest `jmp $`): the watchdog fdatasyncs every armed
  *     machine's drives, restores the terminals, flushes C stdio when it can take the lock
  *     without waiting, says so on stderr and _exits with 128 + the signal (124 after a
@@ -56,6 +56,7 @@ static _Atomic int stop_signal;         /* the first stop signal since arming, 0
 static _Atomic int timed_out;           /* the watchdog sent SIGALRM for the timeout */
 static _Atomic u64 stop_ns;             /* when stop_signal came */
 static _Atomic u64 deadline_ns;         /* the timeout's deadline, 0 for none */
+static _Atomic u64 grace_ns = BM_SIGNALS_GRACE_NS;
 static _Atomic u32 wake_word;           /* futex: the watchdog sleeps on it */
 static _Atomic int watchdog_quit;
 static pthread_t watchdog_thread;
@@ -125,6 +126,18 @@ static size_t put_text(char *out, size_t at, const char *s)
 	return at;
 }
 
+/* decimal -- v in decimal into out (24 bytes), returned (no stdio: see hard_exit) */
+static const char *decimal(char *out, u64 v)
+{
+	char *p = out + 23;
+	*p = 0;
+	do {
+		*--p = (char)('0' + v % 10);
+		v /= 10;
+	} while (v && p > out);
+	return p;
+}
+
 /* hard_exit -- end the process now: drives flushed, terminals restored (see the top, step 3).
  * A halt that is closing the drives at this very moment may free one under the flush (the
  * window is the halt's close loop; the process ends right after either way).
@@ -146,14 +159,15 @@ static void hard_exit(int sig)
 			fflush_unlocked(streams[i]);
 			funlockfile(streams[i]);
 		}
-	char line[256], digits[4] = { (char)('0' + status / 100), (char)('0' + status / 10 % 10),
-				      (char)('0' + status % 10), 0 };
+	char line[256], status_digits[24], grace_digits[24];
 	size_t n = put_text(line, 0, "baremetal: ");
 	n = put_text(line, n, timeout ? "timeout" : sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT"
 			    : sig == SIGHUP ? "SIGHUP" : "SIGALRM");
 	n = put_text(line, n, timeout ? ": the run did not end" : ": the app did not stop");
-	n = put_text(line, n, " within 50 ms of being asked; drives flushed, exit status ");
-	n = put_text(line, n, digits);
+	n = put_text(line, n, " within ");
+	n = put_text(line, n, decimal(grace_digits, atomic_load(&grace_ns) / 1000000ull));
+	n = put_text(line, n, " ms of being asked; drives flushed, exit status ");
+	n = put_text(line, n, decimal(status_digits, (u64)status));
 	n = put_text(line, n, "\n");
 	ssize_t ignored = write(2, line, n);
 	(void)ignored;
@@ -169,7 +183,7 @@ static void *watchdog_main(void *unused)
 		u64 now = bm_now_ns(), until = 0;
 		int sig = atomic_load(&stop_signal);
 		if (sig != 0) {
-			until = atomic_load(&stop_ns) + BM_SIGNALS_GRACE_NS;
+			until = atomic_load(&stop_ns) + atomic_load(&grace_ns);
 			if (now >= until)
 				hard_exit(sig);
 		} else if ((until = atomic_load(&deadline_ns)) != 0 && now >= until) {
@@ -222,10 +236,11 @@ static void uninstall(void)
 }
 
 /* bm_signals_arm -- end m's run on a stop signal or after timeout_ms (see the top)
- *  IN:  m, timeout_ms = 0 for no timeout.  Call after the process's Python handlers are set
- *       (ours chain to them) and before the app runs
+ *  IN:  m, timeout_ms = 0 for no timeout, grace_ms = how long Python has to end the run before
+ *       the watchdog does (0: 50 ms; for the whole process).  Call after the process's Python
+ *       handlers are set (ours chain to them) and before the app runs
  * OUT:  0; -1 with BM_ERR_FULL (too many machines armed) or BM_ERR_IO (no watchdog thread) */
-int bm_signals_arm(struct bm_machine *m, u64 timeout_ms)
+int bm_signals_arm(struct bm_machine *m, u64 timeout_ms, u64 grace_ms)
 {
 	bm_error_clear();
 	int rc = -1;
@@ -261,6 +276,8 @@ int bm_signals_arm(struct bm_machine *m, u64 timeout_ms)
 		watchdog_running = 1;
 	}
 	atomic_store(&armed[free_slot], m);
+	atomic_store(&grace_ns, grace_ms ? (grace_ms < 3600000ull ? grace_ms : 3600000ull) * 1000000ull
+				       : BM_SIGNALS_GRACE_NS);
 	if (timeout_ms != 0) {
 		u64 ms = timeout_ms < (1ull << 40) ? timeout_ms : (1ull << 40);
 		atomic_store(&deadline_ns, bm_now_ns() + ms * 1000000ull);

@@ -10,7 +10,7 @@
 #define BM_EXIT_TIMEOUT 124                      /* exit status after --timeout, as timeout(1) */
 #define BM_TERMINALS 4                           /* terminals in raw mode at once, at most */
 
-int bm_signals_arm(struct bm_machine *m, u64 timeout_ms);
+int bm_signals_arm(struct bm_machine *m, u64 timeout_ms, u64 grace_ms);
 void bm_signals_disarm(struct bm_machine *m);
 int bm_signals_received(void);
 int bm_signals_exit_status(void);

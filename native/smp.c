@@ -875,14 +875,19 @@ u64 b_smp_enqueue(void *code, u64 arg)
 
 /* b_smp_dequeue -- take the oldest queued task without running it
  *  IN:  arg = where to store the task's argument
- * OUT:  the task's code address, 0 when the queue is empty */
+ * OUT:  the task's code address, 0 when the queue is empty (a C main polling an empty queue
+ *       unwinds there when the machine stops: bm_stop_point) */
 u64 b_smp_dequeue(u64 *arg)
 {
 	struct bm_core *self = bm_self;
 	u64 code;
 	if (self == NULL)
 		return bm_fail(BM_ERR_NO_MACHINE, "this thread is not a core of a running machine");
-	return queue_take(&self->machine->smp, 0, &code, arg) ? code : 0;
+	if (queue_take(&self->machine->smp, 0, &code, arg))
+		return code;
+	if (bm_stop_requested(self->machine))
+		bm_stop_point(self->machine);
+	return 0;
 }
 
 /* b_smp_run -- run code(arg) on the calling core, to completion

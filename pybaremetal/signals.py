@@ -9,12 +9,16 @@ and ends the process itself.  Either way the exit status is 128 + the signal (SI
 SIGINT 130, SIGHUP 129), or 124 after ``--timeout``, as timeout(1).  How it works:
 native/signals.c.
 
+``BAREMETAL_STOP_GRACE_MS`` (environment) sets the grace other than 50 ms: the tests make it
+long to show that code waiting in the runtime (DELAY, SMP_LOCK, wait) ends a run on its own.
+
 Not covered: SIGKILL (nothing runs; the terminal is still restored by the guard process of
 pybaremetal.io, and durable writes acknowledged before it are on the medium), and a Python
 handler an app installs itself after arming (it replaces the C one: that signal then ends the
 run only when Python gets control).
 """
 import math
+import os
 import signal
 import sys
 
@@ -57,7 +61,9 @@ def arm(machine, timeout=None):
             signal.signal(signum, _terminate)
     if timeout is not None:
         signal.signal(signal.SIGALRM, _timed_out)
-    if lib.bm_signals_arm(machine._c, 0 if timeout is None else max(1, round(timeout * 1000))) != 0:
+    grace = os.environ.get("BAREMETAL_STOP_GRACE_MS", "")
+    grace_ms = int(grace) if grace.isdigit() else 0
+    if lib.bm_signals_arm(machine._c, 0 if timeout is None else max(1, round(timeout * 1000)), grace_ms) != 0:
         raise_recorded()
 
 
