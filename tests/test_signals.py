@@ -336,3 +336,32 @@ def test_c_smp_lock_on_unmapped_memory_returns_0_without_a_crash(machine):
     address = int(bm._native.ffi.cast("uintptr_t", private))
     assert lib.bm_smp_lock(address) == 1 and private[0] == 1
     assert lib.bm_smp_unlock(address) == 1 and private[0] == 0
+
+
+# --- waits in the runtime end when the machine stops (defect 7) ----------------------------------
+
+def _machine_shut_down_by_core_1(m):
+    """SHUTDOWN from a task on core 1 (the machine's state; core 0 carries on)."""
+    m.smp.set(lambda: bm.b_system(bm.SHUTDOWN), 1)
+
+
+def test_delay_on_core_0_ends_when_another_core_shuts_the_machine_down():
+    with bm.Machine(cores=2, memory="16M", console="capture", input=False, pin=False) as m:
+        def main():
+            _machine_shut_down_by_core_1(m)
+            bm.b_system(bm.DELAY, 10**12)          # 11.6 days unless the stop ends it
+            return 5
+        assert m.run(main) == 5
+
+
+def test_lock_wait_on_core_0_gives_up_when_another_core_shuts_the_machine_down():
+    with bm.Machine(cores=2, memory="16M", console="capture", input=False, pin=False) as m:
+        lock = bm.Lock()
+
+        def main():
+            lock.acquire()
+            _machine_shut_down_by_core_1(m)
+            with pytest.raises(bm.StateError, match="stopped while waiting"):
+                lock.acquire()                     # held by core 0 itself: only the stop ends it
+            return 5
+        assert m.run(main) == 5
