@@ -184,9 +184,12 @@ def boot_and_run(args, runner, default_screen=None):
             traceback.print_exc()
             return 1
         finally:
-            machine.halt()
-            signals.disarm(machine)
-        return exit_code(result)
+            stopped = signals.exit_status()        # a stop signal or the timeout sets the status
+            try:
+                machine.halt()
+            finally:
+                signals.disarm(machine)
+        return stopped or exit_code(result)
     finally:
         for fd in keys or ():
             os.close(fd)
