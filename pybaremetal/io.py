@@ -95,7 +95,10 @@ class _TerminalGuard:
     """The guard process of terminal ``fd`` (see the module doc): started before raw mode, told
     to leave quietly by :meth:`release` once the terminal is restored."""
 
+    _leaving = []                              # released guards not reaped yet
+
     def __init__(self, fd):
+        _TerminalGuard._leaving = [p for p in _TerminalGuard._leaving if p.poll() is None]
         attrs = termios.tcgetattr(fd)
         cc = bytes(c if isinstance(c, int) else c[0] for c in attrs[6])
         saved = ",".join([*(str(v) for v in attrs[:6]), cc.hex()])
@@ -119,12 +122,9 @@ class _TerminalGuard:
             pass
         os.close(self._write_end)
         self._write_end = -1
-        if self._process is not None:
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None and self._process.poll() is None:
+            _TerminalGuard._leaving.append(self._process)  # leaving: reaped later, never waited for
+        self._process = None
 
 
 class _Terminal:
