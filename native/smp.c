@@ -808,6 +808,12 @@ u32 bm_smp_faults(struct bm_machine *m, u32 first, struct bm_fault *out, u32 max
 	return n;
 }
 
+/* bm_smp_fault_count -- C faults recorded on the machine so far (the log keeps the last
+ * BM_FAULT_LOG of them)
+ *  IN:  m
+ * OUT:  the count */
+u32 bm_smp_fault_count(struct bm_machine *m) { return atomic_load(&m->smp.faults_count); }
+
 /* ---- the hosted extension in libBareMetal.h -------------------------------------------- */
 
 /* b_smp_enqueue -- add `void code(u64 arg)` to the calling core's machine's queue

@@ -103,6 +103,7 @@ u64 bm_smp_set_arg(struct bm_machine *m, u64 code, u64 core, u64 arg);
 u64 bm_smp_queue_size(struct bm_machine *m);
 u64 bm_smp_queued(struct bm_machine *m);
 u32 bm_smp_faults(struct bm_machine *m, u32 first, struct bm_fault *out, u32 max);
+u32 bm_smp_fault_count(struct bm_machine *m);
 int bm_smp_core_cpu(struct bm_machine *m, u32 core);
 int bm_smp_host_cpus(void);
 void bm_smp_record_fault(struct bm_core *core, int signal, u64 address);

@@ -8,6 +8,24 @@ import warnings
 
 from .errors import ArgumentError, BareMetalError
 
+RUN_USAGE_HINT = "arguments for the app go after --: baremetal run APP [OPTIONS] -- ARGS"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (what is wrong, where help is), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _version():
+    try:
+        from importlib.metadata import version
+        return version("pybaremetal")
+    except Exception:                          # a source checkout that was never installed
+        from . import __version__
+        return __version__
+
 EPILOG = """examples:
   baremetal run examples/hello.py
   baremetal monitor --drive disk.img
@@ -27,7 +45,7 @@ def _add_machine_options(parser):
     group.add_argument("--cores", type=int, default=None, metavar="N",
                        help="number of cores (default: one per CPU this process may use)")
     group.add_argument("--memory", default="256M", metavar="SIZE",
-                       help="flat memory size, e.g. 256M, 2G (default: 256M)")
+                       help="flat memory size, e.g. 256M, 2G; a bare number is MiB (default: 256M)")
     group.add_argument("--console", default="stdout", metavar="DEST",
                        help="where b_output goes: stdout (default), stderr, or a file path")
     group.add_argument("--input", default=None, metavar="FILE",
@@ -38,7 +56,7 @@ def _add_machine_options(parser):
                        help="capacity of the work queue, a power of two (default: 4096)")
     group.add_argument("--drive", action="append", default=[], metavar="SPEC",
                        help="attach a drive: PATH[,ro][,durable][,create=SIZE][,queue=N][,poll=US][,buffered] "
-                            "(repeatable; drive numbers follow the order)")
+                            "(repeatable; drive numbers follow the order; create=64 is 64 MiB)")
     group.add_argument("--nic", action="append", default=[], metavar="SPEC",
                        help="attach a NIC (repeatable; interface ids follow the order): tap:NAME, "
                             "tap:@FD, packet:IFACE[,promisc][,txring], wire (loopback); "
@@ -57,9 +75,10 @@ def _add_machine_options(parser):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="baremetal", description="Run BareMetal programs hosted on Linux.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"baremetal (pybaremetal) {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     run = commands.add_parser(
@@ -122,13 +141,54 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
+CC_SUFFIXES = (".c", ".s", ".o", ".a")           # compared lower-case: .S too
+
+
+def check_output_path(path, option):
+    """ArgumentError (one line) unless the file ``path`` can be written: checked before the
+    app runs, so a typo does not cost a whole run."""
+    if not path:
+        raise ArgumentError(f"{option}: empty path; give a file name")
+    if os.path.isdir(path):
+        raise ArgumentError(f"{option}: {path} is a directory; give a file name in it")
+    parent = os.path.dirname(path) or "."
+    try:
+        os.stat(parent)
+    except OSError as error:
+        raise ArgumentError(f"{option}: cannot use the directory {parent}: {error.strerror}; "
+                            "create it or give another path") from None
+    writable = os.access(path, os.W_OK) if os.path.exists(path) else os.access(parent, os.W_OK | os.X_OK)
+    if not writable:
+        raise ArgumentError(f"{option}: {path} cannot be written (permission denied); give a "
+                            "path you may write")
+
+
+def report_lost_output(machine, console, result):
+    """One line when b_output's output was lost (a full disk, /dev/full): the exit code
+    becomes 1 if it was 0, as `echo hi > /dev/full` fails."""
+    from .io import lost_output
+    lost, errno_ = lost_output(machine)
+    if not lost:
+        return result
+    print(f"baremetal: error: {lost} bytes of console output to {console} were lost "
+          f"({os.strerror(errno_)}); give another --console", file=sys.stderr)
+    return result or 1
+
+
 def cmd_cc(args, gcc_args):
     from .apps import c
     if args.print_include_dir:
         print(c.include_dir())
         return 0
     if not args.sources:
-        raise ArgumentError("cc: no C sources given")
+        raise ArgumentError("cc: no C sources given (baremetal cc app.c -o app.so)")
+    for source in args.sources:
+        suffix = os.path.splitext(source)[1].lower()
+        if suffix == ".py":
+            raise ArgumentError(f"cc: {source} is a Python app, which needs no build: "
+                                f"baremetal run {source}")
+        if suffix not in CC_SUFFIXES:
+            raise ArgumentError(f"cc: {source} is not a C source; give .c files (or .s, .S, .o, .a)")
     output = args.output or os.path.splitext(os.path.basename(args.sources[0]))[0] + ".so"
     if output.lower().endswith(".app"):
         from .apps import binary
@@ -159,6 +219,11 @@ def boot_and_run(args, runner, default_screen=None):
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _terminate)
     warnings.formatwarning = lambda message, *rest, **kw: f"baremetal: warning: {message}\n"
+    if args.console == "capture":
+        raise ArgumentError("--console capture is for Machine(console='capture') in Python; "
+                            "here give stdout, stderr or a file path")
+    if args.screen_png is not None:
+        check_output_path(args.screen_png, "--screen-png")
     kwargs = machine_kwargs(args)
     if args.screen is None:
         kwargs["screen"] = default_screen or ("1024x768" if args.screen_png or args.window else None)
@@ -166,7 +231,10 @@ def boot_and_run(args, runner, default_screen=None):
     if keys is not None:
         kwargs["input"] = keys[0]              # b_input reads the window's key presses
     try:
-        machine = Machine(**kwargs)
+        try:
+            machine = Machine(**kwargs)
+        except OSError as error:              # a host refusal no device check put in words
+            raise ArgumentError(f"cannot build the machine: {error}") from None
         try:
             with Outputs(machine, args.screen_png, args.screen_png_every, args.window,
                          keys[1] if keys else -1):
@@ -181,7 +249,7 @@ def boot_and_run(args, runner, default_screen=None):
             return 1
         finally:
             machine.halt()
-        return exit_code(result)
+        return report_lost_output(machine, args.console, exit_code(result))
     finally:
         for fd in keys or ():
             os.close(fd)
@@ -193,7 +261,12 @@ def main(argv=None):
     if "--" in argv:
         split = argv.index("--")
         argv, app_argv = argv[:split], argv[split + 1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        hint = f"; {RUN_USAGE_HINT}" if args.command == "run" else ""
+        parser.exit(2, f"baremetal {args.command}: error: unrecognized arguments: "
+                       f"{' '.join(unknown)}{hint}\n")
     try:
         if args.command == "run":
             return cmd_run(args, app_argv)

@@ -154,9 +154,16 @@ class Machine:
 
     @property
     def faults(self):
-        """Tasks that failed on this machine's cores (Python exceptions, C faults), oldest
-        first: a list of :class:`pybaremetal.smp.Fault`."""
+        """The last 1000 tasks that failed on this machine's cores (Python exceptions, C
+        faults), oldest first: a list of :class:`pybaremetal.smp.Fault`."""
         return self.smp.faults
+
+    @property
+    def fault_count(self):
+        """How many tasks failed on this machine's cores, including those ``faults`` no
+        longer keeps."""
+        self.smp.faults                        # takes in the C faults recorded meanwhile
+        return self.smp.fault_count
 
     # --- running apps ---------------------------------------------------------------------
 

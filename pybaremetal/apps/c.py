@@ -273,12 +273,13 @@ def run(machine, path, argv):
         loaded.append(App(app_path))
         sys.stdout.flush()
         sys.stderr.flush()
-        faults_before = len(machine.faults)
+        faults_before = machine.fault_count
         try:
             state = lib.bm_capp_run_main(machine._c, loaded[-1].main, len(args), c_argv, exit_code)
         finally:
             _flush_c_stdio()
-        crashed = [f for f in machine.faults[faults_before:] if f.address is not None]
+        new = machine.fault_count - faults_before
+        crashed = [f for f in (machine.faults[-new:] if new else []) if f.address is not None]
         if state < 0 or crashed:
             core, kind, address = (crashed[0][:3] if crashed else (0, _SIGNALS.get(-state), None))
             where = "in main" if state < 0 and core == 0 else "in a task"
