@@ -37,6 +37,7 @@ EPILOG = """examples:
   baremetal cc app.c -o app.so -O3 -- -DDEBUG
   baremetal run examples/hello.asm --cores 2
   baremetal cc app.c -o app.app          (a flat binary for the real kernel)
+  baremetal doctor                       (what this host offers, and fixes)
 """
 
 
@@ -102,6 +103,13 @@ def build_parser():
     bmfs.add_argument("disk", metavar="DISK")
     bmfs.add_argument("bmfs_command", metavar="COMMAND")
     bmfs.add_argument("bmfs_args", nargs="*", metavar="ARGS")
+    commands.add_parser(
+        "doctor", help="say what this host offers (KVM, compilers, kernel settings, NIC "
+                       "privileges) and how to fix what is missing",
+        description="Check this host for what pybaremetal uses: KVM and the CPU backend "
+                    "`--cpu auto` would pick, gcc, nasm, vm.mmap_min_addr, /dev/net/tun and "
+                    "CAP_NET_ADMIN/CAP_NET_RAW, huge pages, AIO, optional Python parts.  Each "
+                    "missing part comes with its fix.  Changes nothing; exits 0.")
     cc = commands.add_parser(
         "cc", help="build a C app (a shared object of the hosted API, or a flat binary)",
         description="Compile and link C sources that include libBareMetal.h into an app for "
@@ -281,11 +289,17 @@ def main(argv=None):
                 return 1
         if args.command == "cc":
             return cmd_cc(args, app_argv)
+        if args.command == "doctor":
+            from . import doctor
+            return doctor.main()
     except BareMetalError as error:
         print(f"baremetal: error: {error}", file=sys.stderr)
         return getattr(error, "exit_status", 2)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:                    # `baremetal doctor | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 
