@@ -95,12 +95,10 @@ class AppCrashed(BareMetalError):
 # --- building -----------------------------------------------------------------------------
 
 def include_dir():
-    """The directory holding libBareMetal.h: the installed package's copy, else the source tree's."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for directory in (os.path.join(package, "include"), os.path.join(os.path.dirname(package), "native")):
-        if os.path.isfile(os.path.join(directory, "libBareMetal.h")):
-            return directory
-    raise BareMetalError(f"libBareMetal.h is not installed with pybaremetal ({package}); reinstall the package")
+    """The directory holding libBareMetal.h: the source checkout's native/, else the installed
+    package's include/."""
+    from . import native_data
+    return native_data("include", "")
 
 
 def compiler():
