@@ -3,6 +3,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 import traceback
 import warnings
 
@@ -43,17 +44,23 @@ EPILOG = """examples:
 
 def _add_machine_options(parser):
     group = parser.add_argument_group("the machine")
+    group.add_argument("-c", "--config", default=None, metavar="FILE",
+                       help="a machine file (TOML: cores, memory, [drives.NAME], [nics.NAME], "
+                            "...); the options below override it, --drive/--nic add devices")
+    group.add_argument("--stats-json", default=None, metavar="FILE",
+                       help="at exit, write the machine's counters (cores, drives, NICs) and "
+                            "timings to FILE as JSON")
     group.add_argument("--cores", type=int, default=None, metavar="N",
                        help="number of cores (default: one per CPU this process may use)")
-    group.add_argument("--memory", default="256M", metavar="SIZE",
+    group.add_argument("--memory", default=None, metavar="SIZE",
                        help="flat memory size, e.g. 256M, 2G; a bare number is MiB (default: 256M)")
-    group.add_argument("--console", default="stdout", metavar="DEST",
+    group.add_argument("--console", default=None, metavar="DEST",
                        help="where b_output goes: stdout (default), stderr, or a file path")
     group.add_argument("--input", default=None, metavar="FILE",
                        help="what b_input reads (default: stdin; a terminal is put in raw mode)")
-    group.add_argument("--no-pin", dest="pin", action="store_false",
+    group.add_argument("--no-pin", dest="pin", action="store_const", const=False, default=None,
                        help="do not pin each core to its own CPU")
-    group.add_argument("--queue-size", type=int, default=4096, metavar="N",
+    group.add_argument("--queue-size", type=int, default=None, metavar="N",
                        help="capacity of the work queue, a power of two (default: 4096)")
     group.add_argument("--drive", action="append", default=[], metavar="SPEC",
                        help="attach a drive: PATH[,ro][,durable][,create=SIZE][,queue=N][,poll=US][,buffered] "
@@ -127,11 +134,24 @@ def build_parser():
     return parser
 
 
+MACHINE_DEFAULTS = dict(cores=None, memory="256M", console="stdout", input=None, pin=True,
+                       queue_size=4096, screen=None)
+
+
 def machine_kwargs(args):
-    """Machine(...) arguments from the parsed machine options."""
-    return dict(cores=args.cores, memory=args.memory, console=args.console, input=args.input,
-                pin=args.pin, drives=args.drive, nics=args.nic, queue_size=args.queue_size,
-                screen=args.screen)
+    """``(Machine(...) arguments, drive names, NIC names)`` from the machine file (-c) and
+    the options: an option given overrides the file; --drive/--nic come after its devices."""
+    kwargs, drive_names, nic_names = dict(MACHINE_DEFAULTS, drives=[], nics=[]), [], []
+    if args.config is not None:
+        from .config import load
+        from_file, drive_names, nic_names = load(args.config)
+        kwargs.update(from_file)
+    for name in MACHINE_DEFAULTS:
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    kwargs["drives"] = kwargs["drives"] + args.drive
+    kwargs["nics"] = kwargs["nics"] + args.nic
+    return kwargs, drive_names, nic_names
 
 
 def exit_code(result):
@@ -183,6 +203,24 @@ def report_lost_output(machine, console, result):
     return result or 1
 
 
+def _snapshot(machine):
+    """The machine's counters, or None (with one line) if they cannot be read."""
+    from . import stats
+    try:
+        return stats.snapshot(machine)
+    except BareMetalError as error:
+        print(f"baremetal: warning: --stats-json: {error}", file=sys.stderr)
+        return None
+
+
+def _timings(clock):
+    """Seconds spent building the machine, running (boot and app), halting, in all."""
+    done = time.monotonic()
+    built = clock.get("built", clock["start"])
+    return {"setup": built - clock["start"], "run": clock["ran"] - built,
+            "halt": done - clock["ran"], "total": done - clock["start"]}
+
+
 def cmd_cc(args, gcc_args):
     from .apps import c
     if args.print_include_dir:
@@ -227,37 +265,58 @@ def boot_and_run(args, runner, default_screen=None):
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _terminate)
     warnings.formatwarning = lambda message, *rest, **kw: f"baremetal: warning: {message}\n"
-    if args.console == "capture":
+    kwargs, drive_names, nic_names = machine_kwargs(args)
+    if kwargs["console"] == "capture":
         raise ArgumentError("--console capture is for Machine(console='capture') in Python; "
                             "here give stdout, stderr or a file path")
-    if args.screen_png is not None:
-        check_output_path(args.screen_png, "--screen-png")
-    kwargs = machine_kwargs(args)
-    if args.screen is None:
+    for path, option in ((args.screen_png, "--screen-png"), (args.stats_json, "--stats-json")):
+        if path is not None:
+            check_output_path(path, option)
+    if kwargs["screen"] is None:
         kwargs["screen"] = default_screen or ("1024x768" if args.screen_png or args.window else None)
-    keys = os.pipe() if args.window and args.input is None else None
+    keys = os.pipe() if args.window and kwargs["input"] is None else None
     if keys is not None:
         kwargs["input"] = keys[0]              # b_input reads the window's key presses
+    clock = {"start": time.monotonic()}
     try:
         try:
             machine = Machine(**kwargs)
         except OSError as error:              # a host refusal no device check put in words
             raise ArgumentError(f"cannot build the machine: {error}") from None
+        from .config import name_devices
+        name_devices(machine, drive_names, nic_names)
+        clock["built"] = time.monotonic()
+        outcome = {"status": 1}
+
+        def finish():
+            """Halt once, with the counters taken just before (--stats-json)."""
+            if "ran" in clock:
+                return
+            clock["ran"] = time.monotonic()
+            counters = _snapshot(machine) if args.stats_json else None
+            machine.halt()
+            if counters is not None:
+                from . import stats
+                stats.write(args.stats_json, counters, _timings(clock), getattr(args, "app", None),
+                            outcome["status"])
+
         try:
             with Outputs(machine, args.screen_png, args.screen_png_every, args.window,
                          keys[1] if keys else -1):
                 result = runner(machine)
+            outcome["status"] = exit_code(result)
         except SystemExit as stop:
-            result = stop.code
-        except BareMetalError:
+            outcome["status"] = exit_code(stop.code)
+        except BareMetalError as error:
+            outcome["status"] = getattr(error, "exit_status", 2)
             raise
         except Exception:
-            machine.halt()
+            finish()
             traceback.print_exc()
             return 1
         finally:
-            machine.halt()
-        return report_lost_output(machine, args.console, exit_code(result))
+            finish()
+        return report_lost_output(machine, kwargs["console"], outcome["status"])
     finally:
         for fd in keys or ():
             os.close(fd)
