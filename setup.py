@@ -57,7 +57,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pybaremetal", "pybaremetal.*"]),
     cffi_modules=["native/build.py:ffibuilder"],
-    install_requires=["cffi>=1.16", "numpy>=1.24", "pyroute2>=0.7", "rich>=13", "Pillow>=10"],
+    install_requires=["cffi>=1.16", "numpy>=1.24", "pyroute2>=0.7", "rich>=13", "Pillow>=10",
+                      "tomli>=2; python_version < '3.11'"],      # machine files (tomllib from 3.11)
     extras_require={
         "test": TEST,
         "window": ["pygame>=2.1"],

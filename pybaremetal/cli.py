@@ -38,6 +38,7 @@ EPILOG = """examples:
   baremetal cc app.c -o app.so -O3 -- -DDEBUG
   baremetal run examples/hello.asm --cores 2
   baremetal cc app.c -o app.app          (a flat binary for the real kernel)
+  baremetal run app.py -c machine.toml --stats-json stats.json
   baremetal doctor                       (what this host offers, and fixes)
 """
 
