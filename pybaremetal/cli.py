@@ -20,12 +20,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def _version():
+    """The installed distribution's version, else the package's own (a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
     try:
-        from importlib.metadata import version
         return version("pybaremetal")
-    except Exception:                          # a source checkout that was never installed
+    except PackageNotFoundError:
         from . import __version__
         return __version__
+
 
 EPILOG = """examples:
   baremetal run examples/hello.py
