@@ -107,6 +107,8 @@ def apps(tmp_path_factory):
     (work / "delay.py").write_text(PY_DELAY)
     (work / "spin.c").write_text(C_APP)
     (work / "spin.asm").write_text(FLAT_SPIN)
+    from pybaremetal.apps import c
+    c.build([str(work / "spin.c")], str(work / "spin.so"))    # built once: no compile in a run
     return work
 
 
@@ -161,8 +163,8 @@ def env_for(tmp):
 
 CASES = {
     "python_app_in_delay": ("delay.py", ("--cores", "1"), ()),
-    "c_main_spinning": ("spin.c", ("--cores", "1", "--screen", "none"), ("main",)),
-    "c_task_spinning_on_core_1": ("spin.c", ("--cores", "2", "--no-pin", "--screen", "none"), ("task",)),
+    "c_main_spinning": ("spin.so", ("--cores", "1", "--screen", "none"), ("main",)),
+    "c_task_spinning_on_core_1": ("spin.so", ("--cores", "2", "--no-pin", "--screen", "none"), ("task",)),
     "flat_binary_spinning": ("spin.asm", ("--cores", "1"), ()),
 }
 
@@ -185,12 +187,12 @@ def test_stop_signal_ends_native_code_flushes_drives_and_restores_the_terminal(a
 
 COOPERATIVE = {
     "python_app_in_delay": ("delay.py", ("--cores", "1"), ()),
-    "c_main_in_delay": ("spin.c", ("--cores", "1", "--screen", "none"), ("delay",)),
-    "c_main_waiting_for_a_lock": ("spin.c", ("--cores", "1", "--screen", "none"), ("lock",)),
-    "c_main_in_wait_task_in_delay": ("spin.c", ("--cores", "2", "--no-pin", "--screen", "none"),
+    "c_main_in_delay": ("spin.so", ("--cores", "1", "--screen", "none"), ("delay",)),
+    "c_main_waiting_for_a_lock": ("spin.so", ("--cores", "1", "--screen", "none"), ("lock",)),
+    "c_main_in_wait_task_in_delay": ("spin.so", ("--cores", "2", "--no-pin", "--screen", "none"),
                                      ("task_delay",)),
-    "c_main_polling_b_input": ("spin.c", ("--cores", "1", "--screen", "none"), ("input",)),
-    "c_main_polling_the_queue": ("spin.c", ("--cores", "1", "--screen", "none"), ("dequeue",)),
+    "c_main_polling_b_input": ("spin.so", ("--cores", "1", "--screen", "none"), ("input",)),
+    "c_main_polling_the_queue": ("spin.so", ("--cores", "1", "--screen", "none"), ("dequeue",)),
 }
 
 
@@ -213,18 +215,21 @@ def test_stop_signal_ends_code_waiting_in_the_runtime_without_the_watchdog(apps,
 def test_watchdog_reports_what_it_did(apps):
     drive = _image(apps)
     status, err, _, _, _ = run_on_pty(
-        baremetal(apps / "spin.c", drive, "--cores", "1", "--screen", "none", app_args=("main",)),
+        baremetal(apps / "spin.so", drive, "--cores", "1", "--screen", "none", app_args=("main",)),
         env=env_for(apps), signum=signal.SIGTERM)
     assert status == 143
     assert err.strip().splitlines()[-1] == ("baremetal: SIGTERM: the app did not stop within 50 ms of "
                                             "being asked; drives flushed, exit status 143")
 
 
-def test_timeout_ends_a_spinning_c_main_with_124(apps):
+@pytest.mark.parametrize("kind", ["c_main_spinning", "flat_binary_spinning"])
+def test_timeout_ends_spinning_native_code_with_124(apps, kind):
+    name, extra, app_args = CASES[kind]
+    if name.endswith(".asm") and not kvm.available():
+        pytest.skip("flat binaries need /dev/kvm here until the emulated CPU lands")
     drive = _image(apps)
     status, err, before, _, after = run_on_pty(
-        baremetal(apps / "spin.c", drive, "--cores", "1", "--screen", "none", "--timeout", "0.3",
-                  app_args=("main",)), env=env_for(apps))
+        baremetal(apps / name, drive, *extra, "--timeout", "1", app_args=app_args), env=env_for(apps))
     assert status == 124, err
     assert "timeout" in err
     assert after == before
@@ -236,7 +241,7 @@ def test_delay_of_2_64_minus_1_waits_instead_of_returning_at_once(apps):
     it waits until --timeout ends the run (124): Python's path, as the DELAY ends early."""
     drive = _image(apps)
     status, err, before, _, after = run_on_pty(
-        baremetal(apps / "delay.py", drive, "--cores", "1", "--timeout", "0.3"), env=env_for(apps))
+        baremetal(apps / "delay.py", drive, "--cores", "1", "--timeout", "1"), env=env_for(apps))
     assert status == 124, err
     assert "Traceback" not in err, err
     assert after == before
