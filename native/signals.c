@@ -109,9 +109,12 @@ static void on_stop_signal(int sig, siginfo_t *info, void *context)
 		any = 1;
 	}
 	if (any) {
+		/* when, then which: the watchdog reads stop_signal first, so it never sees a signal
+		 * without its time */
+		u64 never = 0;
 		int none = 0;
-		if (atomic_compare_exchange_strong(&stop_signal, &none, sig))
-			atomic_store(&stop_ns, bm_now_ns());
+		atomic_compare_exchange_strong(&stop_ns, &never, bm_now_ns());
+		atomic_compare_exchange_strong(&stop_signal, &none, sig);
 		wake_watchdog();
 	}
 	pass_on(sig, info, context, any);
@@ -260,6 +263,7 @@ int bm_signals_arm(struct bm_machine *m, u64 timeout_ms, u64 grace_ms)
 	}
 	if (!any) {
 		atomic_store(&stop_signal, 0);
+		atomic_store(&stop_ns, 0);
 		atomic_store(&timed_out, 0);
 	}
 	if (!watchdog_running) {
@@ -306,6 +310,7 @@ void bm_signals_disarm(struct bm_machine *m)
 		uninstall();
 		atomic_store(&deadline_ns, 0);
 		atomic_store(&stop_signal, 0);
+		atomic_store(&stop_ns, 0);
 		if (watchdog_running) {
 			atomic_store(&watchdog_quit, 1);
 			wake_watchdog();

@@ -248,11 +248,15 @@ def test_delay_of_2_64_minus_1_waits_instead_of_returning_at_once(apps):
 
 
 def test_bad_timeout_is_one_line_exit_2(apps, tmp_path):
-    for value in ("0", "nan"):
-        child = subprocess.run([sys.executable, "-m", "pybaremetal", "run", str(apps / "delay.py"),
-                                "--timeout", value], capture_output=True, text=True, timeout=60)
-        assert child.returncode == 2, child.stderr
-        assert child.stderr.count("\n") == 1 and "timeout" in child.stderr, child.stderr
+    from pybaremetal import signals
+    for value in (0, -1, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(bm.ArgumentError, match="timeout"):
+            signals.check_timeout(value)
+    assert signals.check_timeout(2) == 2.0 and signals.check_timeout(None) is None
+    child = subprocess.run([sys.executable, "-m", "pybaremetal", "run", str(apps / "delay.py"),
+                            "--timeout", "nan"], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 2, child.stderr
+    assert child.stderr.count("\n") == 1 and "timeout" in child.stderr, child.stderr
 
 
 # --- the terminal when the process ends without running our Python -------------------------------
