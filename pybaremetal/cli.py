@@ -329,6 +329,8 @@ def boot_and_run(args, runner, default_screen=None):
                 finish()
             finally:
                 signals.disarm(machine)
+            if stopped:
+                signals.end_process(stopped)       # halted: no interpreter teardown to wait for
         return report_lost_output(machine, kwargs["console"], outcome["status"])
     finally:
         for fd in keys or ():
