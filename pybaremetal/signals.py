@@ -25,7 +25,6 @@ import sys
 from ._native import lib
 from .errors import ArgumentError, raise_recorded
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 TIMEOUT_STATUS = 124                   # exit status after a timeout, as timeout(1)
 STATE_STOPPING = 5                     # enum bm_machine_state
 

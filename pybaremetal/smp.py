@@ -310,6 +310,8 @@ def _reset(machine, var1, var2):
 def _lock_word(machine, var1, var2):
     """b_system(SMP_LOCK / SMP_UNLOCK, address) from Python: the word must be inside the
     machine's memory and 2-byte aligned (AddressError / ArgumentError; nothing touched)."""
+    if isinstance(var1, ffi.CData):
+        var1 = int(ffi.cast("uintptr_t", var1))               # a pointer to the word
     if isinstance(var1, bool) or not isinstance(var1, int):
         raise ArgumentError(f"SMP_LOCK/SMP_UNLOCK: the lock word's address must be an int, got {var1!r}")
     machine.offset(var1, 2)                                    # AddressError outside memory

@@ -332,6 +332,8 @@ def test_python_smp_lock_outside_the_machine_raises_and_touches_nothing(machine)
     assert outside == bytearray(4)
     with pytest.raises(bm.ArgumentError):
         bm.b_system(bm.SMP_LOCK, machine.base + 0x300001)
+    with pytest.raises(bm.AddressError):
+        bm.b_system(bm.SMP_LOCK, bm._native.ffi.from_buffer(outside))       # a pointer: checked too
     word = machine.base + 0x300000
     assert bm.b_system(bm.SMP_LOCK, word) == 1 and machine.memory[0x300000] == 1
     assert bm.b_system(bm.SMP_UNLOCK, word) == 1 and machine.memory[0x300000] == 0
