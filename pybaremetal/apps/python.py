@@ -4,6 +4,9 @@ import os
 import sys
 
 from ..errors import ArgumentError
+from . import register
+
+register(".py", __name__, "a Python module with a main() function")
 
 
 def load(path):

@@ -28,6 +28,7 @@ import traceback
 
 from .. import abi
 from .._native import ffi, lib
+from ..current import current_machine
 from ..errors import ArgumentError, BareMetalError, Reboot, Shutdown, raise_recorded
 from ..system import converts
 
@@ -104,7 +105,7 @@ class Nic:
 
 def _add(machine, nic, pointer):
     """Give the C NIC ``pointer`` to the machine; sets and returns nic.iid."""
-    iid = lib.bm_net_add(machine._c, pointer)
+    iid = lib.bm_machine_add_nic(machine._c, pointer)
     if iid < 0:
         lib.bm_nic_close(pointer)
         nic.close()
@@ -140,13 +141,11 @@ def open_spec(machine, spec):
 
 
 def attach(machine, specs):
-    """Start the machine's network service thread (callbacks) and open the NICs ``specs`` name.
-    Returns the list of Nic (machine.nics)."""
+    """Open the NICs ``specs`` name and give them to the machine.  Returns the list of Nic
+    (machine.nics)."""
     if isinstance(specs, str):
         specs = [specs]
     machine.nics = []
-    if lib.bm_net_service_start(machine._c) != 0:
-        raise_recorded(NetError)
     machine._net_views = [None] * MAX_NICS
     for spec in specs:
         open_spec(machine, spec)
@@ -155,7 +154,6 @@ def attach(machine, specs):
 
 def detach(machine):
     """Remove what attach created (TAP devices); C closed fds and sockets on halt."""
-    lib.bm_net_service_stop(machine._c)
     for nic in getattr(machine, "nics", []):
         try:
             nic.close()
@@ -178,19 +176,6 @@ _EMPTY = memoryview(b"")
 _OUT = ffi.new("void **")          # b_net_rx's *mem, never read: the face slices the NIC's buffer
 _FAILED = lib.BM_NET_FAILED
 _rx, _tx, _from_buffer = lib.bm_net_rx_face, lib.bm_net_tx_face, ffi.from_buffer
-_threads = []                      # [machine.py's thread-local], filled on first use (import cycle)
-
-
-def _calling_machine():
-    """The calling thread's Machine (the C call already checked there is one)."""
-    if not _threads:
-        from ..machine import _local
-        _threads.append(_local)
-    machine = getattr(_threads[0], "machine", None)
-    if machine is None:
-        from ..machine import current_machine
-        machine = current_machine()                # raises NoMachineError
-    return machine
 
 
 def _buffer_view(machine, iid):
@@ -214,7 +199,7 @@ def b_net_rx(iid=0):
         return _EMPTY
     if length == _FAILED:
         raise_recorded(NetError, "b_net_rx: ")
-    machine = _calling_machine()
+    machine = current_machine()
     view = machine._net_views[iid] or _buffer_view(machine, iid)
     return view[:length]
 
@@ -242,7 +227,7 @@ def _tx_argument(frame, nbytes):
     if isinstance(frame, int) and not isinstance(frame, bool):
         if nbytes is None:
             raise ArgumentError("b_net_tx: nbytes is required when frame is an address")
-        _calling_machine().offset(frame, nbytes)
+        current_machine().offset(frame, nbytes)
         return ffi.cast("void *", frame), nbytes
     try:
         pointer = _from_buffer("char[]", frame)
@@ -268,10 +253,8 @@ def _callback_converter(code):
         """A Python callable becomes a C function run by the service thread."""
         if callable(var1) and not isinstance(var1, ffi.CData):
             python_fn = var1
-            from ..machine import _local
 
             def run():
-                _local.machine = machine         # the service thread acts for this machine
                 try:
                     python_fn()
                 except (Shutdown, Reboot):       # recorded in the machine's state by C
@@ -281,8 +264,7 @@ def _callback_converter(code):
             machine._keepalive.setdefault("callbacks", []).append(var1)   # a running one may finish
         value = int(ffi.cast("uintptr_t", var1)) if isinstance(var1, ffi.CData) else var1
         if isinstance(value, int) and not isinstance(value, bool):
-            lib.b_system(code, value & ((1 << 64) - 1), 0)
-            lib.bm_net_service_wake(machine._c)   # take it into account now, not within 10 ms
+            lib.b_system(code, value & ((1 << 64) - 1), 0)   # which wakes the service thread
         return var1, var2
     return convert
 
@@ -293,4 +275,4 @@ for _code in (abi.CALLBACK_TIMER, abi.CALLBACK_NETWORK):
 
 def callback_counts(machine):
     """(timer ticks, network callbacks) the service thread has run so far."""
-    return lib.bm_net_service_count(machine._c, 0), lib.bm_net_service_count(machine._c, 1)
+    return lib.bm_service_count(machine._c, 0), lib.bm_service_count(machine._c, 1)
