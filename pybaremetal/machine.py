@@ -136,6 +136,7 @@ class Machine:
         try:
             lib.bm_machine_halt(self._c)
             net.detach(self)
+            nvs.detach(self)
         finally:
             self.console.close()
 

@@ -105,7 +105,8 @@ def attach(machine, specs):
 
 
 def detach(machine):
-    """Forget the machine's drives (C flushed and closed them on halt)."""
+    """Mark the machine's drives halted (C flushed and closed them on halt, keeping their
+    final counters, which stay readable)."""
     for drive in getattr(machine, "_drives", ()):
         drive._detach()
 
