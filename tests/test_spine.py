@@ -9,21 +9,13 @@ import pybaremetal as bm
 from pybaremetal._native import ffi, lib
 from pybaremetal.net import callback_counts
 
+from conftest import until
 from smp_helpers import Helpers
 
 
 @pytest.fixture(scope="module")
 def helpers(tmp_path_factory):
     return Helpers(str(tmp_path_factory.mktemp("spine")))
-
-
-def until(condition, what, seconds=20):
-    """Poll until condition() is true; fail (not a timing assertion: a hang guard)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.001)
 
 
 def frame(n):
