@@ -22,9 +22,11 @@ CALLBACK_NETWORK / CALLBACK_TIMER take a C function address or a Python callable
 """
 import importlib
 import os
+import pkgutil
 import sys
 import threading
 import traceback
+from collections import namedtuple
 
 from .. import abi
 from .._native import ffi, lib
@@ -35,7 +37,6 @@ from ..system import converts
 NET_BUFFERS = lib.BM_NET_BUFFERS           # receive buffer of NIC iid: NET_BUFFERS + iid * NET_BUFFER_SIZE
 NET_BUFFER_SIZE = lib.BM_NET_BUFFER_SIZE
 MAX_NICS = lib.BM_MAX_NICS
-BACKENDS = ("tap", "packet", "wire")     # one module each in this package
 STATS = ("rx_packets", "rx_bytes", "rx_dropped", "tx_packets", "tx_bytes", "tx_dropped")
 
 
@@ -70,6 +71,31 @@ def local_mac():
     with _mac_lock:
         _next_mac[0] += 1
         return (0x02626D << 24) | ((os.getpid() & 0xFF) << 16) | (_next_mac[0] & 0xFFFF)
+
+
+# --- the backends: one module each in this package, each registering itself ------------------
+
+Backend = namedtuple("Backend", "kind module syntax description")
+_BACKENDS = {}                           # kind -> Backend
+
+
+def register(kind, module, syntax, description):
+    """Called by a backend module at import: ``kind`` (the spec's prefix) is opened by
+    ``module``'s ``open(machine, argument, mac, options, spec) -> (Nic, C NIC)``; ``syntax`` and
+    ``description`` are for help and error texts."""
+    _BACKENDS[kind] = Backend(kind, module, syntax, description)
+
+
+def backends():
+    """Every NIC backend, by kind (imports every backend module of this package)."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f".{info.name}", __name__)
+    return dict(_BACKENDS)
+
+
+def describe():
+    """"SYNTAX (description); ..." of every backend, for help and error texts."""
+    return "; ".join(f"{b.syntax} ({b.description})" for b in backends().values())
 
 
 # --- NICs -------------------------------------------------------------------------------------
@@ -118,7 +144,7 @@ def _add(machine, nic, pointer):
 def parse_spec(spec):
     """("kind", "argument", {option: value}) of "kind[:argument][,key=value][,flag]"."""
     if not isinstance(spec, str) or not spec:
-        raise ArgumentError(f"nic: expected a spec like 'tap:tap0', 'packet:eth1' or 'wire', got {spec!r}")
+        raise ArgumentError(f"nic: expected a spec like {', '.join(repr(k) for k in backends())}, got {spec!r}")
     head, *rest = spec.split(",")
     kind, _, argument = head.partition(":")
     options = {}
@@ -131,11 +157,13 @@ def parse_spec(spec):
 def open_spec(machine, spec):
     """Open the NIC ``spec`` names and add it to the machine; returns its Nic."""
     kind, argument, options = parse_spec(spec)
-    if kind not in BACKENDS:
-        raise ArgumentError(f"nic {spec!r}: unknown kind {kind!r}; use tap:NAME, tap:@FD, packet:IFACE or wire")
+    known = backends()
+    if kind not in known:
+        raise ArgumentError(f"nic {spec!r}: unknown kind {kind!r}; use "
+                            f"{', '.join(b.syntax for b in known.values())}")
     mac = options.pop("mac", None)
     mac = parse_mac(mac) if mac is not None else None
-    backend = importlib.import_module(f".{kind}", __name__)   # not `from . import wire`: see wire()
+    backend = importlib.import_module(known[kind].module)
     nic, pointer = backend.open(machine, argument, mac, options, spec)
     return _add(machine, nic, pointer)
 

@@ -7,6 +7,7 @@ peer).  A full queue makes the sender wait up to 50 ms for the receiver, then dr
 """
 from .._native import ffi, lib
 from ..current import machine_of
+from . import register
 from ..errors import raise_recorded
 
 
@@ -104,3 +105,6 @@ def connect(machine_a, machine_b, mac_a, mac_b):
         raise
     nic_b = _add(machine_b, Nic(machine_b, "wire", "wire", mac_b), end_b)
     return nic_a, nic_b
+
+
+register("wire", __name__, "wire", "an in-process loopback; pybaremetal.wire(a, b) links machines")
