@@ -11,9 +11,10 @@ The contract of an app kind (``python``, ``c``, ``binary``; a new kind is one ne
   REBOOT restarts the app inside ``machine.run``.  It raises a BareMetalError subclass for bad
   input (missing file, build failure) and :class:`~pybaremetal.errors.AppCrashed` for a crash.
   The caller halts the machine.
-- An app kind whose main runs in C (a C main, a flat binary) gets the run's end from C as one
-  struct bm_outcome (native/machine.h) and hands it to :func:`finish`, the one function that
-  turns an outcome into a return value, Shutdown/Reboot, an exit or an AppCrashed.
+- Every run ends in one struct bm_outcome (native/machine.h): C fills it for a C main and a flat
+  binary, :func:`python_main` for a Python main.  The kind hands it to :func:`finish`, the one
+  function that turns an outcome into a return value, Shutdown/Reboot, an exit or an
+  AppCrashed.
 - It may set ``DEFAULT_SCREEN`` ("WxH"): the screen its apps get when --screen is not given.
 """
 import importlib
@@ -85,3 +86,22 @@ def finish(outcome):
                          f"{_signal_name(outcome.signal)}{at}; machine halted, drives flushed",
                          128 + outcome.signal, outcome)
     raise AppCrashed(message or "the app crashed", 1, outcome)
+
+
+def python_main(main):
+    """Run a Python app's ``main()`` and end as every app does: its end recorded in a struct
+    bm_outcome (returned, SHUTDOWN, REBOOT), then :func:`finish`.  A main returning something
+    other than an int or None gets it back as is (sys.exit's rules: the CLI prints it)."""
+    outcome = ffi.new("struct bm_outcome *")
+    try:
+        value = main()
+    except Shutdown:
+        lib.bm_outcome_set(outcome, lib.BM_END_SHUTDOWN, 0, ffi.NULL)
+    except Reboot:
+        lib.bm_outcome_set(outcome, lib.BM_END_REBOOT, 0, ffi.NULL)
+    else:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return value
+        lib.bm_outcome_set(outcome, lib.BM_END_RETURNED, 0, ffi.NULL)
+        outcome.value = (value or 0) & ((1 << 64) - 1)
+    return finish(outcome)
