@@ -24,6 +24,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -171,7 +172,17 @@ int bm_service_start(struct bm_machine *m)
 			s->core->cpu = -1;
 			s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 			atomic_store(&s->stop, 0);
+			/* like the worker cores, it takes no asynchronous signals (they go to the app's
+			 * thread): block them while it is created, it inherits the mask */
+			sigset_t all, old;
+			sigfillset(&all);
+			sigdelset(&all, SIGSEGV);
+			sigdelset(&all, SIGBUS);
+			sigdelset(&all, SIGFPE);
+			sigdelset(&all, SIGILL);
+			pthread_sigmask(SIG_SETMASK, &all, &old);
 			int e = s->wake_fd < 0 ? errno : pthread_create(&s->thread, NULL, service_main, m);
+			pthread_sigmask(SIG_SETMASK, &old, NULL);
 			if (e != 0) {
 				if (s->wake_fd >= 0)
 					close(s->wake_fd);
