@@ -128,6 +128,16 @@ void bm_screen_configure(struct bm_machine *m, u64 lfb, u32 x, u32 y, u32 ppsl, 
 		write_screen_info(m);
 }
 
+/* mem_reset -- forget every allocation (reboot) */
+static void mem_reset(struct bm_machine *m)
+{
+	pthread_mutex_lock(&m->pages_lock);
+	memset(m->page_run, 0, m->num_pages * sizeof *m->page_run);
+	memset(m->page_used + 1, 0, m->num_pages - 1);
+	m->pages_free = m->num_pages - 1;
+	pthread_mutex_unlock(&m->pages_lock);
+}
+
 /* ---- life ---------------------------------------------------------------------------------- */
 
 /* bm_machine_boot -- bring the machine up: system area written, clock started, cores and the
@@ -173,7 +183,7 @@ int bm_machine_reboot(struct bm_machine *m)
 	atomic_store(&m->state, BM_STATE_REBOOT);   /* the service thread runs no callback now */
 	madvise(m->mem, m->mem_size, MADV_DONTNEED);  /* private anonymous memory reads as zeroes */
 	bm_lowmap_clear(m);                         /* a shared low window does not: zeroed */
-	bm_mem_reset(m);
+	mem_reset(m);
 	if (m->screen.lfb != 0 &&
 	    bm_mem_reserve(m, m->screen.lfb, (u64)m->screen.ppsl * m->screen.y * (m->screen.bpp / 8)) == 0)
 		return -1;
@@ -336,14 +346,4 @@ u64 bm_mem_free(struct bm_machine *m, u64 phys)
 	if (!run)
 		return bm_fail(BM_ERR_ARGUMENT, "0x%lx is not an allocated region", phys);
 	return run * BM_PAGE_SIZE;
-}
-
-/* bm_mem_reset -- forget every allocation (reboot) */
-void bm_mem_reset(struct bm_machine *m)
-{
-	pthread_mutex_lock(&m->pages_lock);
-	memset(m->page_run, 0, m->num_pages * sizeof *m->page_run);
-	memset(m->page_used + 1, 0, m->num_pages - 1);
-	m->pages_free = m->num_pages - 1;
-	pthread_mutex_unlock(&m->pages_lock);
 }

@@ -107,7 +107,6 @@ void bm_unbind(struct bm_core *previous);
 u64 bm_mem_alloc(struct bm_machine *m, u64 nbytes);
 u64 bm_mem_reserve(struct bm_machine *m, u64 phys, u64 nbytes);
 u64 bm_mem_free(struct bm_machine *m, u64 phys);
-void bm_mem_reset(struct bm_machine *m);
 void bm_outcome_set(struct bm_outcome *out, int how, u32 core, const char *message);
 
 /* system.c: b_system's helpers other files use */

@@ -103,13 +103,13 @@ void shutdown(u64 arg) { (void)arg; b_system(SHUTDOWN, 0, 0); }
 /* ---- network callbacks (tests/test_spine.py) ---- */
 static u64 (*net_rx)(void **, u64);
 static void (*net_tx)(void *, u64, u64);
-volatile u64 net_calls, net_frames, net_empty;
+volatile u64 net_calls, net_frames, net_empty, net_arrivals, net_seen[64];
 
 void net_helpers_init(void *rx, void *tx)
 {
 	net_rx = (u64 (*)(void **, u64))rx;
 	net_tx = (void (*)(void *, u64, u64))tx;
-	net_calls = net_frames = net_empty = 0;
+	net_calls = net_frames = net_empty = net_arrivals = 0;
 }
 
 /* CALLBACK_NETWORK: read one frame of interface 0, counting calls that found none */
@@ -125,15 +125,20 @@ void net_read_one(void)
 
 /* CALLBACK_NETWORK on a loopback wire: the first call reads its frame and sends one more to
  * itself (it arrives while the service thread is still offering frames); later calls leave
- * their frame unread */
+ * their frame unread.  Each call records how many frames had arrived when it ran
+ * (net_arrivals: counted by the test before each frame it sends, and here) */
 void net_echo_once(void)
 {
 	static u8 frame[60];
 	void *got;
-	if (++net_calls == 1) {
+	u64 n = ++net_calls;
+	if (n <= 64)
+		net_seen[n - 1] = net_arrivals;
+	if (n == 1) {
 		net_rx(&got, 0);
 		for (int i = 0; i < 12; i++)
 			frame[i] = 0xff;
+		net_arrivals++;
 		net_tx(frame, sizeof frame, 0);
 	}
 }

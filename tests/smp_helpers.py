@@ -19,7 +19,7 @@ void record_id(u64); void probe(void); void crash(u64); void divide(u64); void s
 extern u64 counter; extern u16 lock_word; extern u64 ids[256];
 extern volatile u64 probe_slot, probe_id, probe_started, probe_release;
 void net_helpers_init(void *rx, void *tx); void net_read_one(void); void net_echo_once(void);
-extern volatile u64 net_calls, net_frames, net_empty; u64 net_burst(void *send, void *nic, u64 n);
+extern volatile u64 net_calls, net_frames, net_empty, net_arrivals, net_seen[64]; u64 net_burst(void *send, void *nic, u64 n);
 """
 
 
