@@ -18,12 +18,13 @@ The contract of an app kind (``python``, ``c``, ``binary``; a new kind is one ne
 - It may set ``DEFAULT_SCREEN`` ("WxH"): the screen its apps get when --screen is not given.
 """
 import importlib
+import importlib.resources
 import os
 import pkgutil
 from collections import namedtuple
 
 from .._native import ffi, lib
-from ..errors import AppCrashed, ArgumentError, Reboot, Shutdown
+from ..errors import AppCrashed, ArgumentError, BareMetalError, Reboot, Shutdown
 
 Kind = namedtuple("Kind", "suffix module description")
 _KINDS = {}                              # suffix -> Kind
@@ -105,3 +106,19 @@ def python_main(main):
         lib.bm_outcome_set(outcome, lib.BM_END_RETURNED, 0, ffi.NULL)
         outcome.value = (value or 0) & ((1 << 64) - 1)
     return finish(outcome)
+
+
+def native_data(installed, in_checkout):
+    """The directory of native files app builds need (libBareMetal.h, the flat-binary crt0 and
+    linker script): in a source checkout, its native/``in_checkout`` (so edits there count);
+    in an installed package, the package data pybaremetal/``installed`` (importlib.resources;
+    setup.py copies them there)."""
+    package = importlib.resources.files("pybaremetal")
+    checkout = os.path.dirname(os.fspath(package))
+    if os.path.isfile(os.path.join(checkout, "native", "build.py")):
+        return os.path.normpath(os.path.join(checkout, "native", in_checkout))
+    directory = package / installed
+    if not directory.is_dir():
+        raise BareMetalError(f"pybaremetal's {installed}/ files are not installed with it "
+                             f"({os.fspath(package)}); reinstall the package")
+    return os.fspath(directory)
