@@ -26,7 +26,6 @@ from ._native import lib
 from .errors import ArgumentError, raise_recorded
 
 TIMEOUT_STATUS = 124                   # exit status after a timeout, as timeout(1)
-STATE_STOPPING = 5                     # enum bm_machine_state
 
 
 def _terminate(signum, frame):
@@ -91,5 +90,5 @@ def end_process(status):
 def raise_if_stopping(c_machine):
     """Raise SystemExit with the stop's exit status if the machine (its C struct) is stopping
     on a signal (a C main or a wait() in C returned because of it)."""
-    if lib.bm_machine_state(c_machine) == STATE_STOPPING:
+    if lib.bm_machine_state(c_machine) == lib.BM_STATE_STOPPING:
         raise SystemExit(exit_status() or 1)
