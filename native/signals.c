@@ -35,6 +35,7 @@
 #include <errno.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -181,6 +182,10 @@ static void hard_exit(int sig)
 static void *watchdog_main(void *unused)
 {
 	(void)unused;
+	/* a watchdog must run when its time comes, however busy the CPUs are: real-time priority
+	 * where the process may have it (root, CAP_SYS_NICE); it sleeps but for its few calls */
+	struct sched_param lowest_rt = { .sched_priority = sched_get_priority_min(SCHED_FIFO) };
+	pthread_setschedparam(pthread_self(), SCHED_FIFO, &lowest_rt);
 	while (!atomic_load(&watchdog_quit)) {
 		u32 seen = atomic_load(&wake_word);
 		u64 now = bm_now_ns(), until = 0;
