@@ -83,6 +83,8 @@ def build_parser():
     bmfs.add_argument("disk", metavar="DISK")
     bmfs.add_argument("bmfs_command", metavar="COMMAND")
     bmfs.add_argument("bmfs_args", nargs="*", metavar="ARGS")
+    bmfs.add_argument("--force", action="store_true",
+                      help="initialize: replace an existing file; format: erase a BMFS disk (also /force)")
     cc = commands.add_parser(
         "cc", help="build a C app (a shared object of the hosted API, or a flat binary)",
         description="Compile and link C sources that include libBareMetal.h into an app for "
@@ -202,10 +204,11 @@ def main(argv=None):
         if args.command == "bmfs":
             from .bmfs import BmfsError, run_command
             try:
-                run_command(args.disk, args.bmfs_command, args.bmfs_args + app_argv)
+                run_command(args.disk, args.bmfs_command,
+                            args.bmfs_args + app_argv + ["--force"] * args.force)
             except BmfsError as error:
                 print(f"baremetal bmfs: error: {error}", file=sys.stderr)
-                return 1
+                return error.exit_status
         if args.command == "cc":
             return cmd_cc(args, app_argv)
     except BareMetalError as error:
