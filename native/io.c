@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "machine.h"
+#include "lowmap.h"
 
 /* bm_console_init -- set up a console
  *  IN:  c = console, out_fd = where b_output writes, in_fd = where b_input reads (-1: none)
@@ -72,6 +73,7 @@ void b_output(const char *str, u64 nbr)
 	struct bm_machine *m = bm_current();
 	if (m == NULL || nbr == 0)
 		return;
+	str = (const char *)(uintptr_t)bm_low_address(m, (u64)(uintptr_t)str, nbr);  /* system area */
 	bm_output_fn fn = atomic_load_explicit(&m->console.output, memory_order_acquire);
 	if (fn != NULL) {
 		fn(str, nbr);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <x86intrin.h>
 #include "machine.h"
+#include "lowmap.h"
 
 BM_TLS struct bm_error bm_error;
 
@@ -107,7 +108,7 @@ static void write_system_area(struct bm_machine *m)
 	for (u32 i = 0; i < m->num_cores; i++)
 		put32(m, BM_INFOMAP_APIC_IDS + 4 * i, i);
 	const void *calls[8] = { (void *)b_input, (void *)b_output, (void *)b_net_tx, (void *)b_net_rx,
-				 (void *)b_nvs_read, (void *)b_nvs_write, (void *)b_system, NULL };
+				 (void *)b_nvs_read, (void *)b_nvs_write, (void *)b_system, (void *)bm_user };
 	for (int i = 0; i < 8; i++)
 		put64(m, BM_CALL_TABLE + 8 * i, (u64)(uintptr_t)calls[i]);
 	put32(m, BM_SYSVAR_FREE_MIB, (u32)(m->pages_free * (BM_PAGE_SIZE >> 20)));
@@ -396,10 +397,10 @@ u64 b_system(u64 function, u64 var1, u64 var2)
 		return bm_smp_set(m, var1, var2);
 	case SMP_GET:
 		return bm_smp_get(m);
-	case SMP_LOCK:
-		return bm_smp_lock(var1);
+	case SMP_LOCK:                             /* below 2 MiB: the system area (lowmap.c) */
+		return bm_smp_lock(bm_low_address(m, var1, 2));
 	case SMP_UNLOCK:
-		return bm_smp_unlock(var1);
+		return bm_smp_unlock(bm_low_address(m, var1, 2));
 	case SMP_BUSY:
 		return bm_smp_busy(m);
 	case TSC:
@@ -435,7 +436,7 @@ u64 b_system(u64 function, u64 var1, u64 var2)
 		bm_net_service_wake(m);            /* the service thread that runs callbacks */
 		return var1;
 	case DUMP_MEM:
-		return bm_dump_mem(var1, var1, var2);
+		return bm_dump_mem(bm_low_address(m, var1, var2), var1, var2);
 	case DUMP_RAX: {
 		char digits[16];
 		dump_hex(digits, var1, 8);
@@ -455,6 +456,12 @@ u64 b_system(u64 function, u64 var1, u64 var2)
 		return 0;
 	}
 }
+
+/* bm_user -- the call table's entry 0x100048 (upstream's b_user): returns at once, as the
+ * kernel's does (it is its `ret` stub)
+ *  IN:  nothing
+ * OUT:  nothing */
+void bm_user(void) { }
 
 /* bm_machine_set_cpu_mhz -- core speed for the InfoMap (0: unknown) */
 void bm_machine_set_cpu_mhz(struct bm_machine *m, u32 mhz) { m->cpu_mhz = mhz; }

@@ -71,6 +71,12 @@ def build_parser():
                           "cached), a .so built by `baremetal cc`, a flat binary (.app) built "
                           "for BareMetal, or its NASM source (.asm); binaries run under KVM")
     _add_machine_options(run)
+    run.add_argument("--flat", action="store_true",
+                     help="build a C source as a flat binary for the real kernel and run that "
+                          "(for apps that use BareMetal's own addresses, 0xFFFF800000000000 and up)")
+    run.add_argument("--exit-status", choices=("zero", "rax"), default=None,
+                     help="flat binaries: the exit status when the app returns: zero (default "
+                          "for .app/.asm) or the low byte of RAX (default for C built with --flat)")
     monitor = commands.add_parser(
         "monitor", help="boot a machine into the Monitor (BareMetal's command line)",
         description="Boot a machine into the Monitor: dir, load and exec apps from the BMFS disk "
@@ -141,10 +147,16 @@ def cmd_cc(args, gcc_args):
 
 
 def cmd_run(args, app_argv):
-    from .apps import loader_for
+    from .apps import binary, c, loader_for
     loader = loader_for(args.app)
-    return boot_and_run(args, lambda machine: loader.run(machine, args.app, app_argv),
-                        default_screen=getattr(loader, "DEFAULT_SCREEN", None))
+    run = lambda machine: loader.run(machine, args.app, app_argv)            # noqa: E731
+    if args.flat:
+        run = lambda machine: c.run_flat(machine, args.app, app_argv, args.exit_status)  # noqa: E731
+        loader = binary
+    elif loader is binary:
+        run = lambda machine: binary.exit_status(loader.run(machine, args.app, app_argv),  # noqa: E731
+                                                 args.exit_status or "zero")
+    return boot_and_run(args, run, default_screen=getattr(loader, "DEFAULT_SCREEN", None))
 
 
 def cmd_monitor(args):

@@ -9,6 +9,9 @@ KINDS = {
     ".app": ("binary", "a flat binary built for BareMetal, run under KVM"),
     ".asm": ("binary", "a NASM source of a flat binary, assembled with nasm -f bin, run under KVM"),
     ".c": ("c", "a C source including libBareMetal.h, built and cached"),
+    ".cpp": ("c", "a C++ source including libBareMetal.h, built with g++ and cached"),
+    ".cc": ("c", "a C++ source including libBareMetal.h, built with g++ and cached"),
+    ".cxx": ("c", "a C++ source including libBareMetal.h, built with g++ and cached"),
     ".so": ("c", "a C app built with `baremetal cc`"),
 }
 
