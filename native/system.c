@@ -21,6 +21,7 @@
 #include <x86intrin.h>
 #include "machine.h"
 #include "lowmap.h"
+#include "kernel_data.h"
 
 BM_TLS struct bm_error bm_error;
 
@@ -112,6 +113,7 @@ static void write_system_area(struct bm_machine *m)
 	for (int i = 0; i < 8; i++)
 		put64(m, BM_CALL_TABLE + 8 * i, (u64)(uintptr_t)calls[i]);
 	put32(m, BM_SYSVAR_FREE_MIB, (u32)(m->pages_free * (BM_PAGE_SIZE >> 20)));
+	bm_kernel_data_write(m);                    /* PCI and NIC tables, accounting (kernel_data.c) */
 }
 
 /* bm_machine_boot -- bring the machine up: system area written, clock started, cores started
