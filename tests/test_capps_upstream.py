@@ -107,6 +107,10 @@ def test_a_cpp_app_runs_with_the_standard_library(tmp_path, cache):
                     "  b_output(line.data(), line.size());\n  return 0;\n}\n")
     done = baremetal("run", path, "--screen", "none", "--", "a", "b", cache=cache)
     assert (done.returncode, done.stdout) == (0, b"2 b\n"), done.stderr
+    built = tmp_path / "app.so"                                     # and `baremetal cc` builds it
+    assert baremetal("cc", path, "-o", built).returncode == 0
+    done = baremetal("run", built, "--screen", "none", "--", "c", "d")
+    assert (done.returncode, done.stdout) == (0, b"2 d\n"), done.stderr
 
 
 @needs_kvm
