@@ -65,14 +65,10 @@ void bm_default_output(const char *str, u64 nbr)
 		console_write(&m->console, str, nbr);
 }
 
-/* b_output -- write exactly nbr bytes (NUL bytes included) to the current output
- *  IN:  str = address of the bytes, nbr = number of bytes
- * OUT:  nothing.  No machine: nothing written, BM_ERR_NO_MACHINE recorded */
-void b_output(const char *str, u64 nbr)
+/* console_output -- b_output's body: nbr bytes to the app's output function or the console */
+static void console_output(struct bm_machine *m, const char *str, u64 nbr)
 {
-	bm_error_clear();
-	struct bm_machine *m = bm_current();
-	if (m == NULL || nbr == 0)
+	if (nbr == 0)
 		return;
 	bm_output_fn fn = atomic_load_explicit(&m->console.output, memory_order_acquire);
 	if (fn != NULL) {
@@ -84,14 +80,28 @@ void b_output(const char *str, u64 nbr)
 	console_write(&m->console, str, nbr);
 }
 
-/* b_input -- the next byte of input, never blocking
- *  IN:  nothing
- * OUT:  the byte; 0 when nothing is waiting, input has ended, or there is no machine */
-u8 b_input(void)
+/* b_output -- write exactly nbr bytes (NUL bytes included) to the current output
+ *  IN:  str = address of the bytes, nbr = number of bytes
+ * OUT:  nothing.  No machine: nothing written, BM_ERR_NO_MACHINE recorded */
+void b_output(const char *str, u64 nbr)
 {
 	bm_error_clear();
 	struct bm_machine *m = bm_current();
-	if (m == NULL || m->console.in_fd < 0)
+	if (m == NULL)
+		return;
+	if (bm_traced(m)) {                              /* trace.h */
+		u64 t0 = bm_now_ns();
+		console_output(m, str, nbr);
+		bm_trace_call(m, BM_TRACE_OUTPUT, t0, (u64[]){ (u64)(uintptr_t)str, nbr }, 0, str);
+		return;
+	}
+	console_output(m, str, nbr);
+}
+
+/* console_input -- b_input's body: the next byte of m's input, 0 if none */
+static u8 console_input(struct bm_machine *m)
+{
+	if (m->console.in_fd < 0)
 		return 0;
 	struct bm_console *c = &m->console;
 	u8 key = 0;
@@ -112,6 +122,24 @@ u8 b_input(void)
 		key = c->in_buf[c->in_pos++];
 	pthread_mutex_unlock(&c->in_lock);
 	return key;
+}
+
+/* b_input -- the next byte of input, never blocking
+ *  IN:  nothing
+ * OUT:  the byte; 0 when nothing is waiting, input has ended, or there is no machine */
+u8 b_input(void)
+{
+	bm_error_clear();
+	struct bm_machine *m = bm_current();
+	if (m == NULL)
+		return 0;
+	if (bm_traced(m)) {
+		u64 t0 = bm_now_ns();
+		u8 key = console_input(m);
+		bm_trace_call(m, BM_TRACE_INPUT, t0, NULL, key, NULL);
+		return key;
+	}
+	return console_input(m);
 }
 
 /* bm_console_set_flush_stdio -- flush C stdio before each b_output (for C apps using printf) */
