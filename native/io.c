@@ -66,7 +66,7 @@ void bm_default_output(const char *str, u64 nbr)
 }
 
 /* console_output -- b_output's body: nbr bytes to the app's output function or the console */
-static void console_output(struct bm_machine *m, const char *str, u64 nbr)
+static inline __attribute__((always_inline)) void console_output(struct bm_machine *m, const char *str, u64 nbr)
 {
 	if (nbr == 0)
 		return;
@@ -80,6 +80,14 @@ static void console_output(struct bm_machine *m, const char *str, u64 nbr)
 	console_write(&m->console, str, nbr);
 }
 
+/* output_traced -- console_output and its trace line (trace.h) */
+BM_TRACED_PATH void output_traced(struct bm_machine *m, const char *str, u64 nbr)
+{
+	u64 t0 = bm_now_ns();
+	console_output(m, str, nbr);
+	bm_trace_call(m, BM_TRACE_OUTPUT, t0, (u64[]){ (u64)(uintptr_t)str, nbr }, 0, str);
+}
+
 /* b_output -- write exactly nbr bytes (NUL bytes included) to the current output
  *  IN:  str = address of the bytes, nbr = number of bytes
  * OUT:  nothing.  No machine: nothing written, BM_ERR_NO_MACHINE recorded */
@@ -89,13 +97,10 @@ void b_output(const char *str, u64 nbr)
 	struct bm_machine *m = bm_current();
 	if (m == NULL)
 		return;
-	if (bm_traced(m)) {                              /* trace.h */
-		u64 t0 = bm_now_ns();
+	if (bm_traced(m))                                /* trace.h */
+		output_traced(m, str, nbr);
+	else
 		console_output(m, str, nbr);
-		bm_trace_call(m, BM_TRACE_OUTPUT, t0, (u64[]){ (u64)(uintptr_t)str, nbr }, 0, str);
-		return;
-	}
-	console_output(m, str, nbr);
 }
 
 /* console_input -- b_input's body: the next byte of m's input, 0 if none */
@@ -124,6 +129,15 @@ static u8 console_input(struct bm_machine *m)
 	return key;
 }
 
+/* input_traced -- console_input and its trace line (trace.h) */
+BM_TRACED_PATH u8 input_traced(struct bm_machine *m)
+{
+	u64 t0 = bm_now_ns();
+	u8 key = console_input(m);
+	bm_trace_call(m, BM_TRACE_INPUT, t0, NULL, key, NULL);
+	return key;
+}
+
 /* b_input -- the next byte of input, never blocking
  *  IN:  nothing
  * OUT:  the byte; 0 when nothing is waiting, input has ended, or there is no machine */
@@ -133,12 +147,8 @@ u8 b_input(void)
 	struct bm_machine *m = bm_current();
 	if (m == NULL)
 		return 0;
-	if (bm_traced(m)) {
-		u64 t0 = bm_now_ns();
-		u8 key = console_input(m);
-		bm_trace_call(m, BM_TRACE_INPUT, t0, NULL, key, NULL);
-		return key;
-	}
+	if (bm_traced(m))                                /* trace.h */
+		return input_traced(m);
 	return console_input(m);
 }
 

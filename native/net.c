@@ -247,6 +247,14 @@ static void net_tx(struct bm_machine *m, void *mem, u64 len, u64 iid)
 	bm_nic_send(nic, mem, len);
 }
 
+/* net_tx_traced -- net_tx and its trace line (trace.h) */
+BM_TRACED_PATH void net_tx_traced(struct bm_machine *m, void *mem, u64 len, u64 iid)
+{
+	u64 t0 = bm_now_ns();
+	net_tx(m, mem, len, iid);
+	bm_trace_call(m, BM_TRACE_NET_TX, t0, (u64[]){ (u64)(uintptr_t)mem, len, iid }, 0, NULL);
+}
+
 /* b_net_tx -- send one Ethernet frame (net_tx) on the calling core's machine
  *  IN:  mem = frame, len = its length, iid = interface
  * OUT:  nothing (drops counted and recorded, see net_tx) */
@@ -256,13 +264,10 @@ void b_net_tx(void *mem, u64 len, u64 iid)
 	struct bm_machine *m = bm_current();
 	if (m == NULL)
 		return;
-	if (bm_traced(m)) {                              /* trace.h */
-		u64 t0 = bm_now_ns();
+	if (bm_traced(m))                                /* trace.h */
+		net_tx_traced(m, mem, len, iid);
+	else
 		net_tx(m, mem, len, iid);
-		bm_trace_call(m, BM_TRACE_NET_TX, t0, (u64[]){ (u64)(uintptr_t)mem, len, iid }, 0, NULL);
-		return;
-	}
-	net_tx(m, mem, len, iid);
 }
 
 /* net_rx -- b_net_rx's body: poll interface iid, never blocking
@@ -272,7 +277,7 @@ void b_net_tx(void *mem, u64 len, u64 iid)
  *       recorded for a bad iid or a vanished device.
  * An empty poll on a packet NIC is: a %fs store (the error) and load (the core), the iid check,
  * one load of the ring slot's status word through rx_hint: no backend call, no system call. */
-static inline u64 net_rx(struct bm_machine *m, void **mem, u64 iid)
+static inline __attribute__((always_inline)) u64 net_rx(struct bm_machine *m, void **mem, u64 iid)
 {
 	struct bm_nic *nic = nic_of(m, iid);
 	if (nic == NULL)
@@ -290,6 +295,14 @@ static inline u64 net_rx(struct bm_machine *m, void **mem, u64 iid)
 	return len;
 }
 
+/* net_rx_traced -- net_rx and its trace line (trace.h) */
+BM_TRACED_PATH u64 net_rx_traced(struct bm_machine *m, void **mem, u64 iid)
+{
+	u64 t0 = bm_now_ns(), len = net_rx(m, mem, iid);
+	bm_trace_call(m, BM_TRACE_NET_RX, t0, (u64[]){ iid, len ? (u64)(uintptr_t)*mem : 0 }, len, NULL);
+	return len;
+}
+
 /* b_net_rx -- poll interface iid of the calling core's machine (net_rx), never blocking
  *  IN:  mem = where to store the frame's address, iid = interface
  * OUT:  the frame's length (*mem = its address), 0 if none or on error (see net_rx).  The empty
@@ -300,11 +313,8 @@ u64 b_net_rx(void **mem, u64 iid)
 	struct bm_machine *m = bm_current();
 	if (m == NULL)
 		return 0;
-	if (bm_traced(m)) {                              /* trace.h */
-		u64 t0 = bm_now_ns(), len = net_rx(m, mem, iid);
-		bm_trace_call(m, BM_TRACE_NET_RX, t0, (u64[]){ iid, len ? (u64)(uintptr_t)*mem : 0 }, len, NULL);
-		return len;
-	}
+	if (bm_traced(m))                                /* trace.h */
+		return net_rx_traced(m, mem, iid);
 	return net_rx(m, mem, iid);
 }
 

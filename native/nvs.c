@@ -141,6 +141,15 @@ static u64 nvs_transfer(struct bm_machine *m, int writing, void *mem, u64 start,
 	return sectors;
 }
 
+/* nvs_traced -- nvs_transfer and its trace line (trace.h) */
+BM_TRACED_PATH u64 nvs_traced(struct bm_machine *m, int writing, void *mem, u64 start, u64 num, u64 drive)
+{
+	u64 t0 = bm_now_ns(), sectors = nvs_transfer(m, writing, mem, start, num, drive);
+	bm_trace_call(m, writing ? BM_TRACE_NVS_WRITE : BM_TRACE_NVS_READ, t0,
+		      (u64[]){ (u64)(uintptr_t)mem, start, num, drive }, sectors, NULL);
+	return sectors;
+}
+
 /* nvs_request -- b_nvs_read / b_nvs_write on the calling core's machine, traced when asked
  *  IN:  as nvs_transfer, without m
  * OUT:  as nvs_transfer; 0 with BM_ERR_NO_MACHINE recorded outside a machine */
@@ -150,12 +159,8 @@ static u64 nvs_request(int writing, void *mem, u64 start, u64 num, u64 drive)
 	struct bm_machine *m = bm_current();
 	if (m == NULL)
 		return 0;
-	if (bm_traced(m)) {                              /* trace.h */
-		u64 t0 = bm_now_ns(), sectors = nvs_transfer(m, writing, mem, start, num, drive);
-		bm_trace_call(m, writing ? BM_TRACE_NVS_WRITE : BM_TRACE_NVS_READ, t0,
-			      (u64[]){ (u64)(uintptr_t)mem, start, num, drive }, sectors, NULL);
-		return sectors;
-	}
+	if (bm_traced(m))                                /* trace.h */
+		return nvs_traced(m, writing, mem, start, num, drive);
 	return nvs_transfer(m, writing, mem, start, num, drive);
 }
 

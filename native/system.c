@@ -131,7 +131,7 @@ static u64 timer_set(struct bm_machine *m, u64 ns)
 /* system_call -- b_system's body: one switch over the function codes
  *  IN:  m, function = code, var1, var2 = its arguments
  * OUT:  the code's result; 0 for unknown codes, codes >= 0x80, and errors (recorded) */
-static inline u64 system_call(struct bm_machine *m, u64 function, u64 var1, u64 var2)
+static inline __attribute__((always_inline)) u64 system_call(struct bm_machine *m, u64 function, u64 var1, u64 var2)
 {
 	switch (function) {
 	case TIMECOUNTER:
@@ -215,8 +215,7 @@ static inline u64 system_call(struct bm_machine *m, u64 function, u64 var1, u64 
 
 /* system_traced -- system_call with its trace line (trace.h).  SHUTDOWN / REBOOT may unwind to
  * a C main (end_run): their line is written first.  DUMP_*'s own b_output calls are quiet. */
-static __attribute__((noinline, cold)) u64 system_traced(struct bm_machine *m, u64 function, u64 var1,
-							 u64 var2)
+BM_TRACED_PATH u64 system_traced(struct bm_machine *m, u64 function, u64 var1, u64 var2)
 {
 	u64 t0 = bm_now_ns(), args[3] = { function, var1, var2 };
 	if (function == SHUTDOWN || function == REBOOT) {

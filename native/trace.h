@@ -38,6 +38,9 @@ extern BM_TLS u32 bm_trace_quiet;
 /* 1 when calls of m made by the calling thread are traced (cold: the trace is off by default) */
 #define bm_traced(m) (__builtin_expect((m)->trace != NULL, 0) && bm_trace_quiet == 0)
 
+/* a call's traced path: out of line, so that the untraced path keeps its registers */
+#define BM_TRACED_PATH static __attribute__((noinline, cold))
+
 void bm_trace_call(struct bm_machine *m, int call, u64 t0, const u64 *args, u64 result,
 		   const void *data);
 void bm_trace_guest_call(struct bm_machine *m, unsigned n, u64 t0, const u64 *before,
