@@ -20,6 +20,7 @@ machine's console is fd 1), so b_output, printf from a C app and Python's print 
 file in program order; stderr (tracebacks, crash reports) in another.
 """
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -100,6 +101,7 @@ class Node:
         self.machine = None
         self.nics = ()
         self.runs = 0
+        self.built = {}                     # C source -> its built shared object
         self.work = tempfile.mkdtemp(prefix=f"baremetal-node{index}-")
         os.environ[NODE_ENV] = str(index)
         os.environ[NODES_ENV] = str(count)
@@ -142,10 +144,10 @@ class Node:
             with open(path, "wb") as f:
                 f.write(data)
         path = os.path.join(directory, app)
+        loader_for(path)
         if path.endswith(".c"):
             from ..apps import c
-            c.cached_build([path])          # compile errors now, at dispatch, not at execute
-        loader_for(path)
+            self.built[path] = c.cached_build([path])   # compile errors now, at dispatch
         return path
 
     def reset(self):
@@ -175,10 +177,16 @@ class Node:
         directory = tempfile.mkdtemp(prefix="run-", dir=self.work)
         before = {nic.iid: dict(nic.stats) for nic in machine.nics}
         began = time.perf_counter()
+        run_path = path
+        if path.endswith((".c", ".so")):
+            # a fresh copy per run: dlopen of a path already loaded would hand back the same
+            # library, and the app would start with the previous run's globals
+            run_path = os.path.join(directory, os.path.splitext(os.path.basename(path))[0] + ".so")
+            shutil.copyfile(self.built.get(path, path), run_path)
         with _Captured(directory) as captured:
             try:
                 machine.run(_drain, machine)
-                value = loader_for(path).run(machine, path, list(argv))
+                value = loader_for(run_path).run(machine, run_path, list(argv))
                 code = exit_code(value)
             except SystemExit as stop:
                 value, code = stop.code, exit_code(stop.code)
@@ -204,8 +212,9 @@ class Node:
                 "errors": errors, "stats": stats}
 
     def stop(self):
-        """Halt the machine (drives flushed, NICs closed)."""
+        """Halt the machine (drives flushed, NICs closed) and remove the node's files."""
         if self.machine is not None:
             self.machine.halt()
             self.machine = None
+        shutil.rmtree(self.work, ignore_errors=True)
         return True
