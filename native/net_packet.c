@@ -136,25 +136,11 @@ static int packet_pending(struct bm_nic *nic)
 static int packet_send(struct bm_nic *nic, const void *frame, u32 len)
 {
 	u64 deadline = 0;
-	for (;;) {
-		ssize_t done = send(nic->fd, frame, len, MSG_DONTWAIT);
-		if (done == (ssize_t)len)
-			return 0;
-		if (done >= 0) {
-			bm_fail(BM_ERR_IO, "packet: short send (%zd of %u bytes)", done, len);
-			return -1;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != ENOBUFS) {
-			bm_fail(BM_ERR_IO, "packet: send: %s", strerror(errno));
-			return -1;
-		}
-		if (bm_nic_tx_gave_up(&deadline, "packet: the socket stayed full"))
-			return -1;
-		struct pollfd p = { .fd = nic->fd, .events = POLLOUT };
-		poll(&p, 1, 1);
-	}
+	int r;
+	while ((r = bm_nic_tx_retry(send(nic->fd, frame, len, MSG_DONTWAIT), len, &deadline, nic->fd,
+				    "packet: send")) == 1)
+		;
+	return r;
 }
 
 /* packet_tx -- send one frame through the TX ring (the front end holds the tx lock)

@@ -10,10 +10,18 @@ interface ids follow the order:
   physical NIC) with mmap'd TPACKET_V2 rings; ``,promisc`` turns promiscuous mode on.
 - ``wire``: an in-process loopback (what is sent comes back); :func:`wire` links two machines
   or a machine and a Python harness.  Needs no privileges.
+- ``socket:listen=HOST:PORT``, ``socket:connect=HOST:PORT``, ``socket:mcast=GROUP:PORT``:
+  frames in UDP datagrams between processes or hosts (point-to-point, or a multicast hub that
+  N machines share).  Needs no privileges; the grammar is in pybaremetal/net/socket.py.
 
 Every spec takes ``,mac=02:00:00:00:00:01``: the MAC the app sees (NET_STATUS).  By default
-it is the device's own (TAP, packet) or a locally administered one (wire).  It does not
-change the Linux device's address.
+it is the device's own (TAP, packet), a locally administered one (wire) or a random locally
+administered one (socket).  It does not change the Linux device's address.
+
+Every spec takes ``,pcap=FILE``: every frame the NIC sends or receives (b_net_tx / b_net_rx)
+is written to FILE (created or truncated) in pcap format, timestamped (``tcpdump -r FILE``);
+``Nic.pcap`` is the path, ``Nic.flush_pcap()`` writes what is buffered.  Without it a frame
+costs one NULL check more.
 
 The calls: ``b_net_tx(frame, iid=0)`` sends any buffer of 14..1522 bytes; ``b_net_rx(iid=0)``
 returns a memoryview of the next frame (empty if none) inside the NIC's receive buffer in the
@@ -34,7 +42,7 @@ from ..system import converts
 NET_BUFFERS = lib.BM_NET_BUFFERS           # receive buffer of NIC iid: NET_BUFFERS + iid * NET_BUFFER_SIZE
 NET_BUFFER_SIZE = lib.BM_NET_BUFFER_SIZE
 MAX_NICS = lib.BM_MAX_NICS
-BACKENDS = ("tap", "packet", "wire")     # one module each in this package
+BACKENDS = ("tap", "packet", "wire", "socket")   # one module each in this package
 STATS = ("rx_packets", "rx_bytes", "rx_dropped", "tx_packets", "tx_bytes", "tx_dropped")
 
 
@@ -82,6 +90,7 @@ class Nic:
         self.name = name
         self.mac = mac
         self.iid = None
+        self.pcap = None                         # the capture file's path (pcap= option)
         self._cleanup = cleanup
 
     @property
@@ -91,6 +100,14 @@ class Nic:
         if not lib.bm_net_stats(self.machine._c, self.iid, out):
             raise NetError(f"interface {self.iid} has no counters")
         return dict(zip(STATS, out))
+
+    def flush_pcap(self):
+        """Write the frames captured so far to the pcap file now (else: when its buffer fills,
+        100 ms after the last write, and on halt).  Nothing without ``pcap=`` or after halt."""
+        if self.pcap is not None and self.machine.running:
+            pointer = lib.bm_net_nic(self.machine._c, self.iid)
+            if pointer != ffi.NULL:
+                lib.bm_nic_capture_flush(pointer)
 
     def close(self):
         """Remove what was created for this NIC (a TAP device); C closed the fd on halt."""
@@ -131,12 +148,36 @@ def open_spec(machine, spec):
     """Open the NIC ``spec`` names and add it to the machine; returns its Nic."""
     kind, argument, options = parse_spec(spec)
     if kind not in BACKENDS:
-        raise ArgumentError(f"nic {spec!r}: unknown kind {kind!r}; use tap:NAME, tap:@FD, packet:IFACE or wire")
+        raise ArgumentError(f"nic {spec!r}: unknown kind {kind!r}; use tap:NAME, tap:@FD, packet:IFACE, "
+                            f"wire or socket:listen=|connect=|mcast=HOST:PORT")
     mac = options.pop("mac", None)
     mac = parse_mac(mac) if mac is not None else None
+    pcap = options.pop("pcap", None)
+    pcap_fd = _open_pcap(pcap, spec) if pcap is not None else None
     backend = importlib.import_module(f".{kind}", __name__)   # not `from . import wire`: see wire()
-    nic, pointer = backend.open(machine, argument, mac, options, spec)
+    try:
+        nic, pointer = backend.open(machine, argument, mac, options, spec)
+    except BaseException:
+        if pcap_fd is not None:
+            os.close(pcap_fd)
+        raise
+    if pcap_fd is not None:
+        if lib.bm_nic_capture(pointer, pcap_fd) != 0:     # C owns (and closed) the fd
+            lib.bm_nic_close(pointer)
+            nic.close()
+            raise_recorded(NetError, f"{spec}: ")
+        nic.pcap = pcap
     return _add(machine, nic, pointer)
+
+
+def _open_pcap(path, spec):
+    """The fd of the capture file ``path`` (created or truncated).  Raises NetError."""
+    if path is True or not path:
+        raise NetError(f"{spec}: pcap= needs a file name (pcap=capture.pcap)")
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise NetError(f"{spec}: pcap={path}: {error.strerror}") from None
 
 
 def attach(machine, specs):
