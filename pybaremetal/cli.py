@@ -14,12 +14,23 @@ EPILOG = """examples:
   baremetal run app.py --cores 2 --memory 512M -- arg1 arg2
   baremetal run examples/ethtest.py --nic wire
   sudo baremetal run examples/pingd.py --nic packet:veth0 -- 10.0.0.2
+  baremetal run examples/pingd.py --nic socket:listen=127.0.0.1:7001 --pcap pingd.pcap -- 10.0.0.2
   baremetal run examples/helloc.c
   baremetal run examples/mandelbrot.c --screen 800x600 --screen-png mandel.png
   baremetal cc app.c -o app.so -O3 -- -DDEBUG
   baremetal run examples/hello.asm --cores 2
   baremetal cc app.c -o app.app          (a flat binary for the real kernel)
 """
+
+
+class _PcapOfLastNic(argparse.Action):
+    """--pcap FILE: add pcap=FILE to the --nic given just before."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        nics = getattr(namespace, "nic", None)
+        if not nics:
+            parser.error("--pcap FILE follows the --nic it captures")
+        nics[-1] = f"{nics[-1]},pcap={value}"
 
 
 def _add_machine_options(parser):
@@ -40,9 +51,13 @@ def _add_machine_options(parser):
                        help="attach a drive: PATH[,ro][,durable][,create=SIZE][,queue=N][,poll=US][,buffered] "
                             "(repeatable; drive numbers follow the order)")
     group.add_argument("--nic", action="append", default=[], metavar="SPEC",
-                       help="attach a NIC (repeatable; interface ids follow the order): tap:NAME, "
-                            "tap:@FD, packet:IFACE[,promisc][,txring], wire (loopback); "
-                            "any of them ,mac=02:00:00:00:00:01")
+                       help="attach a NIC (repeatable; interface ids follow the order): tap:NAME[,keep], "
+                            "tap:@FD, packet:IFACE[,promisc][,txring], wire (loopback), "
+                            "socket:listen=HOST:PORT|connect=HOST:PORT|mcast=GROUP:PORT (UDP, no root); "
+                            "any of them ,mac=02:00:00:00:00:01 and ,pcap=FILE")
+    group.add_argument("--pcap", action=_PcapOfLastNic, metavar="FILE",
+                       help="capture every frame of the NIC given just before, in pcap format "
+                            "(same as --nic SPEC,pcap=FILE)")
     screen = parser.add_argument_group("the screen")
     screen.add_argument("--screen", default=None, metavar="WxH|none",
                         help="frame buffer size (default: 1024x768 for C apps; none for Python "
