@@ -31,14 +31,22 @@ struct bm_pcap {
 	_Atomic int lock;
 	int failed;                     /* a write failed: capture stopped */
 	u32 used;                       /* bytes waiting in buf */
-	u64 last_write_ns;
+	u64 last_write_ns;              /* CLOCK_REALTIME of the last write */
 	u8 buf[PCAP_BUFFER];
 };
 
+/* realtime_ns -- CLOCK_REALTIME in nanoseconds (one clock read: ~100 ns on some VMs) */
+static u64 realtime_ns(void)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	return (u64)now.tv_sec * 1000000000ull + (u64)now.tv_nsec;
+}
+
 /* write_out -- write the buffered records to the file (lock held)
- *  IN:  p
+ *  IN:  p, now_ns = CLOCK_REALTIME now
  * OUT:  nothing; a failure stops the capture and is reported once */
-static void write_out(struct bm_pcap *p)
+static void write_out(struct bm_pcap *p, u64 now_ns)
 {
 	u32 done = 0;
 	while (done < p->used && !p->failed) {
@@ -53,7 +61,7 @@ static void write_out(struct bm_pcap *p)
 		}
 	}
 	p->used = 0;
-	p->last_write_ns = bm_now_ns();
+	p->last_write_ns = now_ns;
 }
 
 /* bm_pcap_open -- start a capture file: writes the pcap header
@@ -71,7 +79,7 @@ struct bm_pcap *bm_pcap_open(int fd)
 	u32 header[6] = { PCAP_MAGIC_NS, 2u | (4u << 16), 0, 0, 65535, PCAP_LINK_ETHERNET };
 	memcpy(p->buf, header, sizeof header);     /* version 2.4, zone 0, sigfigs 0 */
 	p->used = sizeof header;
-	write_out(p);
+	write_out(p, realtime_ns());
 	if (p->failed) {
 		int e = errno;
 		close(fd);
@@ -85,21 +93,20 @@ struct bm_pcap *bm_pcap_open(int fd)
  *  IN:  p, frame, len (14..1522 from the front end; any length is recorded whole) */
 void bm_pcap_frame(struct bm_pcap *p, const void *frame, u32 len)
 {
-	struct timespec now;
-	clock_gettime(CLOCK_REALTIME, &now);
-	u32 record[4] = { (u32)now.tv_sec, (u32)now.tv_nsec, len, len };
+	u64 now = realtime_ns();                   /* the one clock read of a record */
+	u32 record[4] = { (u32)(now / 1000000000ull), (u32)(now % 1000000000ull), len, len };
 	u32 size = sizeof record + len;
 	if (size > PCAP_BUFFER)
 		return;
 	bm_nic_lock(&p->lock, 0);
 	if (!p->failed) {
 		if (p->used + size > PCAP_BUFFER)
-			write_out(p);
+			write_out(p, now);
 		memcpy(p->buf + p->used, record, sizeof record);
 		memcpy(p->buf + p->used + sizeof record, frame, len);
 		p->used += size;
-		if (bm_now_ns() - p->last_write_ns > PCAP_FLUSH_NS)
-			write_out(p);
+		if (now - p->last_write_ns > PCAP_FLUSH_NS)    /* a clock set back: once */
+			write_out(p, now);
 	}
 	bm_nic_unlock(&p->lock);
 }
@@ -108,7 +115,7 @@ void bm_pcap_frame(struct bm_pcap *p, const void *frame, u32 len)
 void bm_pcap_flush(struct bm_pcap *p)
 {
 	bm_nic_lock(&p->lock, 0);
-	write_out(p);
+	write_out(p, realtime_ns());
 	bm_nic_unlock(&p->lock);
 }
 

@@ -3,9 +3,9 @@
 A NIC is chosen by a spec string (``Machine(nics=[...])``, ``baremetal run --nic SPEC``);
 interface ids follow the order:
 
-- ``tap:NAME``: a TAP device (created with pyroute2 and brought up when absent, removed on
-  halt; an existing one, e.g. made with ``ip tuntap add dev NAME mode tap user $USER``, is
-  attached and left in place); ``tap:@FD``: a TAP fd inherited from a privileged parent.
+- ``tap:NAME[,keep]``: a TAP device (created and brought up when absent; one created here
+  vanishes with the process, even killed, unless ``keep``; an existing one, e.g. made with
+  ``ip tuntap add dev NAME mode tap user $USER``, is attached and left in place); ``tap:@FD``: a TAP fd inherited from a privileged parent.
 - ``packet:IFACE``: an AF_PACKET socket on an existing interface (one end of a veth pair, a
   physical NIC) with mmap'd TPACKET_V2 rings; ``,promisc`` turns promiscuous mode on.
 - ``wire``: an in-process loopback (what is sent comes back); :func:`wire` links two machines
@@ -110,7 +110,7 @@ class Nic:
                 lib.bm_nic_capture_flush(pointer)
 
     def close(self):
-        """Remove what was created for this NIC (a TAP device); C closed the fd on halt."""
+        """Run the backend's cleanup, if it left one; C closed the fd on halt."""
         cleanup, self._cleanup = self._cleanup, None
         if cleanup is not None:
             cleanup()
@@ -195,7 +195,7 @@ def attach(machine, specs):
 
 
 def detach(machine):
-    """Remove what attach created (TAP devices); C closed fds and sockets on halt."""
+    """Stop the service thread and run the NICs' cleanups; C closed fds and sockets on halt."""
     lib.bm_net_service_stop(machine._c)
     for nic in getattr(machine, "nics", []):
         try:

@@ -49,9 +49,14 @@ def _open_named(name, spec, keep):
         raise _error(f"{spec}: a TAP name has 1 to 15 characters")
     with IPRoute() as ipr:
         created = not ipr.link_lookup(ifname=name)
+    refused = _error(f"{spec}: creating a TAP device needs CAP_NET_ADMIN (root). Without it, "
+                     f"attach to one made for you: `sudo ip tuntap add dev {name} mode tap user "
+                     f"$USER`, then --nic tap:{name}; or pass an inherited TAP fd as tap:@FD")
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
+        if created and error.errno in (errno.EPERM, errno.EACCES):
+            raise refused from None
         raise _error(f"{spec}: /dev/net/tun: {error.strerror}") from None
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack(_IFREQ, name.encode(), IFF_TAP | IFF_NO_PI))
@@ -60,10 +65,7 @@ def _open_named(name, spec, keep):
     except OSError as error:
         os.close(fd)
         if error.errno == errno.EPERM and created:
-            raise _error(
-                f"{spec}: creating a TAP device needs CAP_NET_ADMIN (root). Without it, "
-                f"attach to one made for you: `sudo ip tuntap add dev {name} mode tap user "
-                f"$USER`, then --nic tap:{name}; or pass an inherited TAP fd as tap:@FD") from None
+            raise refused from None
         hint = (" (it is not yours: make it with `ip tuntap add ... user $USER`)"
                 if error.errno == errno.EPERM else
                 " (is it a TUN device, or a TAP with other flags?)" if error.errno == errno.EINVAL else "")
