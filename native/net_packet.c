@@ -13,6 +13,14 @@
  * slot or the buffer is dropped and counted in rx_dropped, as are the kernel's ring overruns
  * (PACKET_STATISTICS).
  *
+ * Checksums: a frame that a local sender (a veth peer, a bridge) handed over with its TCP/UDP
+ * checksum left for the hardware to finish (checksum offload: TP_STATUS_CSUMNOTREADY in the
+ * slot's status) is finished here before the app sees it (complete_checksum): an app's TCP
+ * stack would otherwise drop every such segment.  Over IPv4 and IPv6 (extension headers
+ * skipped), behind VLAN tags; fragments and other protocols (SCTP's CRC) are left as they are.
+ * Frames are then byte-exact and valid: what the wire would have carried.  A segment bigger
+ * than a slot (GSO, when the peer offloads segmentation too) is dropped as too long, counted.
+ *
  * Transmit, by default: one send(fd, frame, len, MSG_DONTWAIT) per b_net_tx.  b_net_tx must
  * put exactly that frame on the wire before it returns, so a TX ring cannot batch, and with a
  * ring every send() goes through the kernel's heavier tpacket_snd: measured here, a per-frame
@@ -76,6 +84,82 @@ static inline void set_status(struct tpacket2_hdr *h, u32 status)
 	__atomic_store_n(&h->tp_status, status, __ATOMIC_RELEASE);
 }
 
+/* sum16 -- the ones' complement sum (not folded) of len bytes as big-endian 16-bit words */
+static u64 sum16(const u8 *p, u32 len, u64 sum)
+{
+	for (; len >= 2; p += 2, len -= 2)
+		sum += (u32)(p[0] << 8 | p[1]);
+	if (len)
+		sum += (u32)p[0] << 8;
+	return sum;
+}
+
+/* complete_checksum -- finish the TCP/UDP checksum of a frame whose sender left it partial
+ *  IN:  f = frame (Ethernet header included, VLAN tags allowed), len
+ * OUT:  nothing; the checksum field is rewritten over the whole segment (pseudo header
+ *       included).  A frame that is not unfragmented TCP/UDP over IPv4/IPv6, or whose headers
+ *       do not fit in len, is left as it is. */
+static void complete_checksum(u8 *f, u32 len)
+{
+	u32 at = 12;
+	u16 type = (u16)(f[12] << 8 | f[13]);
+	while ((type == 0x8100 || type == 0x88A8) && at + 6 <= len) {
+		at += 4;
+		type = (u16)(f[at] << 8 | f[at + 1]);
+	}
+	at += 2;                                       /* the IP header */
+	u32 l4, l4_len;
+	u8 proto;
+	u64 sum;
+	if (type == 0x0800) {
+		const u8 *ip = f + at;
+		u32 ihl = (ip[0] & 0x0F) * 4u;
+		if (at + 20 > len || (ip[0] >> 4) != 4 || ihl < 20 || (((ip[6] << 8) | ip[7]) & 0x3FFF))
+			return;                            /* not IPv4, or a fragment */
+		u32 total = (u32)(ip[2] << 8 | ip[3]);
+		if (total < ihl || at + total > len)
+			return;
+		proto = ip[9];
+		l4 = at + ihl;
+		l4_len = total - ihl;
+		sum = sum16(ip + 12, 8, proto + l4_len);   /* addresses, protocol, length */
+	} else if (type == 0x86DD) {
+		const u8 *ip = f + at;
+		if (at + 40 > len || (ip[0] >> 4) != 6)
+			return;
+		u32 end = at + 40 + (u32)(ip[4] << 8 | ip[5]);
+		if (end > len)
+			return;
+		proto = ip[6];
+		l4 = at + 40;
+		while (proto == 0 || proto == 43 || proto == 60 || proto == 51) {   /* hop, routing, dest, AH */
+			if (l4 + 8 > end)
+				return;
+			u32 ext = proto == 51 ? (f[l4 + 1] + 2u) * 4 : (f[l4 + 1] + 1u) * 8;
+			proto = f[l4];
+			l4 += ext;
+		}
+		if (l4 > end)
+			return;
+		l4_len = end - l4;
+		sum = sum16(ip + 8, 32, proto + l4_len);
+	} else {
+		return;
+	}
+	u32 field = proto == 6 ? 16 : proto == 17 ? 6 : 0;
+	if (field == 0 || l4_len < (proto == 6 ? 20u : 8u))
+		return;
+	f[l4 + field] = f[l4 + field + 1] = 0;
+	sum = sum16(f + l4, l4_len, sum);
+	while (sum >> 16)
+		sum = (sum & 0xFFFF) + (sum >> 16);
+	u16 check = (u16)~sum;
+	if (check == 0 && proto == 17)
+		check = 0xFFFF;                        /* UDP: 0 means "no checksum" */
+	f[l4 + field] = (u8)(check >> 8);
+	f[l4 + field + 1] = (u8)check;
+}
+
 /* packet_rx -- copy the next received frame into buf
  *  IN:  nic, buf, cap
  * OUT:  its length, 0 if none (the common case: one load, no lock) */
@@ -112,6 +196,8 @@ static u32 packet_rx(struct bm_nic *nic, u8 *buf, u32 cap)
 				memcpy(buf, frame, snap);
 			}
 			len = snap + vlan;
+			if (status & TP_STATUS_CSUMNOTREADY)
+				complete_checksum(buf, len);
 		}
 		set_status(h, TP_STATUS_KERNEL);
 		p->rx_next = (p->rx_next + 1) % RX_SLOTS;
@@ -136,25 +222,11 @@ static int packet_pending(struct bm_nic *nic)
 static int packet_send(struct bm_nic *nic, const void *frame, u32 len)
 {
 	u64 deadline = 0;
-	for (;;) {
-		ssize_t done = send(nic->fd, frame, len, MSG_DONTWAIT);
-		if (done == (ssize_t)len)
-			return 0;
-		if (done >= 0) {
-			bm_fail(BM_ERR_IO, "packet: short send (%zd of %u bytes)", done, len);
-			return -1;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != ENOBUFS) {
-			bm_fail(BM_ERR_IO, "packet: send: %s", strerror(errno));
-			return -1;
-		}
-		if (bm_nic_tx_gave_up(&deadline, "packet: the socket stayed full"))
-			return -1;
-		struct pollfd p = { .fd = nic->fd, .events = POLLOUT };
-		poll(&p, 1, 1);
-	}
+	int r;
+	while ((r = bm_nic_tx_retry(send(nic->fd, frame, len, MSG_DONTWAIT), len, &deadline, nic->fd,
+				    "packet: send")) == 1)
+		;
+	return r;
 }
 
 /* packet_tx -- send one frame through the TX ring (the front end holds the tx lock)

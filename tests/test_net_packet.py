@@ -129,3 +129,66 @@ def test_pingd_answers_ping_from_the_namespace(veth):
     replies, ping = ping_pingd(m, veth.name, "10.77.0.2")
     assert replies == 3
     assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+
+
+def ones_complement_sum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def transport_checksum_ok(frame):
+    """1 if the TCP/UDP checksum of an IPv4/IPv6 frame is right (pseudo header included)."""
+    kind = frame[12:14]
+    if kind == b"\x08\x00":
+        ihl = (frame[14] & 0x0F) * 4
+        total = int.from_bytes(frame[16:18], "big")
+        proto, segment = frame[23], frame[14 + ihl:14 + total]
+        pseudo = frame[26:34] + bytes([0, proto]) + len(segment).to_bytes(2, "big")
+    else:
+        proto, segment = frame[20], frame[54:54 + int.from_bytes(frame[18:20], "big")]
+        pseudo = frame[22:54] + len(segment).to_bytes(4, "big") + bytes([0, 0, 0, proto])
+    return ones_complement_sum(pseudo + segment) == 0xFFFF
+
+
+@pytest.mark.parametrize("family, kind", [("ipv4", "udp"), ("ipv4", "tcp"), ("ipv6", "udp"), ("ipv6", "tcp")])
+def test_packet_completes_checksums_the_veth_peer_left_to_offload(veth, family, kind):
+    """The namespace's kernel sends with checksum offload on (the veth default): the frames'
+    TCP/UDP checksums are partial (TP_STATUS_CSUMNOTREADY); the app gets them finished."""
+    import socket as sockets
+    from pyroute2 import netns
+    with bm.Machine(cores=1, memory="16M", console="capture", input=False,
+                    nics=[f"packet:{veth.outer},mac=02:00:00:00:00:07"]) as m:
+        if family == "ipv6":
+            veth.run("sysctl", "-qw", f"net.ipv6.conf.{veth.inner}.disable_ipv6=0")
+            veth.run("ip", "-6", "addr", "add", "fd00:77::1/64", "dev", veth.inner, "nodad")
+            address, af = "fd00:77::2", sockets.AF_INET6
+        else:
+            address, af = "10.77.0.2", sockets.AF_INET
+        veth.run("ip", "neigh", "replace", address, "lladdr", "02:00:00:00:00:07", "dev", veth.inner)
+        netns.pushns(veth.name)
+        try:
+            sock = sockets.socket(af, sockets.SOCK_DGRAM if kind == "udp" else sockets.SOCK_STREAM)
+        finally:
+            netns.popns()
+        sock.setblocking(False)
+        if kind == "udp":
+            sock.sendto(b"checksum me" * 20, (address, 9999))
+        else:
+            try:
+                sock.connect((address, 80))               # the SYN is what we look at
+            except BlockingIOError:
+                pass
+        ether = b"\x08\x00" if family == "ipv4" else b"\x86\xdd"
+        proto = 17 if kind == "udp" else 6
+        got, end = None, time.monotonic() + 5
+        while got is None and time.monotonic() < end:
+            data = bytes(bm.b_net_rx(0))
+            if data[12:14] == ether and data[23 if family == "ipv4" else 20] == proto:
+                got = data
+        sock.close()
+        assert got is not None
+        assert transport_checksum_ok(got), got.hex()

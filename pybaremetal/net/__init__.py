@@ -3,17 +3,25 @@
 A NIC is chosen by a spec string (``Machine(nics=[...])``, ``baremetal run --nic SPEC``);
 interface ids follow the order:
 
-- ``tap:NAME``: a TAP device (created with pyroute2 and brought up when absent, removed on
-  halt; an existing one, e.g. made with ``ip tuntap add dev NAME mode tap user $USER``, is
-  attached and left in place); ``tap:@FD``: a TAP fd inherited from a privileged parent.
+- ``tap:NAME[,keep]``: a TAP device (created and brought up when absent; one created here
+  vanishes with the process, even killed, unless ``keep``; an existing one, e.g. made with
+  ``ip tuntap add dev NAME mode tap user $USER``, is attached and left in place); ``tap:@FD``: a TAP fd inherited from a privileged parent.
 - ``packet:IFACE``: an AF_PACKET socket on an existing interface (one end of a veth pair, a
   physical NIC) with mmap'd TPACKET_V2 rings; ``,promisc`` turns promiscuous mode on.
 - ``wire``: an in-process loopback (what is sent comes back); :func:`wire` links two machines
   or a machine and a Python harness.  Needs no privileges.
+- ``socket:listen=HOST:PORT``, ``socket:connect=HOST:PORT``, ``socket:mcast=GROUP:PORT``:
+  frames in UDP datagrams between processes or hosts (point-to-point, or a multicast hub that
+  N machines share).  Needs no privileges; the grammar is in pybaremetal/net/socket.py.
 
 Every spec takes ``,mac=02:00:00:00:00:01``: the MAC the app sees (NET_STATUS).  By default
-it is the device's own (TAP, packet) or a locally administered one (wire).  It does not
-change the Linux device's address.
+it is the device's own (TAP, packet), a locally administered one (wire) or a random locally
+administered one (socket).  It does not change the Linux device's address.
+
+Every spec takes ``,pcap=FILE``: every frame the NIC sends or receives (b_net_tx / b_net_rx)
+is written to FILE (created or truncated) in pcap format, timestamped (``tcpdump -r FILE``);
+``Nic.pcap`` is the path, ``Nic.flush_pcap()`` writes what is buffered.  Without it a frame
+costs one NULL check more.
 
 The calls: ``b_net_tx(frame, iid=0)`` sends any buffer of 14..1522 bytes; ``b_net_rx(iid=0)``
 returns a memoryview of the next frame (empty if none) inside the NIC's receive buffer in the
@@ -34,7 +42,7 @@ from ..system import converts
 NET_BUFFERS = lib.BM_NET_BUFFERS           # receive buffer of NIC iid: NET_BUFFERS + iid * NET_BUFFER_SIZE
 NET_BUFFER_SIZE = lib.BM_NET_BUFFER_SIZE
 MAX_NICS = lib.BM_MAX_NICS
-BACKENDS = ("tap", "packet", "wire")     # one module each in this package
+BACKENDS = ("tap", "packet", "wire", "socket")   # one module each in this package
 STATS = ("rx_packets", "rx_bytes", "rx_dropped", "tx_packets", "tx_bytes", "tx_dropped")
 
 
@@ -82,6 +90,7 @@ class Nic:
         self.name = name
         self.mac = mac
         self.iid = None
+        self.pcap = None                         # the capture file's path (pcap= option)
         self._cleanup = cleanup
 
     @property
@@ -92,8 +101,16 @@ class Nic:
             raise NetError(f"interface {self.iid} has no counters")
         return dict(zip(STATS, out))
 
+    def flush_pcap(self):
+        """Write the frames captured so far to the pcap file now (else: when its buffer fills,
+        100 ms after the last write, and on halt).  Nothing without ``pcap=`` or after halt."""
+        if self.pcap is not None and self.machine.running:
+            pointer = lib.bm_net_nic(self.machine._c, self.iid)
+            if pointer != ffi.NULL:
+                lib.bm_nic_capture_flush(pointer)
+
     def close(self):
-        """Remove what was created for this NIC (a TAP device); C closed the fd on halt."""
+        """Run the backend's cleanup, if it left one; C closed the fd on halt."""
         cleanup, self._cleanup = self._cleanup, None
         if cleanup is not None:
             cleanup()
@@ -131,12 +148,36 @@ def open_spec(machine, spec):
     """Open the NIC ``spec`` names and add it to the machine; returns its Nic."""
     kind, argument, options = parse_spec(spec)
     if kind not in BACKENDS:
-        raise ArgumentError(f"nic {spec!r}: unknown kind {kind!r}; use tap:NAME, tap:@FD, packet:IFACE or wire")
+        raise ArgumentError(f"nic {spec!r}: unknown kind {kind!r}; use tap:NAME, tap:@FD, packet:IFACE, "
+                            f"wire or socket:listen=|connect=|mcast=HOST:PORT")
     mac = options.pop("mac", None)
     mac = parse_mac(mac) if mac is not None else None
+    pcap = options.pop("pcap", None)
+    pcap_fd = _open_pcap(pcap, spec) if pcap is not None else None
     backend = importlib.import_module(f".{kind}", __name__)   # not `from . import wire`: see wire()
-    nic, pointer = backend.open(machine, argument, mac, options, spec)
+    try:
+        nic, pointer = backend.open(machine, argument, mac, options, spec)
+    except BaseException:
+        if pcap_fd is not None:
+            os.close(pcap_fd)
+        raise
+    if pcap_fd is not None:
+        if lib.bm_nic_capture(pointer, pcap_fd) != 0:     # C owns (and closed) the fd
+            lib.bm_nic_close(pointer)
+            nic.close()
+            raise_recorded(NetError, f"{spec}: ")
+        nic.pcap = pcap
     return _add(machine, nic, pointer)
+
+
+def _open_pcap(path, spec):
+    """The fd of the capture file ``path`` (created or truncated).  Raises NetError."""
+    if path is True or not path:
+        raise NetError(f"{spec}: pcap= needs a file name (pcap=capture.pcap)")
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise NetError(f"{spec}: pcap={path}: {error.strerror}") from None
 
 
 def attach(machine, specs):
@@ -154,7 +195,7 @@ def attach(machine, specs):
 
 
 def detach(machine):
-    """Remove what attach created (TAP devices); C closed fds and sockets on halt."""
+    """Stop the service thread and run the NICs' cleanups; C closed fds and sockets on halt."""
     lib.bm_net_service_stop(machine._c)
     for nic in getattr(machine, "nics", []):
         try:
@@ -230,9 +271,9 @@ def b_net_tx(frame, iid=0, nbytes=None):
             pointer, length = _tx_argument(frame, nbytes)
             failed = _tx(pointer, length, iid)
     except (TypeError, OverflowError):
-        if not isinstance(iid, int) or isinstance(iid, bool) or iid < 0:
-            raise NetError(f"b_net_tx: iid must be an int from 0, got {iid!r}") from None
-        raise
+        if not isinstance(iid, int) or isinstance(iid, bool) or not 0 <= iid < 1 << 64:
+            raise NetError(f"b_net_tx: iid must be an int from 0 to 2**64-1, got {iid!r}") from None
+        raise ArgumentError(f"b_net_tx: nbytes must be an int, got {nbytes!r}") from None
     if failed:
         raise_recorded(NetError, "b_net_tx: ")
 
@@ -246,8 +287,9 @@ def _tx_argument(frame, nbytes):
         return ffi.cast("void *", frame), nbytes
     try:
         pointer = _from_buffer("char[]", frame)
-    except TypeError:
-        raise ArgumentError(f"b_net_tx: expected a buffer, got {type(frame).__name__}") from None
+    except (TypeError, ValueError) as error:           # ValueError: a non-contiguous array
+        raise ArgumentError(f"b_net_tx: expected a contiguous buffer, got {type(frame).__name__}"
+                            f" ({error})") from None
     length = len(pointer) if nbytes is None else nbytes
     if not 0 <= length <= len(pointer):
         raise ArgumentError(f"b_net_tx: nbytes={nbytes} but the frame holds {len(pointer)} bytes")
