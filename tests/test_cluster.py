@@ -25,6 +25,13 @@ def ray_cluster():
     assert _processes_of(session) == []
 
 
+@pytest.fixture(scope="module")
+def machines(ray_cluster):
+    """One Cluster of 2 machines (1 core each, linked) for the tests that only run apps."""
+    with Cluster(nodes=2, cores=1) as cluster:
+        yield cluster
+
+
 def _processes_of(session):
     """Pids of live processes whose command line names the Ray session directory."""
     found = []
@@ -44,19 +51,18 @@ def _app(tmp_path, source, name="app.py"):
     return str(path)
 
 
-def test_cluster_machines_land_on_distinct_nodes_with_their_own_cpus(ray_cluster, tmp_path):
-    with Cluster(nodes=2, cores=1) as cluster:
-        node_ids = [place["node_id"] for place in cluster.places]
-        workers = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1}
-        assert len(set(node_ids)) == 2 and set(node_ids) <= workers
-        app = _app(tmp_path, """
-            import os
-            import pybaremetal as bm
-            def main():
-                bm.b_output(f"node {os.environ['BAREMETAL_NODE']} of {os.environ['BAREMETAL_NODES']}\\n")
-                return None
-        """)
-        results = cluster.run(app)
+def test_cluster_machines_land_on_distinct_nodes_with_their_own_cpus(machines, tmp_path):
+    node_ids = [place["node_id"] for place in machines.places]
+    workers = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1}
+    assert len(set(node_ids)) == 2 and set(node_ids) <= workers
+    app = _app(tmp_path, """
+        import os
+        import pybaremetal as bm
+        def main():
+            bm.b_output(f"node {os.environ['BAREMETAL_NODE']} of {os.environ['BAREMETAL_NODES']}\\n")
+            return None
+    """)
+    results = machines.run(app)
     assert [r.node for r in results] == [0, 1]
     assert [r.output for r in results] == ["node 0 of 2\n", "node 1 of 2\n"]
     assert [r.exit_code for r in results] == [0, 0]
@@ -64,21 +70,19 @@ def test_cluster_machines_land_on_distinct_nodes_with_their_own_cpus(ray_cluster
     assert len(cpus[0]) == len(cpus[1]) == 1 and cpus[0] != cpus[1]
 
 
-def test_cluster_primes_example_gives_the_exact_count_over_ethernet(ray_cluster):
-    with Cluster(nodes=2, cores=1) as cluster:
-        results = cluster.run(PRIMES, ["1000000"], timeout=30)
-        master, worker = results
-        assert master.exit_code == 0 and worker.exit_code == 0, (master.errors, worker.errors)
-        assert "primes below 1000000: 78498\n" in master.output
-        assert "2 node(s)" in master.output
-        # the work and the results really crossed the link: WORK frames in, RESULT frames out
-        assert worker.stats["nics"][0]["rx_packets"] > 0 and worker.stats["nics"][0]["tx_packets"] > 0
-        # the same machines run it again (rebooted, stray frames drained): the same count
-        again = cluster.results(cluster.execute(), timeout=30)
-        assert "primes below 1000000: 78498\n" in again[0].output
+def test_cluster_primes_example_gives_the_exact_count_over_ethernet(machines):
+    master, worker = machines.run(PRIMES, ["1000000"], timeout=60)
+    assert master.exit_code == 0 and worker.exit_code == 0, (master.errors, worker.errors)
+    assert "primes below 1000000: 78498\n" in master.output
+    assert "2 node(s)" in master.output
+    # the work and the results really crossed the link: WORK frames in, RESULT frames out
+    assert worker.stats["nics"][0]["rx_packets"] > 0 and worker.stats["nics"][0]["tx_packets"] > 0
+    # the same machines run it again (rebooted, fresh globals, stray frames drained)
+    again = machines.results(machines.execute(), timeout=60)
+    assert "primes below 1000000: 78498\n" in again[0].output
 
 
-def test_cluster_frames_between_nodes_arrive_exact(ray_cluster, tmp_path):
+def test_cluster_frames_between_nodes_arrive_exact(machines, tmp_path):
     """Node 0 sends 300 frames of every length class to node 1, which echoes each back; both
     directions must be byte-exact (node 0 compares every echo)."""
     app = _app(tmp_path, """
@@ -136,37 +140,44 @@ def test_cluster_frames_between_nodes_arrive_exact(ray_cluster, tmp_path):
             bm.b_output(f"{len(lengths)} frames exact\\n")
             return 0
     """)
-    with Cluster(nodes=2, cores=1) as cluster:
-        sender, echoer = cluster.run(app, timeout=120)
+    sender, echoer = machines.run(app, timeout=60)
     assert sender.exit_code == 0, sender.output + sender.errors
     assert sender.output == "300 frames exact\n"
     assert echoer.exit_code == 0, echoer.errors
     assert echoer.stats["nics"][0]["rx_dropped"] == 0
 
 
-def test_cluster_removing_a_node_fails_only_that_nodes_future(ray_cluster, tmp_path):
+def test_cluster_dispatch_of_a_broken_c_app_names_the_node(machines, tmp_path):
+    app = _app(tmp_path, "int main(void) { return undefined_thing; }\n", "broken.c")
+    with pytest.raises(NodeError, match=r"node 0 .* failed while loading the app: .*broken.c"):
+        machines.dispatch(app)
+
+
+def test_cluster_removing_a_node_fails_only_that_nodes_future(machines, ray_cluster, tmp_path):
     app = _app(tmp_path, """
-        import os, time
+        import os, sys, time
         def main():
-            if os.environ["BAREMETAL_NODE"] == "1":
+            if os.environ["BAREMETAL_NODE"] == "1" and sys.argv[1:] == ["hang"]:
                 time.sleep(120)                           # still running when its node goes
             return 7
     """)
-    with Cluster(nodes=2, cores=1) as cluster:
-        cluster.dispatch(app)
-        first, second = cluster.execute()
-        assert first.result(timeout=60).exit_code == 7
-        doomed = cluster.places[1]["node_id"]
-        raylet = next(n for n in ray_cluster.worker_nodes if n.node_id == doomed)
-        ray_cluster.remove_node(raylet)
-        with pytest.raises(NodeError, match=r"node 1 \(Ray node .* died while running the app") as failed:
-            second.result(timeout=60)
-        assert failed.value.node == 1
-        # the survivor is untouched and runs again; a new raylet lets node 1 come back
-        assert cluster.results(cluster.execute([0]), timeout=60)[0].exit_code == 7
-        local.add_node(ray_cluster)
-        cluster.restart(1)
-        assert cluster.places[1]["node_id"] != doomed
+    machines.dispatch(app, ["hang"])
+    first, second = machines.execute()
+    assert first.result(timeout=60).exit_code == 7
+    doomed = machines.places[1]["node_id"]
+    raylet = next(n for n in ray_cluster.worker_nodes if n.node_id == doomed)
+    ray_cluster.remove_node(raylet)
+    with pytest.raises(NodeError, match=r"node 1 \(Ray node .* died while running the app") as failed:
+        second.result(timeout=60)
+    assert failed.value.node == 1
+    # the survivor is untouched and runs again
+    assert machines.results(machines.execute([0]), timeout=60)[0].exit_code == 7
+    # a new raylet lets node 1 come back, with the app loaded: both run
+    local.add_node(ray_cluster)
+    machines.restart(1)
+    assert machines.places[1]["node_id"] != doomed
+    machines.dispatch(app)
+    assert [r.exit_code for r in machines.results(machines.execute(), timeout=60)] == [7, 7]
 
 
 def test_cluster_too_small_is_a_clear_error(ray_cluster):
@@ -174,13 +185,6 @@ def test_cluster_too_small_is_a_clear_error(ray_cluster):
         Cluster(nodes=3)
     with pytest.raises(ClusterError, match="nodes must be an int"):
         Cluster(nodes=0)
-
-
-def test_cluster_dispatch_of_a_broken_c_app_names_the_node(ray_cluster, tmp_path):
-    app = _app(tmp_path, "int main(void) { return undefined_thing; }\n", "broken.c")
-    with Cluster(nodes=2, cores=1, link=None) as cluster:
-        with pytest.raises(NodeError, match=r"node 0 .* failed while loading the app: .*broken.c"):
-            cluster.dispatch(app)
 
 
 def test_cluster_without_ray_says_how_to_install_it():

@@ -43,13 +43,13 @@ def _show(node, text, stream):
 
 def run(args, app_argv):
     """The command; returns the exit code (the master's)."""
-    from . import Cluster, NodeError, _ray
-    ray = _ray()
-    from ..cli import exit_code
     from .ship import app_files
     if args.nodes < 1:
         raise ArgumentError(f"--nodes must be at least 1, got {args.nodes}")
     app_files(args.app)                  # a bad app is one line before any Ray starts
+    from . import Cluster, NodeError, _ray
+    from ..cli import exit_code
+    ray = _ray()
     with Cluster(nodes=args.nodes, cores=args.cores, memory=args.memory, address=args.address,
                  strategy="PACK" if args.pack else "STRICT_SPREAD") as cluster:
         cluster.dispatch(args.app, app_argv)
