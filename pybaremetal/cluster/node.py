@@ -13,7 +13,9 @@ this module imports nothing from Ray and can be used, and tested, without it).  
    machine, on the actor's own thread as core 0, and returns a plain dict (exit code, console
    output, stderr, stats, the app's return value).  Each run starts on a clean machine: after
    the first run the machine is rebooted (memory cleared, cores idle) and frames left in its
-   NICs from the previous run are drained before the app starts.
+   NICs from the previous run are drained before the app starts.  A C app runs from a fresh
+   copy of its shared object each time: dlopen of a path already loaded returns the loaded
+   library, whose globals would still hold the previous run's values.
 
 Console capture: fd 1 and fd 2 of the actor process are pointed at files for the run (the
 machine's console is fd 1), so b_output, printf from a C app and Python's print land in one
