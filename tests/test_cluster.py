@@ -66,8 +66,9 @@ def test_cluster_machines_land_on_distinct_nodes_with_their_own_cpus(machines, t
     assert [r.node for r in results] == [0, 1]
     assert [r.output for r in results] == ["node 0 of 2\n", "node 1 of 2\n"]
     assert [r.exit_code for r in results] == [0, 0]
-    cpus = [r.stats["cpus"] for r in results]           # pinned apart: this host has 2 CPUs
-    assert len(cpus[0]) == len(cpus[1]) == 1 and cpus[0] != cpus[1]
+    cpus = [r.stats["cpus"] for r in results]           # each pinned to one CPU, apart if it can
+    assert len(cpus[0]) == len(cpus[1]) == 1
+    assert cpus[0] != cpus[1] or len(os.sched_getaffinity(0)) == 1
 
 
 def test_cluster_primes_example_gives_the_exact_count_over_ethernet(machines):
