@@ -20,7 +20,8 @@
  *             its jobs go to others (the master computes too, between polls)
  *   RESULT    worker -> master: job number and the count (a repeated WORK gets the same
  *             RESULT again, from the worker's cache)
- *   DONE      master -> worker, until BYE (or 1 s): the worker's run ends with exit code 0
+ *   DONE      master -> worker, until BYE (or 1 s): the worker prints how many jobs it
+ *             counted and its run ends with exit code 0
  *   BYE       worker -> master
  * Each node computes a job on all its cores: the job is cut into tasks for the work queue
  * (b_smp_enqueue), the node's core 0 takes its share (b_smp_dequeue + b_smp_run) and waits for
@@ -162,7 +163,7 @@ static int master(u64 limit, int nodes)
 		b_system(DELAY, 100, 0);
 	}
 
-	int count = nodes == 1 ? 1 : nodes * JOBS_PER_NODE, done = 0;
+	int count = nodes == 1 ? 1 : nodes * JOBS_PER_NODE, done = 0, mine = 0;
 	if (count > MAX_JOBS)
 		count = MAX_JOBS;
 	for (int j = 0; j < count; j++) {
@@ -220,6 +221,7 @@ static int master(u64 limit, int nodes)
 		if (next < count) {                                  /* a job for the master itself */
 			jobs[next].count = count_here(jobs[next].lo, jobs[next].hi);
 			jobs[next].state = 2;
+			mine++;
 			total += jobs[next].count;
 			done++;
 		} else {
@@ -243,7 +245,8 @@ static int master(u64 limit, int nodes)
 		}
 	}
 	printf("primes below %lu: %lu\n", (unsigned long)limit, (unsigned long)total);
-	printf("%d node(s), %d jobs, %lu ms\n", nodes, count, (unsigned long)(elapsed / 1000000));
+	printf("%d node(s), %d jobs (%d counted here), %lu ms\n", nodes, count, mine,
+	       (unsigned long)(elapsed / 1000000));
 	return 0;
 }
 
@@ -257,7 +260,7 @@ static int worker(int node)
 {
 	u32 session = 0;
 	u8 master_mac[6] = { 0 };
-	int head = 0, tail = 0;
+	int head = 0, tail = 0, jobs_done = 0;
 	u64 heard = now(), idle = 0;
 	struct message m;
 
@@ -269,7 +272,7 @@ static int worker(int node)
 				if (m.session != session) {         /* a new master run: forget the old one */
 					session = m.session;
 					memset(job_state, 0, sizeof job_state);
-					head = tail = 0;
+					head = tail = jobs_done = 0;
 				}
 				memcpy(master_mac, m.src, 6);
 				heard = now();
@@ -288,6 +291,7 @@ static int worker(int node)
 				}
 			} else if (m.kind == DONE) {
 				send(master_mac, BYE, session, 0, 0, 0, 0);
+				printf("node %d: %d jobs counted here\n", node, jobs_done);
 				return 0;
 			}
 		}
@@ -295,6 +299,7 @@ static int worker(int node)
 			u32 j = queue[head++ % MAX_JOBS];
 			job_count[j] = count_here(queued_lo[j], queued_hi[j]);
 			job_state[j] = 2;
+			jobs_done++;
 			send(master_mac, RESULT, session, j, queued_lo[j], queued_hi[j], job_count[j]);
 			continue;
 		}

@@ -78,6 +78,7 @@ def test_cluster_primes_example_gives_the_exact_count_over_ethernet(machines):
     assert "2 node(s)" in master.output
     # the work and the results really crossed the link: WORK frames in, RESULT frames out
     assert worker.stats["nics"][0]["rx_packets"] > 0 and worker.stats["nics"][0]["tx_packets"] > 0
+    assert worker.output.startswith("node 1: ") and "jobs counted here" in worker.output
     # the same machines run it again (rebooted, fresh globals, stray frames drained)
     again = machines.results(machines.execute(), timeout=60)
     assert "primes below 1000000: 78498\n" in again[0].output
@@ -201,6 +202,7 @@ def test_baremetal_cluster_cli_runs_primes_on_a_local_ray_cluster():
                            "--", "300000"], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     assert "[node 0] primes below 300000: 25997\n" in done.stdout
+    assert "[node 1] node 1: " in done.stdout          # the worker's own line, with its prefix
 
 
 def test_baremetal_cluster_cli_bad_arguments_are_one_line():
