@@ -37,8 +37,12 @@ raw Ethernet between them for the app's own data path, which Ray never touches::
   :meth:`Cluster.restart` puts a fresh machine in the dead node's place once Ray has a node
   for it.
 """
+import glob
 import logging
+import os
 import random
+import shutil
+import tempfile
 import time
 import warnings
 
@@ -134,6 +138,7 @@ class Cluster:
         self.strategy, self.cpus_per_node, self.link, self.timeout = strategy, cpus_per_node, link, timeout
         self._local = None
         self._group = None
+        self._tag = f"baremetal-{os.getpid()}-{random.randrange(1 << 32):08x}"   # names nodes' files
         self.actors = []
         self.places = []
         self.boot_seconds = []
@@ -190,7 +195,7 @@ class Cluster:
         remote = ray.remote(Node).options(
             num_cpus=self.cpus_per_node, max_restarts=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=index))
-        return remote.remote(index, self.nodes, self.cores, self.memory, self.queue_size)
+        return remote.remote(index, self.nodes, self.cores, self.memory, self.queue_size, self._tag)
 
     def _cpu_sets(self):
         """A CPU set per node: machines sharing a host get disjoint runs of ``cores`` CPUs of
@@ -352,6 +357,9 @@ class Cluster:
                 except Exception:
                     pass
         self._group = None
+        # files of nodes that died on this host (a live node removes its own at stop)
+        for leftover in glob.glob(os.path.join(tempfile.gettempdir(), f"{self._tag}-node*")):
+            shutil.rmtree(leftover, ignore_errors=True)
         if self._local is not None:
             from . import local
             local_cluster, self._local = self._local, None

@@ -92,9 +92,10 @@ def _drain(machine):
 
 
 class Node:
-    """The machine of cluster node ``index`` of ``count`` (the body of a Ray actor)."""
+    """The machine of cluster node ``index`` of ``count`` (the body of a Ray actor).  Its files
+    live in a temporary directory named ``TAG-nodeINDEX-*``, removed by :meth:`stop`."""
 
-    def __init__(self, index, count, cores=1, memory="256M", queue_size=4096):
+    def __init__(self, index, count, cores=1, memory="256M", queue_size=4096, tag="baremetal"):
         self.index = index
         self.count = count
         self.cores = cores
@@ -104,7 +105,7 @@ class Node:
         self.nics = ()
         self.runs = 0
         self.built = {}                     # C source -> its built shared object
-        self.work = tempfile.mkdtemp(prefix=f"baremetal-node{index}-")
+        self.work = tempfile.mkdtemp(prefix=f"{tag}-node{index}-")   # the app, builds, captures
         os.environ[NODE_ENV] = str(index)
         os.environ[NODES_ENV] = str(count)
 
