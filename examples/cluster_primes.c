@@ -15,17 +15,20 @@
  * master so that stray frames of an earlier run are ignored):
  *   DISCOVER  master -> broadcast, every 20 ms until every worker said HELLO
  *   HELLO     worker -> master
- *   WORK      master -> worker: job number, [lo, hi); at most 2 outstanding per worker, sent
- *             again after 1 s without a RESULT; a worker silent for 5 tries is given up and
- *             its jobs go to others (the master computes too, between polls)
- *   RESULT    worker -> master: job number and the count (a repeated WORK gets the same
- *             RESULT again, from the worker's cache)
+ *   WORK      master -> worker: job number, [lo, hi); at most 2 outstanding per worker; sent
+ *             again every second until its RESULT is in (the master computes jobs too)
+ *   ACK       worker -> master: the job is queued or being counted (the answer to a WORK
+ *             it already has); a worker with jobs that says nothing for 5 s is taken for
+ *             dead and its jobs go to the others
+ *   RESULT    worker -> master: job number and the count (a repeated WORK of a finished
+ *             job gets the same RESULT again, from the worker's cache)
  *   DONE      master -> worker, until BYE (or 1 s): the worker prints how many jobs it
  *             counted and its run ends with exit code 0
  *   BYE       worker -> master
  * Each node computes a job on all its cores: the job is cut into tasks for the work queue
- * (b_smp_enqueue), the node's core 0 takes its share (b_smp_dequeue + b_smp_run) and waits for
- * the rest (b_smp_wait).  The master prints "primes below LIMIT: COUNT" and returns 0.
+ * (b_smp_enqueue), the node's core 0 takes its share (b_smp_dequeue + b_smp_run), handling
+ * the frames that arrived after each task, and waits for the rest (b_smp_wait).  The master
+ * prints "primes below LIMIT: COUNT" and returns 0.
  */
 #include "libBareMetal.h"
 #include <stdio.h>
@@ -40,13 +43,13 @@
 #define JOBS_PER_NODE   8
 #define OUTSTANDING     2               /* jobs in flight per worker */
 #define RESEND_NS       1000000000ull
-#define GIVE_UP_TRIES   5
+#define SILENT_NS       5000000000ull  /* a worker holding jobs and silent this long is dead */
 #define DISCOVER_NS     20000000ull
 #define DISCOVER_WAIT_NS 60000000000ull /* the workers must all say HELLO within 60 s */
 #define WORKER_IDLE_NS  120000000000ull /* a worker gives up after 120 s without its master */
 #define TASKS_PER_CORE  8
 
-enum { DISCOVER = 1, HELLO, WORK, RESULT, DONE, BYE };
+enum { DISCOVER = 1, HELLO, WORK, ACK, RESULT, DONE, BYE };
 
 struct message {                        /* the frame: Ethernet header, then this */
 	u8 dst[6], src[6];
@@ -100,6 +103,7 @@ static int receive(struct message *m)
 /* --- counting on all cores of this node ------------------------------------------------------ */
 
 static u64 job_lo, job_hi, job_tasks, job_total;
+static void (*between_tasks)(void);     /* the node's frame handling, run after each task of core 0 */
 
 static void task(u64 i)
 {
@@ -119,117 +123,145 @@ static u64 count_here(u64 lo, u64 hi)
 		if (b_smp_enqueue((void *)task, i) == 0)
 			task(i);                /* queue full: do it here */
 	u64 code, arg;
-	while ((code = b_smp_dequeue(&arg)) != 0)
+	while ((code = b_smp_dequeue(&arg)) != 0) {
 		b_smp_run(code, arg);
+		between_tasks();
+	}
 	b_smp_wait();
 	return job_total;
 }
 
 /* --- the master ------------------------------------------------------------------------------ */
 
-struct worker { u8 mac[6]; int outstanding, dead; };
-struct job { u64 lo, hi, count, sent; int state, worker, tries; };   /* state: 0 free, 1 sent, 2 done */
+struct worker { u8 mac[6]; int outstanding, dead; u64 heard; };
+struct job { u64 lo, hi, count, sent; int state, worker; };   /* 0 free, 1 sent, 2 done, 3 master */
 
 static struct worker workers[MAX_NODES];
 static struct job jobs[MAX_JOBS];
+static int found, job_count, jobs_done;
+static u32 session;
+static u64 total;
 
-static int find_worker(const u8 *mac, int count)
+static int find_worker(const u8 *mac)
 {
-	for (int w = 0; w < count; w++)
+	for (int w = 0; w < found; w++)
 		if (memcmp(workers[w].mac, mac, 6) == 0)
 			return w;
 	return -1;
 }
 
+/* finish -- job j's count is in */
+static void finish(int j, u64 count)
+{
+	struct job *job = &jobs[j];
+	if (job->state == 2)
+		return;
+	if (job->state == 1)
+		workers[job->worker].outstanding--;
+	job->state = 2;
+	job->count = count;
+	total += count;
+	jobs_done++;
+}
+
+/* master_poll -- take in every frame waiting: HELLOs of late workers, ACKs, RESULTs */
+static void master_poll(void)
+{
+	struct message m;
+	while (receive(&m)) {
+		if (m.session != session)
+			continue;
+		int w = find_worker(m.src);
+		if (m.kind == HELLO && w < 0 && found < MAX_NODES) {
+			memcpy(workers[found].mac, m.src, 6);
+			workers[found++].heard = now();
+			continue;
+		}
+		if (w < 0)
+			continue;
+		workers[w].heard = now();
+		workers[w].dead = 0;
+		if (m.kind == RESULT && m.job < (u32)job_count)
+			finish(m.job, m.count);
+	}
+}
+
 static int master(u64 limit, int nodes)
 {
-	u32 session = (u32)(now() ^ (now() >> 32)) | 1;
-	int found = 0, wanted = nodes - 1;
-	struct message m;
+	session = (u32)(now() ^ (now() >> 32)) | 1;
+	between_tasks = master_poll;
 	u64 start = now(), last = 0;
 
-	while (found < wanted) {                                    /* discovery */
+	while (found < nodes - 1) {                                 /* discovery */
 		if (now() - last > DISCOVER_NS) {
 			send(broadcast, DISCOVER, session, 0, 0, 0, (u64)nodes);
 			last = now();
 		}
-		while (receive(&m))
-			if (m.kind == HELLO && m.session == session && find_worker(m.src, found) < 0 && found < MAX_NODES)
-				memcpy(workers[found++].mac, m.src, 6);
+		master_poll();
 		if (now() - start > DISCOVER_WAIT_NS) {
-			printf("cluster_primes: only %d of %d workers answered\n", found, wanted);
+			printf("cluster_primes: only %d of %d workers answered\n", found, nodes - 1);
 			return 2;
 		}
 		b_system(DELAY, 100, 0);
 	}
 
-	int count = nodes == 1 ? 1 : nodes * JOBS_PER_NODE, done = 0, mine = 0;
-	if (count > MAX_JOBS)
-		count = MAX_JOBS;
-	for (int j = 0; j < count; j++) {
-		jobs[j].lo = limit * (u64)j / (u64)count;
-		jobs[j].hi = limit * (u64)(j + 1) / (u64)count;
+	job_count = nodes == 1 ? 1 : nodes * JOBS_PER_NODE;
+	if (job_count > MAX_JOBS)
+		job_count = MAX_JOBS;
+	for (int j = 0; j < job_count; j++) {
+		jobs[j].lo = limit * (u64)j / (u64)job_count;
+		jobs[j].hi = limit * (u64)(j + 1) / (u64)job_count;
 	}
-	u64 total = 0;
-	while (done < count) {
-		while (receive(&m)) {
-			if (m.session != session)
-				continue;
-			int w = find_worker(m.src, found);
-			if (m.kind == RESULT && w >= 0 && m.job < (u32)count && jobs[m.job].state != 2) {
-				struct job *job = &jobs[m.job];
-				if (job->state == 1)
-					workers[job->worker].outstanding--;
-				job->state = 2;
-				job->count = m.count;
-				total += m.count;
-				done++;
-				workers[w].dead = 0;
-			}
-		}
-		for (int j = 0; j < count; j++) {                   /* resend, or give up on a worker */
+	int mine = 0;
+	while (jobs_done < job_count) {
+		master_poll();
+		for (int j = 0; j < job_count; j++) {               /* ask again, or give a worker up */
 			struct job *job = &jobs[j];
 			if (job->state != 1 || now() - job->sent < RESEND_NS)
 				continue;
-			if (++job->tries >= GIVE_UP_TRIES) {
-				workers[job->worker].dead = 1;
-				workers[job->worker].outstanding--;
+			struct worker *w = &workers[job->worker];
+			if (now() - w->heard > SILENT_NS) {
+				w->dead = 1;
+				w->outstanding--;
 				job->state = 0;
 			} else {
-				send(workers[job->worker].mac, WORK, session, j, job->lo, job->hi, 0);
+				send(w->mac, WORK, session, j, job->lo, job->hi, 0);
 				job->sent = now();
 			}
 		}
 		int next = 0;
 		for (int w = 0; w < found; w++) {                   /* keep every worker busy */
 			while (!workers[w].dead && workers[w].outstanding < OUTSTANDING) {
-				while (next < count && jobs[next].state != 0)
+				while (next < job_count && jobs[next].state != 0)
 					next++;
-				if (next == count)
+				if (next == job_count)
 					break;
 				struct job *job = &jobs[next];
 				job->state = 1;
 				job->worker = w;
-				job->tries = 0;
 				job->sent = now();
-				workers[w].outstanding++;
+				if (workers[w].outstanding++ == 0)
+					workers[w].heard = now();   /* silence counts from its first job */
 				send(workers[w].mac, WORK, session, next, job->lo, job->hi, 0);
 			}
 		}
-		while (next < count && jobs[next].state != 0)
+		while (next < job_count && jobs[next].state != 0)
 			next++;
-		if (next < count) {                                  /* a job for the master itself */
-			jobs[next].count = count_here(jobs[next].lo, jobs[next].hi);
-			jobs[next].state = 2;
-			mine++;
-			total += jobs[next].count;
-			done++;
+		if (next < job_count) {                              /* a job for the master itself */
+			jobs[next].state = 3;           /* taken here: not free, no worker */
+			u64 count = count_here(jobs[next].lo, jobs[next].hi);
+			if (jobs[next].state == 3) {
+				jobs[next].state = 0;
+				finish(next, count);
+				mine++;
+			}
 		} else {
 			b_system(DELAY, 100, 0);
 		}
 	}
 
 	u64 elapsed = now() - start;
+	struct message m;
 	for (int w = 0; w < found; w++) {                           /* tell the workers to stop */
 		u64 until = now() + 1000000000ull, sent = 0;
 		int bye = 0;
@@ -245,7 +277,7 @@ static int master(u64 limit, int nodes)
 		}
 	}
 	printf("primes below %lu: %lu\n", (unsigned long)limit, (unsigned long)total);
-	printf("%d node(s), %d jobs (%d counted here), %lu ms\n", nodes, count, mine,
+	printf("%d node(s), %d jobs (%d counted here), %lu ms\n", nodes, job_count, mine,
 	       (unsigned long)(elapsed / 1000000));
 	return 0;
 }
@@ -253,54 +285,64 @@ static int master(u64 limit, int nodes)
 /* --- a worker -------------------------------------------------------------------------------- */
 
 static u8 job_state[MAX_JOBS];          /* 0 unknown, 1 queued, 2 done */
-static u64 job_count[MAX_JOBS], queued_lo[MAX_JOBS], queued_hi[MAX_JOBS];
+static u64 counts[MAX_JOBS], queued_lo[MAX_JOBS], queued_hi[MAX_JOBS];
 static u32 queue[MAX_JOBS];
+static u8 master_mac[6];
+static int head, tail, counted, stopping;
+static u64 heard;
+
+/* worker_poll -- answer every frame waiting: DISCOVER (HELLO), WORK (queue it and ACK, or the
+ * cached RESULT), DONE (BYE; the run ends) */
+static void worker_poll(void)
+{
+	struct message m;
+	while (receive(&m)) {
+		if (m.kind == DISCOVER) {
+			if (m.session != session) {         /* a new master run: forget the old one */
+				session = m.session;
+				memset(job_state, 0, sizeof job_state);
+				head = tail = counted = 0;
+			}
+			memcpy(master_mac, m.src, 6);
+			heard = now();
+			send(master_mac, HELLO, session, 0, 0, 0, 0);
+		} else if (m.session != session || memcmp(m.src, master_mac, 6) != 0) {
+			continue;
+		} else if (m.kind == WORK && m.job < MAX_JOBS) {
+			heard = now();
+			if (job_state[m.job] == 2) {
+				send(master_mac, RESULT, session, m.job, m.lo, m.hi, counts[m.job]);
+				continue;
+			}
+			if (job_state[m.job] == 0 && tail - head < MAX_JOBS) {
+				job_state[m.job] = 1;
+				queued_lo[m.job] = m.lo;
+				queued_hi[m.job] = m.hi;
+				queue[tail++ % MAX_JOBS] = m.job;
+			}
+			send(master_mac, ACK, session, m.job, m.lo, m.hi, 0);
+		} else if (m.kind == DONE) {
+			send(master_mac, BYE, session, 0, 0, 0, 0);
+			stopping = 1;
+		}
+	}
+}
 
 static int worker(int node)
 {
-	u32 session = 0;
-	u8 master_mac[6] = { 0 };
-	int head = 0, tail = 0, jobs_done = 0;
-	u64 heard = now(), idle = 0;
-	struct message m;
-
-	for (;;) {
-		int got = 0;
-		while (receive(&m)) {
-			got = 1;
-			if (m.kind == DISCOVER) {
-				if (m.session != session) {         /* a new master run: forget the old one */
-					session = m.session;
-					memset(job_state, 0, sizeof job_state);
-					head = tail = jobs_done = 0;
-				}
-				memcpy(master_mac, m.src, 6);
-				heard = now();
-				send(master_mac, HELLO, session, 0, 0, 0, 0);
-			} else if (m.session != session || memcmp(m.src, master_mac, 6) != 0) {
-				continue;
-			} else if (m.kind == WORK && m.job < MAX_JOBS) {
-				heard = now();
-				if (job_state[m.job] == 2)
-					send(master_mac, RESULT, session, m.job, m.lo, m.hi, job_count[m.job]);
-				else if (job_state[m.job] == 0 && tail - head < MAX_JOBS) {
-					job_state[m.job] = 1;
-					queued_lo[m.job] = m.lo;
-					queued_hi[m.job] = m.hi;
-					queue[tail++ % MAX_JOBS] = m.job;
-				}
-			} else if (m.kind == DONE) {
-				send(master_mac, BYE, session, 0, 0, 0, 0);
-				printf("node %d: %d jobs counted here\n", node, jobs_done);
-				return 0;
-			}
-		}
+	u64 idle = 0;
+	between_tasks = worker_poll;
+	heard = now();
+	while (!stopping) {
+		int before = tail;
+		worker_poll();
 		if (head != tail) {
 			u32 j = queue[head++ % MAX_JOBS];
-			job_count[j] = count_here(queued_lo[j], queued_hi[j]);
+			counts[j] = count_here(queued_lo[j], queued_hi[j]);
 			job_state[j] = 2;
-			jobs_done++;
-			send(master_mac, RESULT, session, j, queued_lo[j], queued_hi[j], job_count[j]);
+			counted++;
+			send(master_mac, RESULT, session, j, queued_lo[j], queued_hi[j], counts[j]);
+			idle = 0;
 			continue;
 		}
 		if (now() - heard > WORKER_IDLE_NS) {
@@ -308,9 +350,11 @@ static int worker(int node)
 			       (unsigned long)(WORKER_IDLE_NS / 1000000000ull));
 			return 3;
 		}
-		idle = got ? 0 : idle + 1;
+		idle = tail != before ? 0 : idle + 1;
 		b_system(DELAY, idle > 1000 ? 1000 : 50, 0);   /* poll briefly, then sleep 1 ms */
 	}
+	printf("node %d: %d jobs counted here\n", node, counted);
+	return 0;
 }
 
 int main(int argc, char **argv)
