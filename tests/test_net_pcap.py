@@ -88,7 +88,11 @@ def test_pcap_bad_file_is_refused_with_the_reason(tmp_path):
         bm.Machine(cores=1, memory="16M", nics=["wire,pcap"])
 
 
-def test_cli_pcap_before_any_nic_is_refused():
-    result = subprocess.run([sys.executable, "-m", "pybaremetal", "run", "--pcap", "x.pcap",
-                             os.path.join(ROOT, "examples", "hello.py")], capture_output=True, text=True)
-    assert result.returncode == 2 and "--pcap FILE follows the --nic" in result.stderr
+def test_cli_pcap_adds_to_the_nic_before_it_and_needs_one(capsys):
+    from pybaremetal.cli import build_parser
+    args = build_parser().parse_args(["run", "app.py", "--nic", "wire", "--pcap", "a.pcap",
+                                      "--nic", "wire,mac=02:00:00:00:00:01"])
+    assert args.nic == ["wire,pcap=a.pcap", "wire,mac=02:00:00:00:00:01"]
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["run", "app.py", "--pcap", "x.pcap"])
+    assert stop.value.code == 2 and "--pcap FILE follows the --nic" in capsys.readouterr().err
