@@ -9,6 +9,7 @@ import time
 import pytest
 
 import pybaremetal as bm
+from test_net_socket import free_port, fresh_group
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +74,7 @@ def test_pcap_on_a_socket_nic_through_the_cli(tmp_path):
     path = str(tmp_path / "cli.pcap")
     result = subprocess.run([sys.executable, "-m", "pybaremetal", "run", "--no-pin",
                              os.path.join(ROOT, "examples", "ethtest.py"),
-                             "--nic", "socket:mcast=239.255.77.2:47002,mac=02:00:00:00:00:0a",
+                             "--nic", f"socket:mcast={fresh_group()}:{free_port()},mac=02:00:00:00:00:0a",
                              "--pcap", path, "--", "--seconds", "0.2"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr

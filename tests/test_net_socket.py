@@ -1,6 +1,7 @@
 """The socket backend: frames in UDP datagrams over loopback, point-to-point and a multicast
 hub; two `baremetal run` processes pinging each other over it."""
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -11,7 +12,12 @@ import pytest
 import pybaremetal as bm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GROUP = "239.255.77.1"
+
+
+def fresh_group():
+    """A random multicast group of the site-local range: test runs in parallel (other
+    checkouts on this host) never share a hub."""
+    return f"239.255.{secrets.randbelow(256)}.{1 + secrets.randbelow(254)}"
 
 
 _booted = []
@@ -127,8 +133,8 @@ def test_socket_datagrams_that_are_not_frames_are_dropped_and_counted():
 
 
 def test_socket_hub_frame_reaches_every_other_member_never_its_sender():
-    port = free_port()
-    members = [machine(f"socket:mcast={GROUP}:{port},mac=02:00:00:00:00:0{n}") for n in range(3)]
+    group, port = fresh_group(), free_port()
+    members = [machine(f"socket:mcast={group}:{port},mac=02:00:00:00:00:0{n}") for n in range(3)]
     for n, m in enumerate(members):
         m.run(bm.b_net_tx, frame(n, 100 + n))
     for n, m in enumerate(members):
