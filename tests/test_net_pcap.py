@@ -9,6 +9,7 @@ import time
 import pytest
 
 import pybaremetal as bm
+from test_net_socket import free_port, fresh_group
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +74,7 @@ def test_pcap_on_a_socket_nic_through_the_cli(tmp_path):
     path = str(tmp_path / "cli.pcap")
     result = subprocess.run([sys.executable, "-m", "pybaremetal", "run", "--no-pin",
                              os.path.join(ROOT, "examples", "ethtest.py"),
-                             "--nic", "socket:mcast=239.255.77.2:47002,mac=02:00:00:00:00:0a",
+                             "--nic", f"socket:mcast={fresh_group()}:{free_port()},mac=02:00:00:00:00:0a",
                              "--pcap", path, "--", "--seconds", "0.2"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
@@ -88,7 +89,11 @@ def test_pcap_bad_file_is_refused_with_the_reason(tmp_path):
         bm.Machine(cores=1, memory="16M", nics=["wire,pcap"])
 
 
-def test_cli_pcap_before_any_nic_is_refused():
-    result = subprocess.run([sys.executable, "-m", "pybaremetal", "run", "--pcap", "x.pcap",
-                             os.path.join(ROOT, "examples", "hello.py")], capture_output=True, text=True)
-    assert result.returncode == 2 and "--pcap FILE follows the --nic" in result.stderr
+def test_cli_pcap_adds_to_the_nic_before_it_and_needs_one(capsys):
+    from pybaremetal.cli import build_parser
+    args = build_parser().parse_args(["run", "app.py", "--nic", "wire", "--pcap", "a.pcap",
+                                      "--nic", "wire,mac=02:00:00:00:00:01"])
+    assert args.nic == ["wire,pcap=a.pcap", "wire,mac=02:00:00:00:00:01"]
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["run", "app.py", "--pcap", "x.pcap"])
+    assert stop.value.code == 2 and "--pcap FILE follows the --nic" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The socket backend: frames in UDP datagrams over loopback, point-to-point and a multicast
 hub; two `baremetal run` processes pinging each other over it."""
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -11,11 +12,30 @@ import pytest
 import pybaremetal as bm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GROUP = "239.255.77.1"
+
+
+def fresh_group():
+    """A random multicast group of the site-local range: test runs in parallel (other
+    checkouts on this host) never share a hub."""
+    return f"239.255.{secrets.randbelow(256)}.{1 + secrets.randbelow(254)}"
+
+
+_booted = []
 
 
 def machine(spec):
-    return bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=[spec])
+    """A booted machine with one NIC.  Booting binds this thread to it (core 0), so the
+    machines are halted in the reverse order (the autouse fixture below): bindings nest."""
+    m = bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=[spec]).boot()
+    _booted.append(m)
+    return m
+
+
+@pytest.fixture(autouse=True)
+def halt_in_reverse_order():
+    yield
+    while _booted:
+        _booted.pop().halt()
 
 
 def frame(n, size=64, src=b"\x02\x00\x00\x00\x00\x01"):
@@ -48,9 +68,7 @@ def receive(m, count, limit=5.0):
 def pair():
     a = machine("socket:listen=127.0.0.1:0")
     b = machine(f"socket:connect=127.0.0.1:{port_of(a)}")
-    yield a, b
-    a.halt()
-    b.halt()
+    return a, b
 
 
 def test_socket_listen_and_connect_carry_frames_both_ways_byte_exact(pair):
@@ -70,75 +88,60 @@ def test_socket_listen_and_connect_carry_frames_both_ways_byte_exact(pair):
 
 
 def test_socket_listening_nic_without_a_peer_drops_with_the_reason():
-    with machine("socket:listen=127.0.0.1:0") as m:
-        with pytest.raises(bm.NetError, match="no peer yet"):
-            bm.b_net_tx(frame(1))
-        assert m.nics[0].stats["tx_dropped"] == 1 and m.nics[0].stats["tx_packets"] == 0
+    m = machine("socket:listen=127.0.0.1:0")
+    with pytest.raises(bm.NetError, match="no peer yet"):
+        m.run(bm.b_net_tx, frame(1))
+    assert m.nics[0].stats["tx_dropped"] == 1 and m.nics[0].stats["tx_packets"] == 0
 
 
 def test_socket_fixed_pair_talks_without_a_first_frame():
     pa, pb = free_port(), free_port()
     a = machine(f"socket:listen=127.0.0.1:{pa},connect=127.0.0.1:{pb}")
     b = machine(f"socket:listen=127.0.0.1:{pb},connect=127.0.0.1:{pa}")
-    try:
-        assert a.nics[0].name == f"127.0.0.1:{pa}"
-        a.run(bm.b_net_tx, frame(7))
-        b.run(bm.b_net_tx, frame(8))
-        assert receive(b, 1) == [frame(7)] and receive(a, 1) == [frame(8)]
-    finally:
-        a.halt()
-        b.halt()
+    assert a.nics[0].name == f"127.0.0.1:{pa}"
+    a.run(bm.b_net_tx, frame(7))
+    b.run(bm.b_net_tx, frame(8))
+    assert receive(b, 1) == [frame(7)] and receive(a, 1) == [frame(8)]
 
 
 def test_socket_connect_to_nobody_sends_and_a_late_listener_gets_the_next_frames():
     port = free_port()
-    with machine(f"socket:connect=127.0.0.1:{port}") as b:
-        for n in range(3):                      # ICMP port unreachable comes back for these
-            bm.b_net_tx(frame(n))
-        late = machine(f"socket:listen=127.0.0.1:{port}")
-        try:
-            b.run(bm.b_net_tx, frame(9))       # the pending ECONNREFUSED does not eat it
-            assert receive(late, 1) == [frame(9)]
-        finally:
-            late.halt()
-        assert b.nics[0].stats["tx_packets"] == 4 and b.nics[0].stats["tx_dropped"] == 0
+    b = machine(f"socket:connect=127.0.0.1:{port}")
+    for n in range(3):                          # ICMP port unreachable comes back for these
+        b.run(bm.b_net_tx, frame(n))
+    late = machine(f"socket:listen=127.0.0.1:{port}")
+    b.run(bm.b_net_tx, frame(9))                # the pending ECONNREFUSED does not eat it
+    assert receive(late, 1) == [frame(9)]
+    assert b.nics[0].stats["tx_packets"] == 4 and b.nics[0].stats["tx_dropped"] == 0
 
 
 def test_socket_ipv6_loopback():
     a = machine("socket:listen=[::1]:0")
     b = machine(f"socket:connect=[::1]:{port_of(a)}")
-    try:
-        b.run(bm.b_net_tx, frame(6, 200))
-        assert receive(a, 1) == [frame(6, 200)]
-    finally:
-        a.halt()
-        b.halt()
+    b.run(bm.b_net_tx, frame(6, 200))
+    assert receive(a, 1) == [frame(6, 200)]
 
 
 def test_socket_datagrams_that_are_not_frames_are_dropped_and_counted():
-    with machine("socket:listen=127.0.0.1:0") as m:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for data in (b"tiny", bytes(1523), frame(1)):
-                s.sendto(data, ("127.0.0.1", port_of(m)))
-        assert receive(m, 1) == [frame(1)]
-        assert receive(m, 1, limit=0.1) == []
-        assert m.nics[0].stats["rx_dropped"] == 2 and m.nics[0].stats["rx_packets"] == 1
+    m = machine("socket:listen=127.0.0.1:0")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for data in (b"tiny", bytes(1523), frame(1)):
+            s.sendto(data, ("127.0.0.1", port_of(m)))
+    assert receive(m, 1) == [frame(1)]
+    assert receive(m, 1, limit=0.1) == []
+    assert m.nics[0].stats["rx_dropped"] == 2 and m.nics[0].stats["rx_packets"] == 1
 
 
 def test_socket_hub_frame_reaches_every_other_member_never_its_sender():
-    port = free_port()
-    members = [machine(f"socket:mcast={GROUP}:{port},mac=02:00:00:00:00:0{n}") for n in range(3)]
-    try:
-        for n, m in enumerate(members):
-            m.run(bm.b_net_tx, frame(n, 100 + n))
-        for n, m in enumerate(members):
-            expected = sorted(frame(k, 100 + k) for k in range(3) if k != n)
-            assert sorted(receive(m, 2)) == expected
-            assert receive(m, 1, limit=0.2) == []           # not its own
-            assert m.nics[0].stats["rx_packets"] == 2 and m.nics[0].stats["tx_packets"] == 1
-    finally:
-        for m in members:
-            m.halt()
+    group, port = fresh_group(), free_port()
+    members = [machine(f"socket:mcast={group}:{port},mac=02:00:00:00:00:0{n}") for n in range(3)]
+    for n, m in enumerate(members):
+        m.run(bm.b_net_tx, frame(n, 100 + n))
+    for n, m in enumerate(members):
+        expected = sorted(frame(k, 100 + k) for k in range(3) if k != n)
+        assert sorted(receive(m, 2)) == expected
+        assert receive(m, 1, limit=0.2) == []               # not its own
+        assert m.nics[0].stats["rx_packets"] == 2 and m.nics[0].stats["tx_packets"] == 1
 
 
 def test_socket_network_callback_runs_once_per_frame(pair):

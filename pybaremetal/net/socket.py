@@ -37,6 +37,7 @@ import os
 import socket as _socket
 
 from .._native import ffi, lib
+from . import register
 from ..errors import raise_recorded
 
 SO_RCVBUFFORCE = 33
@@ -193,3 +194,7 @@ def open(machine, argument, mac, options, spec):
         from . import NetError
         raise_recorded(NetError, f"{spec}: ")
     return Nic(machine, "socket", name, mac), pointer
+
+
+register("socket", __name__, "socket:listen=HOST:PORT, socket:connect=HOST:PORT, socket:mcast=GROUP:PORT",
+         "Ethernet frames in UDP datagrams between processes or hosts; no privileges")

@@ -14,10 +14,9 @@ import fcntl
 import os
 import struct
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from .._native import ffi, lib
+from . import register
 from ..errors import raise_recorded
 
 TUNSETIFF = 0x400454CA
@@ -45,6 +44,7 @@ def _device_mac(ipr, name):
 def _open_named(name, spec, keep):
     """(fd, created) of TAP device ``name``: attached, or created by the attach (TUNSETIFF)
     when absent -- then gone with the fd unless ``keep`` (TUNSETPERSIST)."""
+    from pyroute2 import IPRoute                    # imported when used: slow to import
     if not 0 < len(name.encode()) < 16:
         raise _error(f"{spec}: a TAP name has 1 to 15 characters")
     with IPRoute() as ipr:
@@ -91,6 +91,8 @@ def _open_fd(text, spec):
 
 def open(machine, argument, mac, options, spec):
     """(Nic, C NIC) for ``tap:NAME`` / ``tap:@FD``."""
+    from pyroute2 import IPRoute                    # imported when used: slow to import
+    from pyroute2.netlink.exceptions import NetlinkError
     from . import Nic
     keep = bool(options.pop("keep", False))
     if options:
@@ -121,3 +123,7 @@ def open(machine, argument, mac, options, spec):
         from . import NetError
         raise_recorded(NetError, f"{spec}: ")
     return Nic(machine, "tap", name, own_mac if mac is None else mac), pointer
+
+
+register("tap", __name__, "tap:NAME[,keep], tap:@FD",
+         "a TAP device, created when absent (gone with the process unless keep), or an inherited TAP fd")
