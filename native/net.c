@@ -20,7 +20,9 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -72,6 +74,38 @@ int bm_nic_tx_gave_up(u64 *deadline, const char *what)
 	if (now <= *deadline)
 		return 0;
 	bm_fail(BM_ERR_FULL, "%s for %llu ms", what, BM_NET_TX_WAIT_NS / 1000000);
+	return 1;
+}
+
+/* bm_nic_tx_retry -- what a backend does after a send()/write() of one frame on its fd
+ *  IN:  done = the call's result (errno set when < 0), len = the frame's length, deadline (0
+ *       before the first try; kept by the caller), fd (polled for room), what ("tap: write")
+ * OUT:  0 sent; 1 try again (interrupted, or the fd was full: waited up to 1 ms for room);
+ *       -1 dropped with the reason recorded: a host error or short send (BM_ERR_IO), still
+ *       full after BM_NET_TX_WAIT_NS (BM_ERR_FULL) */
+int bm_nic_tx_retry(ssize_t done, u32 len, u64 *deadline, int fd, const char *what)
+{
+	if (done == (ssize_t)len)
+		return 0;
+	if (done >= 0) {
+		bm_fail(BM_ERR_IO, "%s: short (%zd of %u bytes)", what, done, len);
+		return -1;
+	}
+	if (errno == EINTR)
+		return 1;
+	if (errno != EAGAIN && errno != ENOBUFS) {
+		bm_fail(BM_ERR_IO, "%s: %s", what, strerror(errno));
+		return -1;
+	}
+	if (*deadline != 0 && bm_now_ns() > *deadline) {
+		char why[96];
+		snprintf(why, sizeof why, "%s: no room", what);
+		bm_nic_tx_gave_up(deadline, why);
+		return -1;
+	}
+	bm_nic_tx_gave_up(deadline, what);          /* starts the wait on the first call */
+	struct pollfd p = { .fd = fd, .events = POLLOUT };
+	poll(&p, 1, 1);
 	return 1;
 }
 
@@ -134,8 +168,10 @@ struct bm_nic *bm_net_nic(struct bm_machine *m, u32 iid) { return nic_of(m, iid)
 /* bm_nic_close -- close a NIC no machine owns (a wire's harness end) */
 void bm_nic_close(struct bm_nic *nic)
 {
-	if (nic != NULL)
+	if (nic != NULL) {
+		bm_pcap_close(nic->pcap);
 		nic->ops->close(nic);
+	}
 }
 
 /* nic_count -- count one frame of `bytes` sent (tx) or received in the calling core's counters
@@ -173,6 +209,8 @@ int bm_nic_send(struct bm_nic *nic, const void *frame, u64 len)
 		return -1;
 	}
 	nic_count(nic, 1, len);
+	if (__builtin_expect(nic->pcap != NULL, 0))
+		bm_pcap_frame(nic->pcap, frame, (u32)len);
 	return 0;
 }
 
@@ -184,6 +222,8 @@ u64 bm_nic_recv(struct bm_nic *nic, void *buf, u64 cap)
 	u32 len = nic->ops->rx(nic, buf, cap > 0xFFFFFFFFull ? 0xFFFFFFFFu : (u32)cap);
 	if (len)
 		nic_count(nic, 0, len);
+	if (len && __builtin_expect(nic->pcap != NULL, 0))
+		bm_pcap_frame(nic->pcap, buf, len);
 	return len;
 }
 
@@ -291,6 +331,8 @@ static inline __attribute__((always_inline)) u64 net_rx(struct bm_machine *m, vo
 	if (len == 0)
 		return 0;
 	nic_count(nic, 0, len);
+	if (__builtin_expect(nic->pcap != NULL, 0))
+		bm_pcap_frame(nic->pcap, buf, len);
 	*mem = buf;
 	return len;
 }
@@ -367,6 +409,7 @@ void bm_net_close_all(struct bm_machine *m)
 		struct bm_nic *nic = m->net.nics[i];
 		m->net.nics[i] = NULL;
 		bm_nic_stats(nic, m->net.closed_stats[i]);
+		bm_pcap_close(nic->pcap);
 		nic->ops->close(nic);
 	}
 	pthread_mutex_unlock(&m->net.lock);
