@@ -28,9 +28,11 @@ setup(
     cffi_modules=["native/build.py:ffibuilder"],
     install_requires=["cffi>=1.16", "numpy>=1.24", "pyroute2>=0.7", "rich>=13", "Pillow>=10"],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "pygame>=2.1"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "pygame>=2.1",
+                 "hdrhistogram>=0.10", "matplotlib>=3.7"],
         "window": ["pygame>=2.1"],
         "numba": ["numba>=0.59"],
+        "lab": ["hdrhistogram>=0.10", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["baremetal = pybaremetal.cli:main"]},
     cmdclass={"build_py": build_py_with_header},

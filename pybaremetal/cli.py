@@ -97,6 +97,8 @@ def build_parser():
                     help="optimization level, as gcc's -O (default: -O2)")
     cc.add_argument("--print-include-dir", action="store_true",
                     help="print the directory holding libBareMetal.h and exit")
+    from .lab.cli import add_parser as add_lab_parser
+    add_lab_parser(commands)
     return parser
 
 
@@ -208,6 +210,9 @@ def main(argv=None):
                 return 1
         if args.command == "cc":
             return cmd_cc(args, app_argv)
+        if args.command == "lab":
+            from .lab.cli import run as cmd_lab
+            return cmd_lab(args)
     except BareMetalError as error:
         print(f"baremetal: error: {error}", file=sys.stderr)
         return getattr(error, "exit_status", 2)

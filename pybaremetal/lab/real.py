@@ -1,0 +1,89 @@
+"""Real runs: a schedule served by a policy on a machine's pinned cores (native/lab.c), or by
+the pthread-pool peer on the same CPUs.  Results come back as TSC stamps per request,
+converted here to µs after the run's time 0."""
+import resource
+
+import numpy as np
+
+from .._native import ffi, lib
+from ..errors import ArgumentError, raise_recorded
+
+#: policies that run for real (enum bm_lab_policy); the model each is compared with
+POLICIES = {"c-fcfs": 0, "d-fcfs": 1, "steal": 2, "pthread": 3}
+MODEL_OF = {"c-fcfs": "c-fcfs", "d-fcfs": "d-fcfs", "steal": "steal", "pthread": "c-fcfs"}
+MODES = {"published": 0, "generator": 1}
+
+
+def tsc_hz():
+    """TSC ticks per second (measured once per process)."""
+    return lib.bm_lab_tsc_hz()
+
+
+def workers_of(cores, mode):
+    """How many cores serve: all of them published by time, all but the generator's else."""
+    return cores - (mode == "generator")
+
+
+class Stamps:
+    """Per-request results of one real run, µs after time 0: ``arrival``, ``publish``,
+    ``start``, ``end``; ``core`` (int); ``late`` (count); ``cpu_s`` (process CPU time)."""
+
+
+def _u64(array):
+    return ffi.cast("u64 *", array.ctypes.data)
+
+
+def run(policy, arrival_us, task, args=None, target=None, *, machine=None, cpus=None,
+        mode="published", late_us=1.0):
+    """Serve requests due at ``arrival_us`` with ``task`` under ``policy``.
+
+    c-fcfs, d-fcfs, steal run on ``machine``'s cores (the caller must be its core 0, e.g. the
+    thread that booted it); pthread runs threads pinned to ``cpus``.  ``args``: each request's
+    task argument (default: its index); ``target``: its worker (d-fcfs, steal).
+    Returns :class:`Stamps`."""
+    if policy not in POLICIES:
+        raise ArgumentError(f"no real policy {policy!r} (known: {', '.join(POLICIES)})")
+    if mode not in MODES:
+        raise ArgumentError(f"arrivals mode must be published or generator, got {mode!r}")
+    hz = tsc_hz()
+    arrival = np.ascontiguousarray(np.round(np.asarray(arrival_us) * hz / 1e6), dtype=np.uint64)
+    count = len(arrival)
+    args = np.arange(count, dtype=np.uint64) if args is None else np.ascontiguousarray(args, dtype=np.uint64)
+    publish, start, end = (np.zeros(count, dtype=np.uint64) for _ in range(3))
+    core = np.zeros(count, dtype=np.uint32)
+    keep = []
+    r = ffi.new("struct bm_lab_run *")
+    r.policy, r.mode, r.count = POLICIES[policy], MODES[mode], count
+    r.arrival, r.arg = _u64(arrival), _u64(args)
+    if target is not None:
+        target = np.ascontiguousarray(target, dtype=np.uint32)
+        r.target = ffi.cast("const u32 *", target.ctypes.data)
+    elif policy in ("d-fcfs", "steal"):
+        raise ArgumentError(f"{policy} needs each request's worker (target)")
+    r.code = task.address
+    r.late_ticks = int(late_us * hz / 1e6)
+    r.publish, r.start, r.end = _u64(publish), _u64(start), _u64(end)
+    r.core = ffi.cast("u32 *", core.ctypes.data)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    if policy == "pthread":
+        cpus = list(cpus) if cpus is not None else [-1]
+        cpu_array = ffi.new("int[]", cpus)
+        keep.append(cpu_array)
+        r.cpus, r.threads = cpu_array, len(cpus)
+        status = lib.bm_lab_pool_run(r)
+    else:
+        if machine is None:
+            raise ArgumentError(f"{policy} runs on a machine's cores: give machine=")
+        status = lib.bm_lab_run(machine._c, r)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    if status != 0:
+        raise_recorded()
+    stamps = Stamps()
+    scale = 1e6 / hz
+    stamps.arrival = arrival * scale
+    stamps.publish, stamps.start, stamps.end = publish * scale, start * scale, end * scale
+    stamps.core = core
+    stamps.late = int(r.late)
+    stamps.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    stamps.mode = mode
+    return stamps
