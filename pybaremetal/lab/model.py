@@ -1,6 +1,7 @@
 """The model: a discrete-event simulator (native/lab_sim.c) of the same arrivals and service
 times as the real runs, for c-FCFS, d-FCFS, work stealing, processor sharing and ideal
 preemption, plus the closed forms the tests check it against (M/M/1, M/D/1)."""
+import decimal
 import math
 
 import numpy as np
@@ -47,15 +48,22 @@ def mm1_sojourn_quantile(load, q):
 
 def md1_sojourn_cdf(load, t):
     """M/D/1 (FCFS, service 1): P(time in system <= t), from Erlang's waiting-time formula
-    P(W <= x) = (1 - load) sum_{k=0}^{floor(x)} (load (k - x))^k / k! e^{-load (k - x)}."""
+    P(W <= x) = (1 - load) sum_{k=0}^{floor(x)} (load (k - x))^k / k! e^{-load (k - x)}.
+    The sum alternates and its terms grow like e^{load x}: it is summed in decimal arithmetic
+    with digits to spare."""
     x = t - 1.0
     if x < 0:
         return 0.0
-    total = 0.0
-    for k in range(int(math.floor(x)) + 1):
-        u = load * (k - x)
-        total += u ** k / math.factorial(k) * math.exp(-u)
-    return (1 - load) * total
+    with decimal.localcontext() as context:
+        context.prec = 50 + int(load * x / 2.3)
+        rho, x = decimal.Decimal(load), decimal.Decimal(x)
+        total, factorial = decimal.Decimal(0), decimal.Decimal(1)
+        for k in range(int(math.floor(x)) + 1):
+            if k:
+                factorial *= k
+            u = rho * (k - x)
+            total += (u ** k if k else 1) / factorial * (-u).exp()
+        return float((1 - rho) * total)
 
 
 def md1_sojourn_quantile(load, q):

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import ArgumentError
 from . import model, real, stats
-from .workload import DISTRIBUTIONS, Distribution, Draw, calibrate, check_load, resolve_task
+from .workload import Distribution, Draw, calibrate, check_load, resolve_task, spin_ticks
 
 DEFAULT_LOADS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 MODEL_ONLY = ("ps", "preempt")
@@ -219,8 +219,7 @@ def _model_sweep(policy, dist, workers, loads, n, warmup, seed, quantum, arrival
 def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, samples, duration_s,
                 warmup, seed, late_us, arrivals, steps, slo, histograms, bar):
     draw = Draw(dist, samples, workers, seed + 1, arrivals)
-    hz = real.tsc_hz()
-    args = np.round(draw.service_us * hz / 1e6).astype(np.uint64) if task.spin else None
+    args = spin_ticks(draw.service_us) if task.spin else None
     cpus = _core_cpus(machine, cores)
 
     def measure(load):

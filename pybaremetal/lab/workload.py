@@ -133,6 +133,31 @@ def spin_task():
     return Task(int(lib.bm_lab_spin_code()), "spin", spin=True)
 
 
+def spin_ticks(service_us):
+    """The spin task's arguments for service times in µs: TSC ticks, less the cost of a call of
+    an empty spin as the cores stamp it (measured once), so a request stamped start..end takes
+    its service time."""
+    from .._native import lib
+    if spin_ticks.overhead is None:
+        zero = np.zeros(1000, dtype=np.uint64)
+        spin_ticks.overhead = float(np.median(time_ticks(int(lib.bm_lab_spin_code()), zero)))
+    ticks = np.asarray(service_us, dtype=np.float64) * lib.bm_lab_tsc_hz() / 1e6 - spin_ticks.overhead
+    return np.maximum(np.round(ticks), 0).astype(np.uint64)
+
+
+spin_ticks.overhead = None
+
+
+def time_ticks(address, args):
+    """TSC ticks each call code(args[i]) takes, one after the other on the calling thread."""
+    from .._native import ffi, lib
+    args = np.ascontiguousarray(args, dtype=np.uint64)
+    ticks = np.zeros(len(args), dtype=np.uint64)
+    lib.bm_lab_time_task(address, ffi.cast("u64 *", args.ctypes.data), len(args),
+                         ffi.cast("u64 *", ticks.ctypes.data))
+    return ticks
+
+
 def resolve_task(task):
     """A :class:`Task` from what the user gave: None (spin), "FILE.c:SYMBOL", "FILE.so:SYMBOL",
     an int address, an object with ``.address`` (numba cfunc), or a Python callable."""
@@ -183,12 +208,7 @@ def _file_task(spec):
 def calibrate(task, count=2000):
     """Service times (µs) of ``count`` calls of ``task`` (arguments 0..count-1), one after the
     other on the calling thread, after 100 warm-up calls."""
-    from .._native import ffi, lib
+    from .._native import lib
     args = np.arange(count, dtype=np.uint64)
-    ticks = np.zeros(count, dtype=np.uint64)
-    warm = min(100, count)
-    lib.bm_lab_time_task(task.address, ffi.cast("u64 *", args.ctypes.data), warm,
-                         ffi.cast("u64 *", ticks.ctypes.data))
-    lib.bm_lab_time_task(task.address, ffi.cast("u64 *", args.ctypes.data), count,
-                         ffi.cast("u64 *", ticks.ctypes.data))
-    return ticks / lib.bm_lab_tsc_hz() * 1e6
+    time_ticks(task.address, args[:100])
+    return time_ticks(task.address, args) / lib.bm_lab_tsc_hz() * 1e6
