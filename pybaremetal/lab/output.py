@@ -7,7 +7,7 @@ from ..errors import ArgumentError
 
 CSV_COLUMNS = ("policy", "dist", "kind", "mode", "mean_us", "workers", "load", "requests",
                "p50", "p99", "p99.9", "mean", "p99_over_mean", "slowdown", "slowdown_p99.9",
-               "throughput", "late_sends", "cpu_s", "overhead_us")
+               "throughput", "late_sends", "cpu_s", "cpu_share", "overhead_us")
 
 
 def save_json(result, path):
@@ -33,7 +33,7 @@ def summary_table(result):
     slo = result["slo"]
     table = Table(title=f"max load at SLO (p{slo['percentile']:g} <= {slo['factor']:g}·S̄), "
                         f"{result['workers']} workers, arrivals {result['arrivals']}")
-    for column in ("policy", "dist", "S̄ µs", "real", "model", "real/model", "overhead µs"):
+    for column in ("policy", "dist", "S̄ µs", "real", "model", "real/model", "overhead µs", "CPU share"):
         table.add_column(column, justify="left" if column in ("policy", "dist") else "right")
     for row in result["summary"]:
         real = row.get("max_load_at_slo")
@@ -43,7 +43,8 @@ def summary_table(result):
                       "-" if real is None else f"{real:.3f}",
                       f"{row['model_max_load_at_slo']:.3f} ({row['model_policy']})",
                       "-" if fraction is None else f"{fraction:.1%}",
-                      "-" if overhead is None else f"{overhead:.3f}")
+                      "-" if overhead is None else f"{overhead:.3f}",
+                      "-" if row.get("min_cpu_share") is None else f"{row['min_cpu_share']:.0%}")
     return table
 
 

@@ -2,6 +2,7 @@
 the pthread-pool peer on the same CPUs.  Results come back as TSC stamps per request,
 converted here to µs after the run's time 0."""
 import resource
+import time
 
 import numpy as np
 
@@ -26,7 +27,9 @@ def workers_of(cores, mode):
 
 class Stamps:
     """Per-request results of one real run, µs after time 0: ``arrival``, ``publish``,
-    ``start``, ``end``; ``core`` (int); ``late`` (count); ``cpu_s`` (process CPU time)."""
+    ``start``, ``end``; ``core`` (int); ``late`` (count); ``cpu_s`` (process CPU time);
+    ``cpu_share``: cpu_s over the run's wall time times its threads, the share of the CPUs the
+    run's threads got (all of them spin: below 1, other processes took CPU time from them)."""
 
 
 def _u64(array):
@@ -64,18 +67,20 @@ def run(policy, arrival_us, task, args=None, target=None, *, machine=None, cpus=
     r.late_ticks = int(late_us * hz / 1e6)
     r.publish, r.start, r.end = _u64(publish), _u64(start), _u64(end)
     r.core = ffi.cast("u32 *", core.ctypes.data)
-    before = resource.getrusage(resource.RUSAGE_SELF)
+    before, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     if policy == "pthread":
         cpus = list(cpus) if cpus is not None else [-1]
         cpu_array = ffi.new("int[]", cpus)
         keep.append(cpu_array)
         r.cpus, r.threads = cpu_array, len(cpus)
+        threads = len(cpus)
         status = lib.bm_lab_pool_run(r)
     else:
         if machine is None:
             raise ArgumentError(f"{policy} runs on a machine's cores: give machine=")
         status = lib.bm_lab_run(machine._c, r)
-    after = resource.getrusage(resource.RUSAGE_SELF)
+        threads = machine.num_cores
+    after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall
     if status != 0:
         raise_recorded()
     stamps = Stamps()
@@ -86,4 +91,5 @@ def run(policy, arrival_us, task, args=None, target=None, *, machine=None, cpus=
     stamps.late = int(r.late)
     stamps.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     stamps.mode = mode
+    stamps.cpu_share = stamps.cpu_s / (wall * threads) if wall > 0 else None
     return stamps

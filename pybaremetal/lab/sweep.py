@@ -184,6 +184,7 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
                     row["max_load_at_slo"] = max_load
                     row["fraction_of_model"] = max_load / model_max if model_max else None
                     row["overhead_us"] = points[0]["overhead_us"]
+                    row["min_cpu_share"] = min(p["cpu_share"] for p in points)
                     row["sweep"] = points
                 row["model_sweep"] = model_points
                 result["summary"].append(row)
@@ -244,6 +245,7 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
                           keep_histogram=histograms)
         row["model_p99"] = float(np.percentile(modelled, 99))
         row["overhead_us"] = float(lat.mean() - modelled.mean())
+        row["cpu_share"] = stamps.cpu_share
         row["publish_delay_p99"] = float(np.percentile((stamps.publish - stamps.arrival)[skip:], 99))
         points.append(row)
         met.append((load, stats.meets(lat, **slo)))
