@@ -250,3 +250,27 @@ def test_histogram_percentiles_match_recorded_values():
     for q in (1, 50, 99, 99.9, 100):
         assert ours.get_value_at_percentile(q) == reference.get_value_at_percentile(q)
     assert ours.get_total_count() == reference.get_total_count() == len(values)
+
+
+def test_python_task_on_our_cores_and_on_the_executor_peer(tmp_path):
+    calls = []
+
+    def handle(index):
+        calls.append(index)
+        return sum(range(100))
+    result = sweep(["c-fcfs", "executor"], None, 10.0, 2, [0.2], task=handle, duration_s=0.02,
+                   samples=500, bisect=0, model_samples=2000, model_bisect=0)
+    rows = {row["policy"]: row for row in result["summary"]}
+    assert rows["executor"]["model_policy"] == "c-fcfs" and rows["c-fcfs"]["dist"] == "task:handle"
+    for row in rows.values():
+        point, = row["sweep"]
+        assert point["scheduled"] == 500 and point["requests"] == 450      # 10% warm-up left out
+    scheduled = sum(row["sweep"][0]["scheduled"] for row in rows.values())
+    assert len(calls) == 2100 + scheduled                       # calibration, then every request once
+    with pytest.raises(ArgumentError, match="Python tasks only"):
+        sweep(["executor"], ["exp"], 10.0, 2, [0.5], model_only=True)
+    script = tmp_path / "task.py"
+    script.write_text("def work(i):\n    return i * 2\n")
+    assert resolve_task(f"{script}:work").python
+    with pytest.raises(ArgumentError, match="has no function 'nope'"):
+        resolve_task(f"{script}:nope")

@@ -11,7 +11,8 @@ model: open-loop Poisson arrivals from a seeded schedule, latency from each requ
 scheduled time, p99 against load per policy, and the highest load meeting the SLO
 (p99 <= 10·S̄).  Real policies: c-fcfs (BareMetal's work queue), d-fcfs (per-core queues,
 random dispatch), steal (per-core queues, idle cores steal), pthread (a pthread pool with a
-mutex+condvar queue, the peer); model-only: ps (processor sharing), preempt (one queue,
+mutex+condvar queue, the peer), executor (Python tasks only: a ThreadPoolExecutor fed by
+the main thread); model-only: ps (processor sharing), preempt (one queue,
 zero-cost preemption every --quantum-us).  Distributions (mean --mean-us): fixed, exp,
 bimodal-1 (90% 0.5·S̄, 10% 5.5·S̄), bimodal-2 (99.9% 0.5·S̄, 0.1% 500.5·S̄), shinjuku (99.5%
 0.5 µs, 0.5% 500 µs) or a mix P:US+P:US..."""
@@ -36,7 +37,7 @@ def add_parser(commands):
     lab.add_argument("--mean-us", type=float, default=10.0, metavar="US",
                      help="mean service time S̄ in µs of the named distributions (default: 10)")
     lab.add_argument("--policies", default="c-fcfs,d-fcfs,steal", metavar="LIST",
-                     help="comma-separated, from c-fcfs, d-fcfs, steal, pthread, ps, preempt "
+                     help="comma-separated, from c-fcfs, d-fcfs, steal, pthread, executor, ps, preempt "
                           "(default: c-fcfs,d-fcfs,steal)")
     lab.add_argument("--loads", default="0.05:1.0:0.05", metavar="LOADS",
                      help="loads in (0, 1]: L1,L2,... or START:STOP:STEP (default: 0.05:1.0:0.05)")
@@ -63,10 +64,14 @@ def add_parser(commands):
                      help="real runs refining each max load at SLO (default: 4)")
     lab.add_argument("--model-bisect", type=int, default=10, metavar="N",
                      help="model runs refining each max load at SLO (default: 10)")
+    lab.add_argument("--stop-after", type=int, default=2, metavar="N",
+                     help="a real sweep stops after N loads in a row miss the SLO (default: 2; 0: "
+                          "run every load)")
     lab.add_argument("--seed", type=int, default=1, help="seed of the schedules (default: 1)")
     lab.add_argument("--task", default=None, metavar="FILE:SYMBOL",
                      help="your task instead of the spin task: void SYMBOL(u64 request_index) in a "
-                          ".c (built with gcc) or .so file; its service times are measured first")
+                          ".c (built with gcc) or .so file, or a Python function SYMBOL(index) in a "
+                          ".py file (it holds the GIL); its service times are measured first")
     lab.add_argument("--quantum-us", type=float, default=None, metavar="US",
                      help="the preempt model's time slice (default: S̄/2)")
     lab.add_argument("--late-us", type=float, default=1.0, metavar="US",
@@ -96,7 +101,8 @@ def run(args):
                    slo_factor=args.slo_factor, slo_percentile=args.slo_percentile,
                    bisect=args.bisect, model_bisect=args.model_bisect, seed=args.seed,
                    task=args.task, quantum_us=args.quantum_us, late_us=args.late_us,
-                   arrivals=args.process, histograms=args.histograms, progress=not args.quiet)
+                   arrivals=args.process, histograms=args.histograms, progress=not args.quiet,
+                   stop_after=args.stop_after)
     if args.json:
         output.save_json(result, args.json)
     if args.csv:
@@ -105,5 +111,5 @@ def run(args):
         output.save_plots(result, args.png)
     if not args.quiet:
         from rich.console import Console
-        Console(file=sys.stdout).print(output.summary_table(result))
+        Console(file=sys.stdout, width=120).print(output.summary_table(result))
     return 0

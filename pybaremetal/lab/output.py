@@ -41,7 +41,8 @@ def summary_table(result):
         overhead = row.get("overhead_us")
         table.add_row(row["policy"], row["dist"], f"{row['mean_us']:.3g}",
                       "-" if real is None else f"{real:.3f}",
-                      f"{row['model_max_load_at_slo']:.3f} ({row['model_policy']})",
+                      f"{row['model_max_load_at_slo']:.3f}" + (
+                          f" ({row['model_policy']})" if row["model_policy"] != row["policy"] else ""),
                       "-" if fraction is None else f"{fraction:.1%}",
                       "-" if overhead is None else f"{overhead:.3f}",
                       "-" if row.get("min_cpu_share") is None else f"{row['min_cpu_share']:.0%}")

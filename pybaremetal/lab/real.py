@@ -10,8 +10,9 @@ from .._native import ffi, lib
 from ..errors import ArgumentError, raise_recorded
 
 #: policies that run for real (enum bm_lab_policy); the model each is compared with
-POLICIES = {"c-fcfs": 0, "d-fcfs": 1, "steal": 2, "pthread": 3}
-MODEL_OF = {"c-fcfs": "c-fcfs", "d-fcfs": "d-fcfs", "steal": "steal", "pthread": "c-fcfs"}
+POLICIES = {"c-fcfs": 0, "d-fcfs": 1, "steal": 2, "pthread": 3, "executor": None}
+MODEL_OF = {"c-fcfs": "c-fcfs", "d-fcfs": "d-fcfs", "steal": "steal", "pthread": "c-fcfs",
+            "executor": "c-fcfs"}
 MODES = {"published": 0, "generator": 1}
 
 
@@ -48,6 +49,8 @@ def run(policy, arrival_us, task, args=None, target=None, *, machine=None, cpus=
         raise ArgumentError(f"no real policy {policy!r} (known: {', '.join(POLICIES)})")
     if mode not in MODES:
         raise ArgumentError(f"arrivals mode must be published or generator, got {mode!r}")
+    if policy == "executor":
+        return run_executor(arrival_us, task, args, threads=len(cpus) if cpus else 1, late_us=late_us)
     hz = tsc_hz()
     arrival = np.ascontiguousarray(np.round(np.asarray(arrival_us) * hz / 1e6), dtype=np.uint64)
     count = len(arrival)
@@ -92,4 +95,47 @@ def run(policy, arrival_us, task, args=None, target=None, *, machine=None, cpus=
     stamps.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     stamps.mode = mode
     stamps.cpu_share = stamps.cpu_s / (wall * threads) if wall > 0 else None
+    return stamps
+
+
+def run_executor(arrival_us, task, args=None, *, threads=1, late_us=1.0):
+    """The Python peer: the calling thread submits each request to a ThreadPoolExecutor of
+    ``threads`` workers at its time (sleeping until then, so the workers get the GIL), the
+    workers run the Python task.  Only for Python tasks (``task.python``); stamps as run()."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    if not task.python:
+        raise ArgumentError("the executor peer runs Python tasks only (give a Python callable)")
+    function = task._keep[1]
+    arrival = np.asarray(arrival_us, dtype=np.float64)
+    count = len(arrival)
+    args = list(range(count)) if args is None else [int(a) for a in args]
+    publish, start, end = (np.zeros(count) for _ in range(3))
+    core = np.zeros(count, dtype=np.uint32)
+    names = {}
+    clock = time.perf_counter_ns
+
+    def serve(i, base):
+        start[i] = (clock() - base) / 1e3
+        function(args[i])
+        end[i] = (clock() - base) / 1e3
+        core[i] = names.setdefault(threading.get_ident(), len(names))
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        base = clock() + 2_000_000
+        for i in range(count):
+            wait = (arrival[i] - (clock() - base) / 1e3) / 1e6
+            if wait > 0:
+                time.sleep(wait)
+            publish[i] = (clock() - base) / 1e3
+            pool.submit(serve, i, base)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    stamps = Stamps()
+    stamps.arrival, stamps.publish, stamps.start, stamps.end, stamps.core = arrival, publish, start, end, core
+    stamps.late = int(np.sum(publish - arrival > late_us))
+    stamps.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    stamps.mode = "generator"
+    wall = (end.max() + 2000) / 1e6 if count else 0
+    stamps.cpu_share = stamps.cpu_s / (wall * (threads + 1)) if wall > 0 else None
     return stamps

@@ -100,23 +100,26 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
           loads=DEFAULT_LOADS, *, mode="published", model_only=False, samples=1_000_000,
           duration_s=1.0, model_samples=1_000_000, warmup=0.1, slo_factor=10.0,
           slo_percentile=99.0, bisect=4, model_bisect=10, seed=1, task=None, quantum_us=None,
-          late_us=1.0, arrivals="poisson", histograms=False, progress=False):
+          late_us=1.0, arrivals="poisson", histograms=False, progress=False, stop_after=2):
     """Measure (and model) latency against load; returns the results dict (see the README's
     lab section): ``summary`` has one row per policy and distribution with ``max_load_at_slo``
     (real; absent with model_only or for model-only policies), ``model_max_load_at_slo``, and
     the sweeps (``sweep``: real points, ``model_sweep``: model points).
 
-    policies: c-fcfs, d-fcfs, steal, pthread (real, each compared with its model: the pool's
-    is c-fcfs) and ps, preempt (model only).  dists: names or P:US+P:US mixes.  cores: the
+    policies: c-fcfs, d-fcfs, steal, pthread, executor (real, each compared with its model:
+    the pool's and the executor's is c-fcfs; executor: Python tasks only) and ps, preempt
+    (model only).  dists: names or P:US+P:US mixes.  cores: the
     machine's cores (default: one per CPU).  mode: published (every core serves and publishes
     due requests) or generator (core 0 sends, the others serve).  samples / duration_s: a real
     point runs min(samples, duration_s of arrivals) requests; model_samples per model point.
     warmup: the fraction of each run's first requests left out.  The SLO: the slo_percentile of
     latency at most slo_factor·S̄.  bisect / model_bisect: runs that refine each max load.
     task: None (spin), "FILE.c:SYMBOL", ".so:SYMBOL", a code address, a numba cfunc or a
-    Python callable (then the task's measured service times replace dists).  quantum_us: the
+    Python callable or "FILE.py:FUNCTION" (then the task's measured service times replace
+    dists).  quantum_us: the
     preempt model's slice (default S̄/2).  late_us: a request published later than this after
-    its time counts as a late send.  arrivals: poisson or fixed."""
+    its time counts as a late send.  arrivals: poisson or fixed.  stop_after: a real sweep
+    stops after this many loads in a row miss the SLO (the loads above would too; 0: never)."""
     policies = parse_list(policies, "policies")
     for policy in policies:
         if policy not in POLICIES:
@@ -136,7 +139,11 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
     _check("the SLO percentile", slo_percentile, lambda v: isinstance(v, (int, float)) and 0 < v < 100, "in (0, 100)")
     _check("late_us", late_us, lambda v: isinstance(v, (int, float)) and v >= 0, ">= 0")
     _check("bisect", bisect, lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
+    _check("stop_after", stop_after, lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
     task = resolve_task(task)
+    if "executor" in policies and not task.python:
+        raise ArgumentError("the executor peer runs Python tasks only: give a Python callable "
+                            "(or --task FILE.py:FUNCTION)")
     if task.spin:
         dists = [Distribution(name, mean_us) for name in parse_list(dists, "distributions")]
     else:
@@ -154,7 +161,7 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
               "slo": {"percentile": slo_percentile, "factor": slo_factor},
               "host": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                        "tsc_hz": real.tsc_hz()},
-              "settings": {"samples": samples, "duration_s": duration_s, "model_samples": model_samples,
+              "settings": {"stop_after": stop_after, "samples": samples, "duration_s": duration_s, "model_samples": model_samples,
                            "warmup": warmup, "bisect": bisect, "model_bisect": model_bisect,
                            "seed": seed, "late_us": late_us, "task": task.name,
                            "loads": loads},
@@ -180,7 +187,7 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
                 if policy in run_real:
                     points, max_load = _real_sweep(policy, dist, task, machine, cores, workers, mode,
                                                    loads, samples, duration_s, warmup, seed, late_us,
-                                                   arrivals, bisect, slo, histograms, bar)
+                                                   arrivals, bisect, slo, histograms, bar, stop_after)
                     row["max_load_at_slo"] = max_load
                     row["fraction_of_model"] = max_load / model_max if model_max else None
                     row["overhead_us"] = points[0]["overhead_us"]
@@ -218,7 +225,7 @@ def _model_sweep(policy, dist, workers, loads, n, warmup, seed, quantum, arrival
 
 
 def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, samples, duration_s,
-                warmup, seed, late_us, arrivals, steps, slo, histograms, bar):
+                warmup, seed, late_us, arrivals, steps, slo, histograms, bar, stop_after):
     draw = Draw(dist, samples, workers, seed + 1, arrivals)
     args = spin_ticks(draw.service_us) if task.spin else None
     cpus = _core_cpus(machine, cores)
@@ -250,6 +257,10 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
         points.append(row)
         met.append((load, stats.meets(lat, **slo)))
         bar.step(f"real {policy} {dist.name} {load:.2f}")
+        if stop_after and len(met) >= stop_after and not any(m for _, m in met[-stop_after:]):
+            for _ in loads[len(points):]:
+                bar.step(f"real {policy} {dist.name} (past the SLO)")
+            break
 
     def meets_at(load):
         stamps, skip, _ = measure(load)

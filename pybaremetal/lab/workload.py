@@ -15,7 +15,7 @@ of each) sees the same randomness, which keeps latency against load smooth.
 A task is the built-in TSC spin (``spin``: it runs for the request's service time), a C
 function ``void f(u64 arg)`` in a ``.c`` (built with gcc) or ``.so`` file (``FILE:SYMBOL``), a
 numba cfunc or any object with an ``.address``, a raw code address, or a Python callable
-(``f(arg)``).  Tasks other than spin get the request's index as ``arg`` and take the time they
+(``f(arg)``, or ``FILE.py:FUNCTION``).  Tasks other than spin get the request's index as ``arg`` and take the time they
 take: their service-time distribution is measured first (``calibrate``) and the model uses it.
 """
 import ctypes
@@ -173,7 +173,9 @@ def resolve_task(task):
         return Task(task.address, getattr(task, "__name__", "cfunc"), keep=task)
     if callable(task):
         from .._native import ffi
-        callback = ffi.callback("void(u64)", task)
+        def call(arg):                               # a C task returns nothing
+            task(arg)
+        callback = ffi.callback("void(u64)", call)
         return Task(int(ffi.cast("uintptr_t", callback)), getattr(task, "__name__", "python"),
                     keep=(callback, task), python=True)
     raise ArgumentError(f"a task is FILE.c:SYMBOL, FILE.so:SYMBOL, a code address, a numba "
@@ -186,13 +188,15 @@ def _file_task(spec):
         raise ArgumentError(f"task {spec!r}: write it as FILE.c:SYMBOL or FILE.so:SYMBOL")
     if not os.path.isfile(path):
         raise ArgumentError(f"task {spec!r}: no file {path}")
+    if path.endswith(".py"):
+        return resolve_task(_python_function(path, symbol, spec))
     from ..apps import c
     if path.endswith(".c"):
         library = c.cached_build([path])
     elif path.endswith(".so"):
         library = path
     else:
-        raise ArgumentError(f"task {spec!r}: the file must be a .c source or a .so")
+        raise ArgumentError(f"task {spec!r}: the file must be a .c or .py source or a .so")
     c._export_runtime()
     try:
         dll = ctypes.CDLL(os.path.abspath(library), mode=os.RTLD_NOW | os.RTLD_LOCAL)
@@ -203,6 +207,15 @@ def _file_task(spec):
     except AttributeError:
         raise ArgumentError(f"task {spec!r}: {path} has no function {symbol!r}") from None
     return Task(address, f"{os.path.basename(path)}:{symbol}", keep=dll)
+
+
+def _python_function(path, name, spec):
+    import runpy
+    namespace = runpy.run_path(path, run_name="__lab_task__")
+    function = namespace.get(name)
+    if not callable(function):
+        raise ArgumentError(f"task {spec!r}: {path} has no function {name!r}")
+    return function
 
 
 def calibrate(task, count=2000):
