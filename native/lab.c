@@ -35,6 +35,7 @@
 #include <time.h>
 #include <x86intrin.h>
 #include "lab.h"
+#include "fault.h"
 
 typedef void (*lab_task_fn)(u64 arg);
 
@@ -77,6 +78,8 @@ struct lab_state {
 	_Atomic u64 next __attribute__((aligned(BM_CACHE_LINE)));   /* next request to publish */
 	_Atomic u32 exited __attribute__((aligned(BM_CACHE_LINE))); /* slot tasks that returned */
 	_Atomic int failed;
+	const char *why;                /* what stopped the run when failed */
+	u32 faults_at_start;            /* the machine's fault count when the run began */
 	/* the pool */
 	pthread_mutex_t mutex;
 	pthread_cond_t cond;
@@ -158,6 +161,21 @@ static inline void count_one(struct lab_counter *counter)
 			      memory_order_relaxed);
 }
 
+/* stop_run -- end the run early on every core (the first reason is kept) */
+static void stop_run(struct lab_state *st, const char *why)
+{
+	int was = 0;
+	if (atomic_compare_exchange_strong(&st->failed, &was, 1))
+		st->why = why;
+}
+
+/* faulted -- a task faulted on one of the machine's cores since the run began */
+static int faulted(struct lab_state *st)
+{
+	return st->m != NULL && atomic_load_explicit(&st->m->smp.faults_count, memory_order_relaxed) !=
+				st->faults_at_start;
+}
+
 /* ---- per-worker queues (d-FCFS, steal) ------------------------------------------------- */
 
 static void queue_push(struct lab_queue *q, u64 id)
@@ -222,7 +240,7 @@ static void publish(struct lab_state *st, u32 core, u64 id, int serves)
 	}
 	while (!bm_smp_enqueue(st->m, run->code, id)) {
 		if (bm_error.code != BM_ERR_FULL) {
-			atomic_store(&st->failed, 1);
+			stop_run(st, "the work queue refused a request (the machine stopped?)");
 			return;
 		}
 		u64 other;
@@ -275,6 +293,10 @@ static void serve_loop(struct lab_state *st, u32 core)
 		}
 		if (atomic_load_explicit(&st->failed, memory_order_relaxed) || all_served(st))
 			return;
+		if (faulted(st)) {
+			stop_run(st, "a task faulted (see machine.faults)");
+			return;
+		}
 		relax();
 	}
 }
@@ -292,7 +314,19 @@ static void generate(struct lab_state *st)
 	}
 	atomic_store(&st->next, run->count);
 	while (!atomic_load(&st->failed) && !all_served(st))
-		relax();
+		if (faulted(st))
+			stop_run(st, "a task faulted (see machine.faults)");
+}
+
+/* core0_main -- core 0's part (bm_fault_call: a fault in a task here ends the run, not the
+ * process) */
+static void core0_main(void *arg)
+{
+	struct lab_state *st = arg;
+	if (st->run->mode == BM_LAB_GENERATOR)
+		generate(st);
+	else
+		serve_loop(st, 0);
 }
 
 /* lab_core_task -- the slot task of cores 1..n-1: arg is its struct lab_core */
@@ -407,26 +441,29 @@ int bm_lab_run(struct bm_machine *m, struct bm_lab_run *run)
 		state_free(st);
 		return -1;
 	}
+	st->faults_at_start = atomic_load(&m->smp.faults_count);
 	set_base(run);
 	u32 started = 0;
 	for (u32 c = 1; c < cores; c++) {
 		st->core_args[c] = (struct lab_core){ .state = st, .id = c };
 		if (!bm_smp_set_arg(m, (u64)(uintptr_t)lab_core_task, c, (u64)(uintptr_t)&st->core_args[c])) {
-			atomic_store(&st->failed, 1);
+			stop_run(st, "a core already has slot work");
 			break;
 		}
 		started++;
 	}
-	if (!atomic_load(&st->failed)) {
-		if (run->mode == BM_LAB_GENERATOR)
-			generate(st);
-		else
-			serve_loop(st, 0);
+	u32 own_faults = 0;
+	if (!atomic_load(&st->failed) && bm_fault_call(core0_main, st) > 0) {
+		own_faults = 1;
+		stop_run(st, "a task faulted (see machine.faults)");
 	}
-	while (atomic_load(&st->exited) < started)
+	/* a core whose task faulted abandoned its slot task: it never reports back */
+	while (atomic_load(&st->exited) + (atomic_load(&m->smp.faults_count) - st->faults_at_start - own_faults) < started)
 		relax();
 	int failed = atomic_load(&st->failed);
 	run->late = total_late(st);
+	if (failed)
+		bm_fail(BM_ERR_STATE, "lab: %s", st->why);
 	state_free(st);
 	return failed ? -1 : 0;
 }

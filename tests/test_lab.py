@@ -274,3 +274,15 @@ def test_python_task_on_our_cores_and_on_the_executor_peer(tmp_path):
     assert resolve_task(f"{script}:work").python
     with pytest.raises(ArgumentError, match="has no function 'nope'"):
         resolve_task(f"{script}:nope")
+
+
+@pytest.mark.parametrize("crash_core", [0, 1])
+def test_a_task_that_faults_ends_the_run_with_an_error_not_a_hang(crash_core):
+    task = resolve_task(os.path.join(HERE, "lab_tasks.c") + ":crash_on")
+    target = np.full(50, 1 - crash_core, dtype=np.uint32)
+    target[7] = crash_core
+    with bm.Machine(cores=2, memory="8M", console="capture") as m:
+        with pytest.raises(bm.errors.StateError, match="a task faulted"):
+            real.run("d-fcfs", np.arange(50) * 20.0, task, None, target, machine=m)
+        assert m.faults and m.faults[0].core == crash_core
+        real.run("d-fcfs", np.arange(5) * 20.0, task, None, target[:5], machine=m)   # lives on
