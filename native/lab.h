@@ -42,6 +42,7 @@ int bm_lab_pool_run(struct bm_lab_run *run);
 void bm_lab_spin(u64 ticks);
 u64 bm_lab_spin_code(void);
 double bm_lab_tsc_hz(void);
+u64 bm_lab_tsc(void);
 void bm_lab_time_task(u64 code, const u64 *arg, u64 count, u64 *ticks);
 
 #endif
