@@ -85,8 +85,9 @@ def save_plots(result, directory):
         ax.set_xlim(0, 1)
         ax.set_xlabel("load")
         ax.set_ylabel(f"p{slo['percentile']:g} latency / S̄")
+        measured = any(row.get("sweep") for row in rows)
         ax.set_title(f"{dist}, S̄ = {rows[0]['mean_us']:.3g} µs, {result['workers']} workers, "
-                     f"arrivals {result['arrivals']}", fontsize=10)
+                     + (f"arrivals {result['arrivals']}" if measured else "model only"), fontsize=10)
         ax.legend(fontsize=7, ncol=2)
         ax.grid(True, which="both", alpha=0.3)
         paths.append(_save(plt, fig, os.path.join(directory, f"latency-{_safe(dist)}.png")))
