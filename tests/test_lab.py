@@ -296,3 +296,14 @@ def test_a_task_that_faults_ends_the_run_with_an_error_not_a_hang(crash_core):
             real.run("d-fcfs", np.arange(50) * 20.0, task, None, target, machine=m)
         assert m.faults and m.faults[0].core == crash_core
         real.run("d-fcfs", np.arange(5) * 20.0, task, None, target[:5], machine=m)   # lives on
+
+
+def test_a_slowdown_slo_separates_preemption_from_run_to_completion():
+    # Shinjuku's point, bimodal-2 at p99.9: behind a 500.5·S̄ request, short ones wait 1000 times
+    # their own length under c-FCFS at almost any load; processor sharing keeps slowdown low
+    result = sweep(["c-fcfs", "ps"], ["bimodal-2"], 10.0, 2, [0.05, 0.5], model_only=True,
+                   model_samples=400_000, model_bisect=6, slo_percentile=99.9, slo_metric="slowdown")
+    rows = {row["policy"]: row for row in result["summary"]}
+    assert rows["c-fcfs"]["model_max_load_at_slo"] < 0.05
+    assert rows["ps"]["model_max_load_at_slo"] >= 0.5
+    assert result["slo"] == {"percentile": 99.9, "factor": 10.0, "metric": "slowdown"}

@@ -60,6 +60,9 @@ def add_parser(commands):
                      help="the SLO: latency percentile at most X·S̄ (default: 10)")
     lab.add_argument("--slo-percentile", type=float, default=99.0, metavar="P",
                      help="the SLO's percentile (default: 99)")
+    lab.add_argument("--slo-metric", choices=("latency", "slowdown"), default="latency",
+                     help="latency (default): the percentile of latency at most X·S̄; slowdown: "
+                          "that of latency over each request's own service time at most X")
     lab.add_argument("--bisect", type=int, default=4, metavar="N",
                      help="real runs refining each max load at SLO (default: 4)")
     lab.add_argument("--model-bisect", type=int, default=10, metavar="N",
@@ -99,6 +102,7 @@ def run(args):
                    mode=args.arrivals, model_only=args.model_only, samples=args.samples,
                    duration_s=args.duration, model_samples=args.model_samples, warmup=args.warmup,
                    slo_factor=args.slo_factor, slo_percentile=args.slo_percentile,
+                   slo_metric=args.slo_metric,
                    bisect=args.bisect, model_bisect=args.model_bisect, seed=args.seed,
                    task=args.task, quantum_us=args.quantum_us, late_us=args.late_us,
                    arrivals=args.process, histograms=args.histograms, progress=not args.quiet,

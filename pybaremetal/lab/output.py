@@ -31,7 +31,8 @@ def summary_table(result):
     """A rich Table: max load at SLO, real vs model, per policy and distribution."""
     from rich.table import Table
     slo = result["slo"]
-    table = Table(title=f"max load at SLO (p{slo['percentile']:g} <= {slo['factor']:g}·S̄), "
+    bound = f"{slo['factor']:g}·S̄" if slo.get("metric", "latency") == "latency" else f"slowdown {slo['factor']:g}"
+    table = Table(title=f"max load at SLO (p{slo['percentile']:g} <= {bound}), "
                         f"{result['workers']} workers, arrivals {result['arrivals']}")
     for column in ("policy", "dist", "S̄ µs", "real", "model", "real/model", "overhead µs", "CPU share"):
         table.add_column(column, justify="left" if column in ("policy", "dist") else "right")

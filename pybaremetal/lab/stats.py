@@ -44,6 +44,12 @@ def point(load, latency_us, service_us, mean_us, *, duration_us=None, late=None,
     return row
 
 
-def meets(latency_us, mean_us, slo_factor, slo_percentile):
-    """The SLO: the slo_percentile of latency is at most slo_factor · S̄ (exact, numpy)."""
-    return float(np.percentile(latency_us, slo_percentile)) <= slo_factor * mean_us
+def meets(latency_us, service_us, mean_us, slo_factor, slo_percentile, slo_metric="latency"):
+    """The SLO (exact, numpy): the slo_percentile of latency is at most slo_factor · S̄, or with
+    slo_metric "slowdown", that of latency over each request's own service time is at most
+    slo_factor (Shinjuku's form, for mixes where one latency target fits no request type)."""
+    if slo_metric == "slowdown":
+        values, bound = np.asarray(latency_us) / np.asarray(service_us), slo_factor
+    else:
+        values, bound = latency_us, slo_factor * mean_us
+    return float(np.percentile(values, slo_percentile)) <= bound

@@ -99,7 +99,7 @@ def _max_load(meets_at, loads_met, steps):
 def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, cores=None,
           loads=DEFAULT_LOADS, *, mode="published", model_only=False, samples=1_000_000,
           duration_s=1.0, model_samples=1_000_000, warmup=0.1, slo_factor=10.0,
-          slo_percentile=99.0, bisect=4, model_bisect=10, seed=1, task=None, quantum_us=None,
+          slo_percentile=99.0, slo_metric="latency", bisect=4, model_bisect=10, seed=1, task=None, quantum_us=None,
           late_us=1.0, arrivals="poisson", histograms=False, progress=False, stop_after=2):
     """Measure (and model) latency against load; returns the results dict (see the README's
     lab section): ``summary`` has one row per policy and distribution with ``max_load_at_slo``
@@ -113,7 +113,8 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
     due requests) or generator (core 0 sends, the others serve).  samples / duration_s: a real
     point runs min(samples, duration_s of arrivals) requests; model_samples per model point.
     warmup: the fraction of each run's first requests left out.  The SLO: the slo_percentile of
-    latency at most slo_factor·S̄.  bisect / model_bisect: runs that refine each max load.
+    latency at most slo_factor·S̄ (slo_metric "latency"), or of slowdown (latency over the
+    request's own service time) at most slo_factor (slo_metric "slowdown").  bisect / model_bisect: runs that refine each max load.
     task: None (spin), "FILE.c:SYMBOL", ".so:SYMBOL", a code address, a numba cfunc or a
     Python callable or "FILE.py:FUNCTION" (then the task's measured service times replace
     dists).  quantum_us: the
@@ -136,6 +137,7 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
     _check("duration", duration_s, lambda v: isinstance(v, (int, float)) and v > 0, "> 0 s")
     _check("warmup", warmup, lambda v: isinstance(v, (int, float)) and 0 <= v < 0.9, "in [0, 0.9)")
     _check("the SLO factor", slo_factor, lambda v: isinstance(v, (int, float)) and v > 0, "> 0")
+    _check("the SLO metric", slo_metric, lambda v: v in ("latency", "slowdown"), "latency or slowdown")
     _check("the SLO percentile", slo_percentile, lambda v: isinstance(v, (int, float)) and 0 < v < 100, "in (0, 100)")
     _check("late_us", late_us, lambda v: isinstance(v, (int, float)) and v >= 0, ">= 0")
     _check("bisect", bisect, lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
@@ -158,7 +160,7 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
                                 "has passed, then serves" if mode == "published" else
                                 "generator: core 0 sends each request at its time, the others serve"),
               "arrival_process": arrivals, "cores": cores, "workers": workers,
-              "slo": {"percentile": slo_percentile, "factor": slo_factor},
+              "slo": {"percentile": slo_percentile, "factor": slo_factor, "metric": slo_metric},
               "host": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                        "tsc_hz": real.tsc_hz()},
               "settings": {"stop_after": stop_after, "samples": samples, "duration_s": duration_s, "model_samples": model_samples,
@@ -175,7 +177,8 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
                                                   queue_size=queue))
         for dist in dists:
             quantum = quantum_us if quantum_us is not None else dist.mean_us / 2
-            slo = dict(mean_us=dist.mean_us, slo_factor=slo_factor, slo_percentile=slo_percentile)
+            slo = dict(mean_us=dist.mean_us, slo_factor=slo_factor, slo_percentile=slo_percentile,
+                       slo_metric=slo_metric)
             models = {p: _model_sweep(p, dist, workers, loads, model_samples, warmup, seed, quantum,
                                       arrivals, model_bisect, slo, histograms, bar)
                       for p in model_policies}
@@ -215,12 +218,12 @@ def _model_sweep(policy, dist, workers, loads, n, warmup, seed, quantum, arrival
         duration = float(np.max(arrival + lat) - arrival[skip])
         points.append(stats.point(load, lat[skip:], draw.service_us[skip:], dist.mean_us,
                                   duration_us=duration, keep_histogram=histograms))
-        met.append((load, stats.meets(lat[skip:], **slo)))
+        met.append((load, stats.meets(lat[skip:], draw.service_us[skip:], **slo)))
         bar.step(f"model {policy} {dist.name} {load:.2f}")
 
     def meets_at(load):
         bar.step(f"model {policy} {dist.name} max load")
-        return stats.meets(latency(load)[0][skip:], **slo)
+        return stats.meets(latency(load)[0][skip:], draw.service_us[skip:], **slo)
     return points, round(_max_load(meets_at, met, steps), 4)
 
 
@@ -231,22 +234,22 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
     cpus = _core_cpus(machine, cores)
 
     def measure(load):
+        """One run at ``load``: its stamps, the warm-up count, the arrivals, each request's own
+        service time (the spin's asked time; a task of the user's: as measured)."""
         count = int(min(samples, max(2000, duration_s * 1e6 * load * workers / dist.mean_us)))
         arrival = draw.arrivals_us(load, workers, count)
         stamps = real.run(policy, arrival, task, None if args is None else args[:count],
                           draw.target[:count], machine=machine, cpus=cpus, mode=mode, late_us=late_us)
-        skip = int(count * warmup)
-        return stamps, skip, arrival
+        own = draw.service_us[:count] if task.spin else np.maximum(stamps.end - stamps.start, 1e-3)
+        return stamps, int(count * warmup), arrival, own
 
     points, met = [], []
     for load in loads:
-        stamps, skip, arrival = measure(load)
+        stamps, skip, arrival, own = measure(load)
         lat = (stamps.end - stamps.arrival)[skip:]
-        service = np.maximum((stamps.end - stamps.start)[skip:], 1e-3)
-        modelled = model.simulate(real.MODEL_OF[policy], workers, arrival,
-                                  draw.service_us[:len(arrival)] if task.spin else stamps.end - stamps.start,
+        modelled = model.simulate(real.MODEL_OF[policy], workers, arrival, own,
                                   draw.target[:len(arrival)])[skip:]
-        row = stats.point(load, lat, service, dist.mean_us,
+        row = stats.point(load, lat, own[skip:], dist.mean_us,
                           duration_us=float(stamps.end[skip:].max() - stamps.arrival[skip]),
                           late=stamps.late, requests=len(arrival), cpu_s=stamps.cpu_s,
                           keep_histogram=histograms)
@@ -255,7 +258,7 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
         row["cpu_share"] = stamps.cpu_share
         row["publish_delay_p99"] = float(np.percentile((stamps.publish - stamps.arrival)[skip:], 99))
         points.append(row)
-        met.append((load, stats.meets(lat, **slo)))
+        met.append((load, stats.meets(lat, own[skip:], **slo)))
         bar.step(f"real {policy} {dist.name} {load:.2f}")
         if stop_after and len(met) >= stop_after and not any(m for _, m in met[-stop_after:]):
             for _ in loads[len(points):]:
@@ -263,9 +266,9 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
             break
 
     def meets_at(load):
-        stamps, skip, _ = measure(load)
+        stamps, skip, _, own = measure(load)
         bar.step(f"real {policy} {dist.name} max load")
-        return stats.meets((stamps.end - stamps.arrival)[skip:], **slo)
+        return stats.meets((stamps.end - stamps.arrival)[skip:], own[skip:], **slo)
     return points, round(_max_load(meets_at, met, steps), 4)
 
 
