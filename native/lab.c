@@ -59,6 +59,17 @@ struct lab_counter {
 
 struct lab_state;
 
+/* A core's (a pool thread's) own record of what it did, scattered into the run's arrays after
+ * the run: written only by its core, so stamping a request moves no cache line between cores
+ * (the run's arrays, indexed by request, would put neighbouring requests served on different
+ * cores in one line, and a core's next locked instruction would wait for that line). */
+struct lab_log {
+	u64 *served;                    /* id, start, end: three words a request served */
+	u64 served_n;
+	u64 *published;                 /* id, publish: two words a request published */
+	u64 published_n;
+} __attribute__((aligned(BM_CACHE_LINE)));
+
 /* What a core's slot task gets as its argument. */
 struct lab_core {
 	struct lab_state *state;
@@ -75,6 +86,7 @@ struct lab_state {
 	struct lab_counter *done;       /* [cores]: requests each core served */
 	struct lab_counter *late;       /* [cores]: requests each core published late */
 	struct lab_core *core_args;     /* [cores] */
+	struct lab_log *logs;           /* [cores] */
 	_Atomic u64 next __attribute__((aligned(BM_CACHE_LINE)));   /* next request to publish */
 	_Atomic u32 exited __attribute__((aligned(BM_CACHE_LINE))); /* slot tasks that returned */
 	_Atomic int failed;
@@ -165,21 +177,53 @@ static void wait_for_start(const struct bm_lab_run *run)
 		relax();
 }
 
-/* serve -- run request id on core (thread) `core`, stamping it */
-static inline void serve(struct bm_lab_run *run, u32 core, u64 id)
-{
-	u64 start = tsc();
-	((lab_task_fn)(uintptr_t)run->code)(run->arg[id]);
-	u64 end = tsc();
-	run->start[id] = start - run->base;
-	run->end[id] = end - run->base;
-	run->core[id] = core;
-}
-
 static inline void count_one(struct lab_counter *counter)
 {
 	atomic_store_explicit(&counter->value, atomic_load_explicit(&counter->value, memory_order_relaxed) + 1,
 			      memory_order_relaxed);
+}
+
+/* serve -- run request id on core (thread) `core`, stamping it in the core's log */
+static inline void serve(struct lab_state *st, u32 core, u64 id)
+{
+	struct bm_lab_run *run = st->run;
+	u64 start = tsc();
+	((lab_task_fn)(uintptr_t)run->code)(run->arg[id]);
+	u64 end = tsc();
+	struct lab_log *log = &st->logs[core];
+	u64 *entry = &log->served[3 * log->served_n++];
+	entry[0] = id;
+	entry[1] = start - run->base;
+	entry[2] = end - run->base;
+}
+
+/* stamp_published -- request id reached its queue at `now` (ticks after time 0), on `core`;
+ * count it late if it is */
+static inline void stamp_published(struct lab_state *st, u32 core, u64 id, u64 now)
+{
+	struct lab_log *log = &st->logs[core];
+	u64 *entry = &log->published[2 * log->published_n++];
+	entry[0] = id;
+	entry[1] = now;
+	if (now > st->run->arrival[id] + st->run->late_ticks)
+		count_one(&st->late[core]);
+}
+
+/* scatter_logs -- after the run: every core's log into the run's arrays */
+static void scatter_logs(struct lab_state *st)
+{
+	struct bm_lab_run *run = st->run;
+	for (u32 c = 0; c < st->cores; c++) {
+		struct lab_log *log = &st->logs[c];
+		for (u64 k = 0; k < log->served_n; k++) {
+			u64 id = log->served[3 * k];
+			run->start[id] = log->served[3 * k + 1];
+			run->end[id] = log->served[3 * k + 2];
+			run->core[id] = c;
+		}
+		for (u64 k = 0; k < log->published_n; k++)
+			run->publish[log->published[2 * k]] = log->published[2 * k + 1];
+	}
 }
 
 /* stop_run -- end the run early on every core (the first reason is kept) */
@@ -251,10 +295,7 @@ static int take(struct lab_state *st, u32 core, u64 *id)
 static void publish(struct lab_state *st, u32 core, u64 id, int serves)
 {
 	struct bm_lab_run *run = st->run;
-	u64 now = now_ticks(run);
-	run->publish[id] = now;
-	if (now > run->arrival[id] + run->late_ticks)
-		count_one(&st->late[core]);
+	stamp_published(st, core, id, now_ticks(run));
 	if (run->policy != BM_LAB_CFCFS) {
 		queue_push(&st->queues[run->target[id]], id);
 		return;
@@ -266,7 +307,7 @@ static void publish(struct lab_state *st, u32 core, u64 id, int serves)
 		}
 		u64 other;
 		if (serves && take(st, core, &other)) {
-			serve(run, core, other);
+			serve(st, core, other);
 			count_one(&st->done[core]);
 		} else {
 			relax();
@@ -308,7 +349,7 @@ static void serve_loop(struct lab_state *st, u32 core)
 		if (publishes)
 			publish_due(st, core);
 		if (take(st, core, &id)) {
-			serve(st->run, core, id);
+			serve(st, core, id);
 			count_one(&st->done[core]);
 			continue;
 		}
@@ -367,6 +408,12 @@ static void state_free(struct lab_state *st)
 	free(st->done);
 	free(st->late);
 	free(st->core_args);
+	if (st->logs != NULL)
+		for (u32 c = 0; c < st->cores; c++) {
+			free(st->logs[c].served);
+			free(st->logs[c].published);
+		}
+	free(st->logs);
 	free(st->ring);
 	free(st);
 }
@@ -383,9 +430,21 @@ static struct lab_state *state_new(struct bm_lab_run *run, u32 cores)
 	st->done = aligned_alloc(BM_CACHE_LINE, cores * sizeof *st->done);
 	st->late = aligned_alloc(BM_CACHE_LINE, cores * sizeof *st->late);
 	st->core_args = aligned_alloc(BM_CACHE_LINE, cores * sizeof *st->core_args);
-	if (st->done == NULL || st->late == NULL || st->core_args == NULL) {
+	st->logs = aligned_alloc(BM_CACHE_LINE, cores * sizeof *st->logs);
+	if (st->done == NULL || st->late == NULL || st->core_args == NULL || st->logs == NULL) {
+		free(st->logs);
+		st->logs = NULL;
 		state_free(st);
 		return NULL;
+	}
+	memset(st->logs, 0, cores * sizeof *st->logs);
+	for (u32 c = 0; c < cores; c++) {        /* any core may serve or publish every request */
+		st->logs[c].served = malloc((3 * run->count + 1) * sizeof(u64));
+		st->logs[c].published = malloc((2 * run->count + 1) * sizeof(u64));
+		if (st->logs[c].served == NULL || st->logs[c].published == NULL) {
+			state_free(st);
+			return NULL;
+		}
 	}
 	memset(st->done, 0, cores * sizeof *st->done);
 	memset(st->late, 0, cores * sizeof *st->late);
@@ -483,6 +542,7 @@ int bm_lab_run(struct bm_machine *m, struct bm_lab_run *run)
 		relax();
 	int failed = atomic_load(&st->failed);
 	run->late = total_late(st);
+	scatter_logs(st);
 	if (failed)
 		bm_fail(BM_ERR_STATE, "lab: %s", st->why);
 	state_free(st);
@@ -496,14 +556,10 @@ struct pool_thread {
 	u32 index;
 };
 
-/* pool_push -- (mutex held) publish request id into the ring */
-static void pool_push(struct lab_state *st, u64 id)
+/* pool_push -- (mutex held) thread `index` publishes request id into the ring */
+static void pool_push(struct lab_state *st, u32 index, u64 id)
 {
-	struct bm_lab_run *run = st->run;
-	u64 now = now_ticks(run);
-	run->publish[id] = now;
-	if (now > run->arrival[id] + run->late_ticks)
-		st->late[0].value++;
+	stamp_published(st, index, id, now_ticks(st->run));
 	u64 tail = atomic_load_explicit(&st->ring_tail, memory_order_relaxed);
 	st->ring[tail] = id;
 	atomic_store_explicit(&st->ring_tail, tail + 1, memory_order_relaxed);
@@ -520,14 +576,14 @@ static void pool_worker(struct lab_state *st, u32 index)
 		if (publishes) {
 			u64 next = atomic_load_explicit(&st->next, memory_order_relaxed);
 			for (; next < run->count && run->arrival[next] <= now_ticks(run); next++)
-				pool_push(st, next);
+				pool_push(st, index, next);
 			atomic_store_explicit(&st->next, next, memory_order_relaxed);
 		}
 		u64 head = atomic_load_explicit(&st->ring_head, memory_order_relaxed);
 		if (head != atomic_load_explicit(&st->ring_tail, memory_order_relaxed)) {
 			atomic_store_explicit(&st->ring_head, head + 1, memory_order_relaxed);
 			pthread_mutex_unlock(&st->mutex);
-			serve(run, index, st->ring[head]);
+			serve(st, index, st->ring[head]);
 			pthread_mutex_lock(&st->mutex);
 			atomic_fetch_add_explicit(&st->pool_done, 1, memory_order_relaxed);
 			continue;
@@ -565,7 +621,7 @@ static void pool_generator(struct lab_state *st)
 		while (now_ticks(run) < run->arrival[i])
 			relax();
 		pthread_mutex_lock(&st->mutex);
-		pool_push(st, i);
+		pool_push(st, 0, i);
 		if (st->waiting)
 			pthread_cond_signal(&st->cond);
 		pthread_mutex_unlock(&st->mutex);
@@ -594,7 +650,7 @@ int bm_lab_pool_run(struct bm_lab_run *run)
 		return LAB_FAIL(BM_ERR_ARGUMENT, "lab pool: %u threads is not enough or too many", threads);
 	if (run->code == 0)
 		return LAB_FAIL(BM_ERR_ARGUMENT, "lab pool: the task's code address is 0");
-	struct lab_state *st = state_new(run, 1);
+	struct lab_state *st = state_new(run, threads);
 	struct pool_thread *args = calloc(threads, sizeof *args);
 	pthread_t *ids = calloc(threads, sizeof *ids);
 	if (st == NULL || args == NULL || ids == NULL || (st->ring = malloc((run->count + 1) * sizeof(u64))) == NULL) {
@@ -633,7 +689,8 @@ int bm_lab_pool_run(struct bm_lab_run *run)
 	}
 	for (u32 t = 0; t < started; t++)
 		pthread_join(ids[t], NULL);
-	run->late = st->late[0].value;
+	run->late = total_late(st);
+	scatter_logs(st);
 	pthread_mutex_destroy(&st->mutex);
 	pthread_cond_destroy(&st->cond);
 	state_free(st);
