@@ -237,8 +237,7 @@ static void stop_run(struct lab_state *st, const char *why)
 /* faulted -- a task faulted on one of the machine's cores since the run began */
 static int faulted(struct lab_state *st)
 {
-	return st->m != NULL && atomic_load_explicit(&st->m->smp.faults_count, memory_order_relaxed) !=
-				st->faults_at_start;
+	return st->m != NULL && bm_smp_fault_count(st->m) != st->faults_at_start;
 }
 
 /* ---- per-worker queues (d-FCFS, steal) ------------------------------------------------- */
@@ -521,7 +520,7 @@ int bm_lab_run(struct bm_machine *m, struct bm_lab_run *run)
 		state_free(st);
 		return -1;
 	}
-	st->faults_at_start = atomic_load(&m->smp.faults_count);
+	st->faults_at_start = bm_smp_fault_count(m);
 	set_base(run);
 	u32 started = 0;
 	for (u32 c = 1; c < cores; c++) {
@@ -538,7 +537,7 @@ int bm_lab_run(struct bm_machine *m, struct bm_lab_run *run)
 		stop_run(st, "a task faulted (see machine.faults)");
 	}
 	/* a core whose task faulted abandoned its slot task: it never reports back */
-	while (atomic_load(&st->exited) + (atomic_load(&m->smp.faults_count) - st->faults_at_start - own_faults) < started)
+	while (atomic_load(&st->exited) + (bm_smp_fault_count(m) - st->faults_at_start - own_faults) < started)
 		relax();
 	int failed = atomic_load(&st->failed);
 	run->late = total_late(st);

@@ -211,8 +211,10 @@ static void run_task(struct bm_core *core, u64 code, u64 arg)
 		core->task_code = code;
 		bm_py_run(core->machine, core->id, handles, n);
 		core->task_code = 0;
+		core->tasks_run += n;
 		return;
 	}
+	core->tasks_run++;
 	core->task_code = code;
 	core->in_task = core->fault_jmp != NULL;
 	((bm_task_fn)(uintptr_t)code)(arg);
@@ -234,6 +236,7 @@ static int run_slot(struct bm_core *core)
 		core->task_code = code;
 		bm_py_run(core->machine, core->id, &core->slot_arg, 1);
 		core->task_code = 0;
+		core->tasks_run++;
 	} else {
 		run_task(core, code, core->slot_arg);
 	}
@@ -342,7 +345,9 @@ static void core_loop(struct bm_core *core)
 	struct bm_smp *smp = &core->machine->smp;
 	while (!atomic_load_explicit(&smp->stop, memory_order_acquire)) {
 		atomic_store(&core->running, 1);
+		u64 woke = bm_now_ns();
 		work(core);
+		core->busy_ns += bm_now_ns() - woke;
 		atomic_store_explicit(&core->running, 0, memory_order_release);
 		notify_idle(smp);
 		idle(core);
@@ -785,6 +790,18 @@ int bm_smp_core_cpu(struct bm_machine *m, u32 core)
 	return core < m->num_cores ? m->smp.cores[core].cpu : -1;
 }
 
+/* bm_smp_core_counters -- a core's counters, for stats
+ *  IN:  m, core, tasks_run / busy_ns = where to store them
+ * OUT:  1, or 0 for no such core (nothing stored).  Read while the core runs: a snapshot */
+int bm_smp_core_counters(struct bm_machine *m, u32 core, u64 *tasks_run, u64 *busy_ns)
+{
+	if (core >= m->num_cores)
+		return 0;
+	*tasks_run = m->smp.cores[core].tasks_run;
+	*busy_ns = m->smp.cores[core].busy_ns;
+	return 1;
+}
+
 /* bm_smp_record_fault -- remember a C fault on `core` (async-signal-safe: fault.c calls it)
  *  IN:  core, signal number, faulting address */
 void bm_smp_record_fault(struct bm_core *core, int signal, u64 address)
@@ -807,6 +824,12 @@ u32 bm_smp_faults(struct bm_machine *m, u32 first, struct bm_fault *out, u32 max
 		out[n++] = m->smp.faults[i % BM_FAULT_LOG];
 	return n;
 }
+
+/* bm_smp_fault_count -- C faults recorded on the machine so far (the log keeps the last
+ * BM_FAULT_LOG of them)
+ *  IN:  m
+ * OUT:  the count */
+u32 bm_smp_fault_count(struct bm_machine *m) { return atomic_load(&m->smp.faults_count); }
 
 /* ---- the hosted extension in libBareMetal.h -------------------------------------------- */
 

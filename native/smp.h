@@ -36,6 +36,8 @@ struct bm_core {
 	u64 task_code;                  /* the task running (for fault reports) */
 	u64 slot_arg;                   /* argument given to the slot's code (Python slot tasks) */
 	u64 slot_value;                 /* the slot word of the slot task running, 0 if none */
+	u64 tasks_run;                  /* tasks this core ran (written by it only; stats) */
+	u64 busy_ns;                    /* worker cores: time from wake-up to idle again (stats) */
 	/* written by this core only, read by wait() and SMP_BUSY: on its own cache line */
 	_Atomic u32 running __attribute__((aligned(BM_CACHE_LINE)));
 	char pad[BM_CACHE_LINE - sizeof(u32)];
@@ -103,7 +105,9 @@ u64 bm_smp_set_arg(struct bm_machine *m, u64 code, u64 core, u64 arg);
 u64 bm_smp_queue_size(struct bm_machine *m);
 u64 bm_smp_queued(struct bm_machine *m);
 u32 bm_smp_faults(struct bm_machine *m, u32 first, struct bm_fault *out, u32 max);
+u32 bm_smp_fault_count(struct bm_machine *m);
 int bm_smp_core_cpu(struct bm_machine *m, u32 core);
+int bm_smp_core_counters(struct bm_machine *m, u32 core, u64 *tasks_run, u64 *busy_ns);
 int bm_smp_host_cpus(void);
 void bm_smp_record_fault(struct bm_core *core, int signal, u64 address);
 

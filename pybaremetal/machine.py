@@ -88,6 +88,7 @@ class Machine:
         except BaseException:
             self._release()
             raise
+        self.drive_ids, self.nic_ids = {}, {}   # names from a machine file -> numbers
         self.screen_spec = screen              # None: no screen until bm.screen() asks for one
         self.screen = None
         try:
@@ -97,6 +98,15 @@ class Machine:
         except BaseException:
             self._release()
             raise
+
+    @classmethod
+    def from_file(cls, path, **overrides):
+        """The machine the TOML machine file at ``path`` describes (see
+        :mod:`pybaremetal.config`); keyword arguments override its keys, and ``drives`` /
+        ``nics`` given here come after the file's.  ``drive_ids`` / ``nic_ids`` map the
+        file's device names to their numbers."""
+        from .config import machine_from_file
+        return machine_from_file(cls, path, overrides)
 
     # --- life -----------------------------------------------------------------------------
 
@@ -154,9 +164,16 @@ class Machine:
 
     @property
     def faults(self):
-        """Tasks that failed on this machine's cores (Python exceptions, C faults), oldest
-        first: a list of :class:`pybaremetal.smp.Fault`."""
+        """The last 1000 tasks that failed on this machine's cores (Python exceptions, C
+        faults), oldest first: a list of :class:`pybaremetal.smp.Fault`."""
         return self.smp.faults
+
+    @property
+    def fault_count(self):
+        """How many tasks failed on this machine's cores, including those ``faults`` no
+        longer keeps."""
+        self.smp.faults                        # takes in the C faults recorded meanwhile
+        return self.smp.fault_count
 
     # --- running apps ---------------------------------------------------------------------
 

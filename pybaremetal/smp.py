@@ -54,6 +54,8 @@ class QueueFull(BareMetalError):
     ``block=True`` to wait for room instead)."""
 
 
+FAULTS_KEPT = 1000                         # machine.faults keeps the last this many
+
 Fault = collections.namedtuple("Fault", "core kind address task traceback")
 Fault.__doc__ = """A task that failed on a core.
 
@@ -98,6 +100,8 @@ class Smp:
     def __init__(self, machine, queue_size=4096, pin=True):
         if isinstance(queue_size, bool) or not isinstance(queue_size, int):
             raise ArgumentError(f"queue_size must be an int (a power of two), got {queue_size!r}")
+        if not 0 <= queue_size <= 0xFFFFFFFF:
+            raise ArgumentError(f"queue_size must be a power of two from 2 to {1 << 24}, not {queue_size}")
         if lib.bm_smp_configure(machine._c, queue_size, 1 if pin else 0) != 0:
             raise_recorded()
         self._machine = weakref.ref(machine)
@@ -106,7 +110,8 @@ class Smp:
         self.queue_size = queue_size
         self._pending = {}                     # handle -> (callable, arg): queued Python tasks
         self._handles = itertools.count(1)
-        self._faults = []
+        self._faults = collections.deque(maxlen=FAULTS_KEPT)
+        self.fault_count = 0                   # every fault so far, including those no longer kept
         self._c_faults_seen = 0
         self._set_lock = threading.Lock()
         self._fault_buffer = ffi.new("struct bm_fault[]", 64)
@@ -208,20 +213,26 @@ class Smp:
 
     @property
     def faults(self):
-        """Every task that failed so far, oldest first: a list of :class:`Fault`."""
+        """The last FAULTS_KEPT tasks that failed, oldest first: a list of :class:`Fault`
+        (``fault_count`` counts them all)."""
         while True:
-            n = lib.bm_smp_faults(self._c, self._c_faults_seen, self._fault_buffer, 64)
+            count = lib.bm_smp_fault_count(self._c)
+            first = max(self._c_faults_seen, count - 64)      # the C log keeps the last 64
+            self.fault_count += first - self._c_faults_seen
+            n = lib.bm_smp_faults(self._c, first, self._fault_buffer, 64)
             for i in range(n):
                 f = self._fault_buffer[i]
                 self._faults.append(Fault(f.core, _SIGNALS.get(f.signal, f"signal {f.signal}"),
                                           f.address, f.code or None, None))
-            self._c_faults_seen += n
+            self._c_faults_seen = first + n
+            self.fault_count += n
             if n < 64:
-                return self._faults
+                return list(self._faults)
 
     def _record_exception(self, core, task):
         text = traceback.format_exc()
         self._faults.append(Fault(core, "exception", None, task, text))
+        self.fault_count += 1
         try:
             sys.stderr.write(f"core {core}: task {task!r} raised an exception (core back to idle)\n{text}")
             sys.stderr.flush()

@@ -230,9 +230,9 @@ def b_net_tx(frame, iid=0, nbytes=None):
             pointer, length = _tx_argument(frame, nbytes)
             failed = _tx(pointer, length, iid)
     except (TypeError, OverflowError):
-        if not isinstance(iid, int) or isinstance(iid, bool) or iid < 0:
-            raise NetError(f"b_net_tx: iid must be an int from 0, got {iid!r}") from None
-        raise
+        if not isinstance(iid, int) or isinstance(iid, bool) or not 0 <= iid < 1 << 64:
+            raise NetError(f"b_net_tx: iid must be an int from 0 to 2**64-1, got {iid!r}") from None
+        raise ArgumentError(f"b_net_tx: nbytes must be an int, got {nbytes!r}") from None
     if failed:
         raise_recorded(NetError, "b_net_tx: ")
 
@@ -246,8 +246,9 @@ def _tx_argument(frame, nbytes):
         return ffi.cast("void *", frame), nbytes
     try:
         pointer = _from_buffer("char[]", frame)
-    except TypeError:
-        raise ArgumentError(f"b_net_tx: expected a buffer, got {type(frame).__name__}") from None
+    except (TypeError, ValueError) as error:           # ValueError: a non-contiguous array
+        raise ArgumentError(f"b_net_tx: expected a contiguous buffer, got {type(frame).__name__}"
+                            f" ({error})") from None
     length = len(pointer) if nbytes is None else nbytes
     if not 0 <= length <= len(pointer):
         raise ArgumentError(f"b_net_tx: nbytes={nbytes} but the frame holds {len(pointer)} bytes")
