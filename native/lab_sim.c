@@ -37,6 +37,21 @@ static inline u32 earliest(const double *t, u32 k)
 	return s;
 }
 
+/* The next event of an event-driven policy: a server's event (its time t[s] first, ties to
+ * the server) or the next arrival. */
+enum sim_event { SIM_DONE, SIM_SERVER, SIM_ARRIVAL };
+
+/* next_event -- which comes next; *s = the server whose event comes first
+ *  IN:  t[k] = each server's next event time (INFINITY: idle), i = the next arrival of n */
+static inline enum sim_event next_event(const double *t, u32 k, u64 i, u64 n, const double *arrival, u32 *s)
+{
+	*s = earliest(t, k);
+	double t_arrival = i < n ? arrival[i] : INFINITY;
+	if (t[*s] == INFINITY && i >= n)
+		return SIM_DONE;
+	return t[*s] <= t_arrival ? SIM_SERVER : SIM_ARRIVAL;
+}
+
 /* ---- policies without events ---------------------------------------------------------- */
 
 static void sim_cfcfs(u32 k, u64 n, const double *arrival, const double *service, double *free_at,
@@ -99,13 +114,10 @@ static void sim_steal(struct steal_state *st, u64 n, const double *arrival, cons
 		st->head[s] = st->tail[s] = NONE;
 	}
 	u64 i = 0;
-	for (;;) {
-		double t_arrival = i < n ? arrival[i] : INFINITY;
-		u32 s = earliest(st->busy_until, k);
-		double t_done = st->busy_until[s];
-		if (t_done == INFINITY && i >= n)
-			return;
-		if (t_done <= t_arrival) {              /* server s finishes: own head, else steal */
+	u32 s;
+	for (enum sim_event e; (e = next_event(st->busy_until, k, i, n, arrival, &s)) != SIM_DONE;) {
+		if (e == SIM_SERVER) {                  /* server s finishes: own head, else steal */
+			double t_done = st->busy_until[s];
 			u64 job = NONE;
 			for (u32 d = 0; d < k && job == NONE; d++)
 				job = fifo_pop(st, (s + d) % k);
@@ -117,7 +129,7 @@ static void sim_steal(struct steal_state *st, u64 n, const double *arrival, cons
 			if (st->busy_until[(q + d) % k] == INFINITY)
 				idle = (q + d) % k;
 		if (idle < k)
-			st->busy_until[idle] = finish[i] = t_arrival + service[i];
+			st->busy_until[idle] = finish[i] = arrival[i] + service[i];
 		else
 			fifo_push(st, q, i);
 		i++;
@@ -228,13 +240,10 @@ static void sim_preempt(struct preempt_state *st, u64 n, const double *arrival, 
 		st->slice_end[s] = INFINITY;
 	st->ring_head = st->ring_tail = 0;
 	u64 i = 0;
-	for (;;) {
-		double t_arrival = i < n ? arrival[i] : INFINITY;
-		u32 s = earliest(st->slice_end, k);
-		double t_event = st->slice_end[s];
-		if (t_event == INFINITY && i >= n)
-			return;
-		if (t_event <= t_arrival) {             /* a slice ends: done, or back to the tail */
+	u32 s;
+	for (enum sim_event e; (e = next_event(st->slice_end, k, i, n, arrival, &s)) != SIM_DONE;) {
+		if (e == SIM_SERVER) {                  /* a slice ends: done, or back to the tail */
+			double t_event = st->slice_end[s];
 			u64 j = st->job[s];
 			double run = st->remaining[j] < st->quantum ? st->remaining[j] : st->quantum;
 			st->remaining[j] -= run;
@@ -245,6 +254,7 @@ static void sim_preempt(struct preempt_state *st, u64 n, const double *arrival, 
 			start_next(st, s, t_event);
 			continue;
 		}
+		double t_arrival = arrival[i];
 		ring_push(st, i++);
 		for (u32 j = 0; j < k; j++)
 			if (st->slice_end[j] == INFINITY) {
