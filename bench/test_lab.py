@@ -6,7 +6,9 @@ arrivals published by time (every core publishes what is due, then serves):
    zero-overhead model's c-FCFS max load with the same number of workers: target >= 0.9
    (ZygOS's real system reached 0.75 at 10 µs);
  - dispatch overhead per task: real minus model mean latency on the same schedule at load 0.1,
-   as a share of S̄: target <= 1%;
+   as a share of S̄: target <= 1%; and the policy's own cost per task measured where other
+   processes hardly disturb it, the median gap between back-to-back tasks on a core (the next
+   one already waiting: the take, the stamps, publishing what became due);
  - the same fractions for d-FCFS, work stealing and the pthread-pool peer (reported).
 Other processes on a shared machine take CPU time from the cores being measured: a real
 figure is what this run saw, the model is what the same schedule would give with none.
@@ -47,6 +49,10 @@ def test_max_load_at_slo_real_vs_model(benchmark, record, results, dist):
     record(f"lab {dist}: c-FCFS dispatch overhead per task at load {low['load']} (real - model mean "
            f"latency, same schedule; CPU share {low['cpu_share']:.0%})", 100 * low["overhead_us"] / c_fcfs["mean_us"], None,
            unit="% of S̄", target="ours <= 1")
+    for policy in POLICIES:
+        record(f"lab {dist}: {policy} dispatch gap between back-to-back tasks on a core, median "
+               f"(the policy's own cost per task)", rows[policy]["dispatch_gap_ns"] / 1000 * 100 / 10.0, None,
+               unit="% of S̄", target="ours <= 1" if policy == "c-fcfs" else None)
     for policy in ("d-fcfs", "steal", "pthread"):
         point = rows[policy]["sweep"][0]
         record(f"lab {dist}: {policy} overhead per task at load {point['load']}",

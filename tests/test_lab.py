@@ -307,3 +307,13 @@ def test_a_slowdown_slo_separates_preemption_from_run_to_completion():
     assert rows["c-fcfs"]["model_max_load_at_slo"] < 0.05
     assert rows["ps"]["model_max_load_at_slo"] >= 0.5
     assert result["slo"] == {"percentile": 99.9, "factor": 10.0, "metric": "slowdown"}
+
+
+def test_dispatch_gaps_are_between_back_to_back_tasks_on_one_core():
+    publish = np.array([0.0, 1.0, 50.0, 0.5, 2.0])
+    start = np.array([1.0, 11.2, 60.0, 1.0, 21.5])
+    end = np.array([11.0, 21.0, 70.0, 21.0, 31.0])
+    core = np.array([0, 0, 0, 1, 1])
+    # core 0: 0 -> 1 back to back (gap 0.2 µs), 1 -> 2 not (2 came after 1 ended);
+    # core 1: 3 -> 4 back to back (gap 0.5 µs)
+    assert np.allclose(np.sort(stats.dispatch_gaps_ns(publish, start, end, core)), [200.0, 500.0])

@@ -7,7 +7,7 @@ from ..errors import ArgumentError
 
 CSV_COLUMNS = ("policy", "dist", "kind", "mode", "mean_us", "workers", "load", "requests",
                "p50", "p99", "p99.9", "mean", "p99_over_mean", "slowdown", "slowdown_p99.9",
-               "throughput", "late_sends", "cpu_s", "cpu_share", "overhead_us")
+               "throughput", "late_sends", "cpu_s", "cpu_share", "overhead_us", "dispatch_gap_ns")
 
 
 def save_json(result, path):

@@ -53,3 +53,16 @@ def meets(latency_us, service_us, mean_us, slo_factor, slo_percentile, slo_metri
     else:
         values, bound = latency_us, slo_factor * mean_us
     return float(np.percentile(values, slo_percentile)) <= bound
+
+
+def dispatch_gaps_ns(publish, start, end, core):
+    """What a core spends between two tasks when the next one was already waiting: for each
+    pair of requests run one after the other on a core, the second published before the
+    first ended, its start minus the first's end (ns).  Taking from the queue, the stamps and
+    (published by time) publishing what became due: the policy's own cost per task.  Unlike
+    latency it hardly moves when other processes take CPU time from the cores: a preemption
+    lands in a gap of a few hundred ns far less often than in a task of 10 µs."""
+    order = np.lexsort((start, core))
+    p, s, e, c = publish[order], start[order], end[order], core[order]
+    back_to_back = (c[1:] == c[:-1]) & (p[1:] <= e[:-1])
+    return (s[1:] - e[:-1])[back_to_back] * 1000.0

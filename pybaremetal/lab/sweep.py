@@ -195,6 +195,8 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
                     row["fraction_of_model"] = max_load / model_max if model_max else None
                     row["overhead_us"] = points[0]["overhead_us"]
                     row["min_cpu_share"] = min(p["cpu_share"] for p in points)
+                    busiest = max(points, key=lambda p: p["dispatch_gaps"])
+                    row["dispatch_gap_ns"] = busiest["dispatch_gap_ns"]
                     row["sweep"] = points
                 row["model_sweep"] = model_points
                 result["summary"].append(row)
@@ -256,6 +258,9 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
         row["model_p99"] = float(np.percentile(modelled, 99))
         row["overhead_us"] = float(lat.mean() - modelled.mean())
         row["cpu_share"] = stamps.cpu_share
+        gaps = stats.dispatch_gaps_ns(stamps.publish, stamps.start, stamps.end, stamps.core)
+        row["dispatch_gaps"] = int(len(gaps))
+        row["dispatch_gap_ns"] = float(np.median(gaps)) if len(gaps) else None
         row["publish_delay_p99"] = float(np.percentile((stamps.publish - stamps.arrival)[skip:], 99))
         points.append(row)
         met.append((load, stats.meets(lat, own[skip:], **slo)))
