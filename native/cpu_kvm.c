@@ -577,11 +577,11 @@ static void stop_cores(struct bm_machine *m, struct bm_kvm *k)
 	bm_smp_cancel(m, (u64)(uintptr_t)bm_kvm_core_task);
 }
 
-/* bm_kvm_run_app -- run the binary loaded at physical 0x200000 on the calling core (core 0)
+/* run_app -- run the binary loaded at physical 0x200000 on the calling core (core 0)
  *  IN:  m (booted; the calling thread bound to it), stack_top = guest address of the stack's top
  * OUT:  enum bm_kvm_end; *rax = the app's RAX when it returned.  BM_KVM_FAULT with the error
  *       recorded (where the app crashed, or what KVM refused) */
-int bm_kvm_run_app(struct bm_machine *m, u64 stack_top, u64 *rax)
+static int run_app(struct bm_machine *m, u64 stack_top, u64 *rax)
 {
 	bm_error_clear();
 	if (m->mem_size > MAX_MEMORY)
@@ -627,4 +627,20 @@ int bm_kvm_run_app(struct bm_machine *m, u64 stack_top, u64 *rax)
 	pthread_sigmask(SIG_SETMASK, &thread_mask, NULL);
 	bm_error = error;
 	return end;
+}
+
+/* bm_kvm_run_app -- run the binary loaded at physical 0x200000 on core 0 (the caller) and say
+ * how the run ended
+ *  IN:  m (booted; the calling thread bound to it), stack_top = guest address of the stack's top,
+ *       out = the outcome to fill
+ * OUT:  out->how: BM_END_RETURNED (value = RAX), _SHUTDOWN, _REBOOT, or BM_END_EXCEPTION with
+ *       the message saying where the app crashed or what KVM refused */
+void bm_kvm_run_app(struct bm_machine *m, u64 stack_top, struct bm_outcome *out)
+{
+	u64 rax = 0;
+	int end = run_app(m, stack_top, &rax);
+	int how = end == BM_KVM_RETURNED ? BM_END_RETURNED : end == BM_KVM_SHUTDOWN ? BM_END_SHUTDOWN :
+		  end == BM_KVM_REBOOT ? BM_END_REBOOT : BM_END_EXCEPTION;
+	bm_outcome_set(out, how, 0, how == BM_END_EXCEPTION ? bm_error.message : NULL);
+	out->value = rax;
 }

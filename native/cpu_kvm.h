@@ -16,7 +16,7 @@ enum bm_kvm_end {
 };
 
 int bm_kvm_available(void);
-int bm_kvm_run_app(struct bm_machine *m, u64 stack_top, u64 *rax);
+void bm_kvm_run_app(struct bm_machine *m, u64 stack_top, struct bm_outcome *out);
 void bm_kvm_core_task(u64 guest_code);
 
 #endif

@@ -2,6 +2,8 @@
 #ifndef BM_IO_H
 #define BM_IO_H
 
+#include "base.h"
+
 typedef void (*bm_output_fn)(const char *str, u64 nbr);
 
 struct bm_console {

@@ -3,7 +3,7 @@
  * A machine with N cores has core 0 (the BSP: the thread that booted it and runs the app) and
  * N-1 worker threads started here at boot, each pinned to its own CPU of the process's allowed
  * set (core 0 too, its old affinity restored at halt; Machine(pin=False) opts out).  Every core
- * knows its machine and id through the thread-local bm_self.
+ * knows its machine and id through the thread-locals bm_self and bm_self_machine (base.h).
  *
  * Two ways to give a core work, on the same cores:
  *  - the per-core slots of the current kernel: a table of 8-byte words in flat memory at
@@ -59,8 +59,6 @@
 #include "fault.h"
 
 #define BM_SPIN_NS 100000ull            /* an idle core polls this long before it sleeps */
-
-BM_TLS struct bm_core *bm_self;
 
 static _Atomic u64 *slot_of(struct bm_machine *m, u32 core)
 {
@@ -366,7 +364,7 @@ int bm_smp_host_cpus(void)
 static void *core_main(void *p)
 {
 	sigjmp_buf fault_jmp;
-	bm_self = p;
+	bm_set_self(p, ((struct bm_core *)p)->machine);
 	bm_self->tid = (pid_t)syscall(SYS_gettid);
 	bm_self->altstack = bm_fault_altstack_new();
 	bm_self->fault_jmp = &fault_jmp;
@@ -800,16 +798,6 @@ int bm_smp_core_counters(struct bm_machine *m, u32 core, u64 *tasks_run, u64 *bu
 	*tasks_run = m->smp.cores[core].tasks_run;
 	*busy_ns = m->smp.cores[core].busy_ns;
 	return 1;
-}
-
-/* bm_smp_record_fault -- remember a C fault on `core` (async-signal-safe: fault.c calls it)
- *  IN:  core, signal number, faulting address */
-void bm_smp_record_fault(struct bm_core *core, int signal, u64 address)
-{
-	struct bm_smp *smp = &core->machine->smp;
-	u32 n = atomic_fetch_add(&smp->faults_count, 1);
-	smp->faults[n % BM_FAULT_LOG] = (struct bm_fault){ .core = core->id, .signal = signal,
-							   .address = address, .code = core->task_code };
 }
 
 /* bm_smp_faults -- copy C faults number first.. (at most max) into out

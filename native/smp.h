@@ -3,10 +3,10 @@
 #define BM_SMP_H
 
 #include <setjmp.h>
+#include "base.h"
 #include <signal.h>
 #include <sys/types.h>
 
-#define BM_CACHE_LINE 64
 #define BM_QUEUE_DEFAULT 4096u
 #define BM_QUEUE_MAX (1u << 24)
 #define BM_FAULT_LOG 64                 /* C faults remembered per machine */
@@ -109,7 +109,6 @@ u32 bm_smp_fault_count(struct bm_machine *m);
 int bm_smp_core_cpu(struct bm_machine *m, u32 core);
 int bm_smp_core_counters(struct bm_machine *m, u32 core, u64 *tasks_run, u64 *busy_ns);
 int bm_smp_host_cpus(void);
-void bm_smp_record_fault(struct bm_core *core, int signal, u64 address);
 
 /* Python tasks: the code address of every Python task is bm_py_task; its argument is a
  * handle into pybaremetal.smp's table.  Cores hand runs of them to bm_py_run (cffi). */

@@ -69,9 +69,8 @@ def _add_machine_options(parser):
                        help="attach a drive: PATH[,ro][,durable][,create=SIZE][,queue=N][,poll=US][,buffered] "
                             "(repeatable; drive numbers follow the order; create=64 is 64 MiB)")
     group.add_argument("--nic", action="append", default=[], metavar="SPEC",
-                       help="attach a NIC (repeatable; interface ids follow the order): tap:NAME, "
-                            "tap:@FD, packet:IFACE[,promisc][,txring], wire (loopback); "
-                            "any of them ,mac=02:00:00:00:00:01")
+                       help="attach a NIC (repeatable; interface ids follow the order): "
+                            f"{nic_kinds()}; any of them ,mac=02:00:00:00:00:01")
     screen = parser.add_argument_group("the screen")
     screen.add_argument("--screen", default=None, metavar="WxH|none",
                         help="frame buffer size (default: 1024x768 for C apps; none for Python "
@@ -83,6 +82,18 @@ def _add_machine_options(parser):
     screen.add_argument("--window", action="store_true",
                         help="show the screen in a live window (needs a display and pygame); "
                              "key presses go to b_input")
+
+
+def nic_kinds():
+    """The NIC kinds' syntax and description, from the backends' registry."""
+    from .net import describe
+    return describe()
+
+
+def app_kinds():
+    """The app kinds' suffixes and descriptions, from the loaders' registry."""
+    from .apps import describe
+    return describe()
 
 
 def build_parser():
@@ -97,9 +108,7 @@ def build_parser():
         description="Boot a machine and run APP on core 0.  Arguments after -- reach the app "
                     "(sys.argv[1:] for Python apps).  The exit code is the app's return value.")
     run.add_argument("app", metavar="APP",
-                     help="the app: a .py file with a main() function, a .c source (built and "
-                          "cached), a .so built by `baremetal cc`, a flat binary (.app) built "
-                          "for BareMetal, or its NASM source (.asm); binaries run under KVM")
+                     help=f"the app: {app_kinds()}")
     _add_machine_options(run)
     monitor = commands.add_parser(
         "monitor", help="boot a machine into the Monitor (BareMetal's command line)",

@@ -16,7 +16,7 @@ import sys
 import termios
 
 from ._native import lib
-from .current import current_machine, local as _local
+from .current import current_machine
 from .errors import ArgumentError
 from .memory import as_pointer
 
@@ -188,9 +188,7 @@ def b_output(data, nbr=None):
     to the current machine's output.  ``nbr`` defaults to the whole of ``data``.
 
     Raises NoMachineError outside a machine, ArgumentError for a bad ``nbr`` or type."""
-    machine = getattr(_local, "machine", None)
-    if machine is None:
-        current_machine()                      # raises NoMachineError
+    machine = current_machine()                # raises NoMachineError
     if type(data) is bytes:                    # the common case: cffi passes bytes as char * as is
         pointer = data
         size = len(data)
@@ -216,6 +214,5 @@ def b_output(data, nbr=None):
 
 def b_input():
     """The next byte of input as an int, 0 if none is waiting.  Never blocks."""
-    if getattr(_local, "machine", None) is None:
-        current_machine()
+    current_machine()                          # raises NoMachineError
     return lib.b_input()

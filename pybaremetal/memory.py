@@ -73,10 +73,6 @@ class FlatMemory:
             self._map.madvise(mmap.MADV_HUGEPAGE, self._offset, size)
         self.array = np.frombuffer(self._map, dtype=np.uint8, count=size, offset=self._offset)
 
-    def clear(self):
-        """Zero the whole region by giving its pages back to the kernel (reboot)."""
-        self._map.madvise(mmap.MADV_DONTNEED, self._offset, self.size)
-
 
 def as_pointer(machine, mem, nbytes, writable, what):
     """A C pointer for a Python face's memory argument, and the object that keeps it alive.

@@ -15,6 +15,10 @@ import tempfile
 from .. import abi
 from ..cpu import kvm
 from ..errors import ArgumentError, BareMetalError
+from . import register
+
+register(".app", __name__, "a flat binary built for BareMetal, run under KVM")
+register(".asm", __name__, "a NASM source of a flat binary, assembled with nasm -f bin, run under KVM")
 
 APP_PHYSICAL = 0x200000
 HEAP_MARGIN = 2 << 20

@@ -23,7 +23,7 @@ the extension and apps link to because it keeps one file and one copy of each fu
 process with no install-path or rpath bookkeeping; and over DT_NEEDED on the extension because
 the extension's file name depends on the Python version and the install.
 
-Running.  ``main`` is called through the C core's bm_run_main (native/capps.c) on the calling
+Running.  ``main`` is called through the C core's bm_capp_run_main (native/capps.c) on the calling
 thread, bound as core 0, with the GIL released: SHUTDOWN and REBOOT unwind back to it (REBOOT
 closes the app and opens it again, so its globals start fresh, as a reboot reloads an app), and
 so does exit(status) (apps are linked with --wrap=exit), which ends the run like a return.
@@ -60,8 +60,11 @@ import tempfile
 
 from .. import _native
 from .._native import ffi, lib
-from ..errors import ArgumentError, BareMetalError, Reboot, Shutdown, recorded_error
-from ..smp import _SIGNALS                # signal number -> name, as fault reports spell them
+from ..errors import AppCrashed, ArgumentError, BareMetalError, recorded_error  # noqa: F401
+from . import finish, register
+
+register(".c", __name__, "a C source including libBareMetal.h, built and cached")
+register(".so", __name__, "a C app built with `baremetal cc`")
 
 DEFAULT_SCREEN = "1024x768"              # C apps get a screen unless --screen none
 WARNINGS = ("-Wall", "-Wextra")
@@ -69,8 +72,6 @@ WARNINGS = ("-Wall", "-Wextra")
 # exit() goes to the runtime's __wrap_exit (native/capps.c): it ends the run, not the process
 BASE_FLAGS = ("-shared", "-fPIC", "-falign-functions=16", "-pthread", "-g", "-Wl,--wrap=exit")
 LIBS = ("-lm",)
-_STATE_RUNNING, _STATE_SHUTDOWN, _STATE_REBOOT = 1, 2, 3     # enum bm_machine_state
-_NUMBERS = {name: number for number, name in _SIGNALS.items()}
 
 
 class CompileError(BareMetalError):
@@ -80,16 +81,6 @@ class CompileError(BareMetalError):
 class UntrustedCache(BareMetalError):
     """The build cache, or an entry in it, belongs to another user or may be written by
     group or others: a planted shared object would run as the caller, so it is not used."""
-
-
-class AppCrashed(BareMetalError):
-    """The app faulted (SIGSEGV, ...) in main or in a task on a core.  The fault was reported
-    on stderr when it happened ("core N: SIGSEGV at address 0x...").  ``exit_status`` is
-    128 + the signal number, as a shell reports a process killed by it."""
-
-    def __init__(self, message, signal):
-        super().__init__(message)
-        self.exit_status = 128 + signal
 
 
 # --- building -----------------------------------------------------------------------------
@@ -302,7 +293,7 @@ def run(machine, path, argv):
     app_path = cached_build([path]) if path.endswith(".c") else path
     args = [ffi.new("char[]", os.fsencode(a)) for a in [path, *argv]]
     c_argv = ffi.new("char *[]", args + [ffi.NULL])
-    exit_code = ffi.new("int *")
+    outcome = ffi.new("struct bm_outcome *")
     loaded = []
 
     def once():
@@ -311,24 +302,11 @@ def run(machine, path, argv):
         loaded.append(App(app_path))
         sys.stdout.flush()
         sys.stderr.flush()
-        faults_before = machine.fault_count
         try:
-            state = lib.bm_capp_run_main(machine._c, loaded[-1].main, len(args), c_argv, exit_code)
+            lib.bm_capp_run_main(machine._c, loaded[-1].main, len(args), c_argv, outcome)
         finally:
             _flush_c_stdio()
-        new = machine.fault_count - faults_before
-        crashed = [f for f in (machine.faults[-new:] if new else []) if f.address is not None]
-        if state < 0 or crashed:
-            core, kind, address = (crashed[0][:3] if crashed else (0, _SIGNALS.get(-state), None))
-            where = "in main" if state < 0 and core == 0 else "in a task"
-            at = f" at address 0x{address:x}" if address is not None else ""
-            raise AppCrashed(f"the app crashed {where} on core {core}: {kind}{at}; "
-                             "machine halted, drives flushed", -state if state < 0 else _NUMBERS.get(kind, 11))
-        if state == _STATE_SHUTDOWN:
-            raise Shutdown()
-        if state == _STATE_REBOOT:
-            raise Reboot()
-        return exit_code[0]
+        return finish(outcome)
 
     _claim_low_window(machine)             # before boot: boot writes the system area into it
     machine.boot()

@@ -3,14 +3,8 @@ path); this module checks availability and turns the outcome into Python terms."
 import os
 
 from .._native import ffi, lib
-from ..errors import BareMetalError, Reboot, Shutdown, recorded_error
-
-RETURNED, SHUTDOWN, REBOOT, FAULT = 0, 1, 2, -1
-
-
-class AppCrashed(BareMetalError):
-    """A binary faulted (CPU exception, memory outside the machine) or KVM refused to run it."""
-    exit_status = 1                        # `baremetal run`: the app failed, not the command line
+from ..apps import finish
+from ..errors import AppCrashed  # noqa: F401 (the one AppCrashed: a binary faulted or KVM refused)
 
 
 def available():
@@ -26,12 +20,6 @@ def run(machine, stack_top):
     if not available():
         raise AppCrashed("flat binaries need KVM: /dev/kvm is missing or not usable here "
                          "(load the kvm module, or give this user access to /dev/kvm)")
-    rax = ffi.new("u64 *")
-    end = lib.bm_kvm_run_app(machine._c, stack_top, rax)
-    if end == RETURNED:
-        return rax[0]
-    if end == SHUTDOWN:
-        raise Shutdown()
-    if end == REBOOT:
-        raise Reboot()
-    raise AppCrashed(recorded_error()[1])
+    outcome = ffi.new("struct bm_outcome *")
+    lib.bm_kvm_run_app(machine._c, stack_top, outcome)
+    return finish(outcome) & ((1 << 64) - 1)
