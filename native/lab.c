@@ -42,7 +42,13 @@ typedef void (*lab_task_fn)(u64 arg);
 /* record an error, evaluate to -1 */
 #define LAB_FAIL(...) (bm_fail(__VA_ARGS__), -1)
 
-static inline u64 tsc(void) { return __rdtsc(); }
+/* tsc -- the TSC, read after every earlier instruction has executed (rdtsc alone may run
+ * ahead of them: a start stamp before the take that it follows) */
+static inline u64 tsc(void)
+{
+	_mm_lfence();
+	return __rdtsc();
+}
 static inline void relax(void) { __builtin_ia32_pause(); }
 
 /* One worker's queue (d-FCFS, steal): room for every request that targets it, so never full. */

@@ -155,8 +155,10 @@ def test_each_policy_serves_every_request_once(mark_task, policy, mode):
         stamps = real.run(policy, arrival, task, None, draw.target, machine=m, cpus=cpus, mode=mode)
         assert not m.faults
     assert np.all(served[:count] == 1)
+    # publish and start may be stamped on two CPUs, whose TSCs a VM may skew a little
+    skew = 0.5
     assert np.all(stamps.publish >= stamps.arrival - 1e-3)
-    assert np.all(stamps.start >= stamps.publish - 1e-3) and np.all(stamps.end >= stamps.start)
+    assert np.all(stamps.start >= stamps.publish - skew) and np.all(stamps.end >= stamps.start)
     first = 1 if mode == "generator" else 0
     assert set(np.unique(stamps.core)) <= set(range(first, cores))
     if policy == "d-fcfs":                                      # each request on its own worker
