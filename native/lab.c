@@ -150,8 +150,8 @@ u64 bm_lab_tsc(void) { return tsc(); }
  *  IN:  ticks */
 void bm_lab_spin(u64 ticks)
 {
-	u64 end = tsc() + ticks;
-	while (tsc() < end)
+	u64 end = __rdtsc() + ticks;            /* the work itself: no fence needed */
+	while (__rdtsc() < end)
 		;
 }
 
