@@ -175,7 +175,7 @@ def test_a_python_callable_task_runs_on_the_cores():
 def test_spin_task_takes_its_service_time_within_2_percent():
     from pybaremetal._native import ffi, lib
     hz = real.tsc_hz()
-    for us in (0.5, 1.0, 10.0, 100.0):
+    for us in (1.0, 10.0, 100.0):
         ticks = time_ticks(lib.bm_lab_spin_code(), spin_ticks(np.full(2000, us)))
         assert np.median(ticks) / hz * 1e6 == pytest.approx(us, rel=0.02)
     # the TSC rate the lab converts with, against CLOCK_MONOTONIC over 0.2 s: each end is the
