@@ -5,7 +5,12 @@ The image is loaded at physical 0x200000, which the guest sees at 0xFFFF80000000
 BareMetal apps are linked), and entered at its first byte on core 0.  While it runs, the pages
 the image occupies, plus 2 MiB for its .bss and heap, are reserved so FREE_MEMORY and
 machine.alloc see them as used; a further 2 MiB page is the app's stack.  When the app returns, the run ends
-and the low 8 bits of RAX are the exit code (C apps: main's return value through crt0).
+and run() returns the low 8 bits of RAX (C apps: main's return value through crt0).
+
+The exit status of `baremetal run` (:func:`exit_status`): a flat binary that returns ends with
+status 0 whatever RAX holds (upstream's apps return to the Monitor, which ignores RAX: euler1
+leaves 208 there), unless asked with ``--exit-status rax`` (the low byte of RAX; the default for
+C sources run with ``--flat``, whose crt0 returns main's value).
 """
 import os
 import shutil
@@ -89,6 +94,14 @@ def execute(machine, image):
             machine.free(stack)
     finally:
         machine.free(machine.addr(APP_PHYSICAL))
+
+
+def exit_status(returned, policy="zero"):
+    """The exit status of a run that returned ``returned`` (run()'s value; None after SHUTDOWN):
+    policy "zero": 0; "rax": the low byte of RAX."""
+    if policy not in ("zero", "rax"):
+        raise ArgumentError(f"exit status policy {policy!r}: expected 'zero' or 'rax'")
+    return (returned or 0) & 0xFF if policy == "rax" else 0
 
 
 def read_image(path):
