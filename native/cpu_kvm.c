@@ -415,6 +415,15 @@ static u64 guest_system(struct bm_machine *m, struct bm_kvm *k, struct vcpu *v, 
 static void do_call(struct bm_machine *m, struct bm_kvm *k, struct vcpu *v, unsigned n, struct kvm_regs *r)
 {
 	void *p;
+	if (bm_traced(m)) {                              /* trace.h: the binary's call, once */
+		u64 t0 = bm_now_ns(), before[5] = { r->rax, r->rcx, r->rdx, r->rsi, r->rdi };
+		const void *data = n == 1 ? guest_to_host(m, r->rsi, r->rcx) : NULL;
+		bm_trace_quiet++;                        /* the calls made for it: not traced */
+		do_call(m, k, v, n, r);
+		bm_trace_quiet--;
+		bm_trace_guest_call(m, n, t0, before, (u64[]){ r->rax, r->rcx, r->rdi }, data);
+		return;
+	}
 	switch (n) {
 	case 0:                                               /* b_input: AL */
 		r->rax = (r->rax & ~0xFFull) | b_input();

@@ -42,6 +42,7 @@ EPILOG = """examples:
   baremetal run examples/hello.asm --cores 2
   baremetal cc app.c -o app.app          (a flat binary for the real kernel)
   baremetal run app.py -c machine.toml --stats-json stats.json
+  baremetal run examples/hello.asm --trace      (one line per call, on stderr)
   baremetal doctor                       (what this host offers, and fixes)
 """
 
@@ -64,6 +65,9 @@ def _add_machine_options(parser):
     group.add_argument("--stats-json", default=None, metavar="FILE",
                        help="at exit, write the machine's counters (cores, drives, NICs) and "
                             "timings to FILE as JSON")
+    group.add_argument("--trace", nargs="?", const="stderr", default=None, metavar="FILE",
+                       help="write one line per call the app makes (core, call, arguments, "
+                            "result, duration) to stderr, or with --trace=FILE to FILE")
     group.add_argument("--cores", type=int, default=None, metavar="N",
                        help="number of cores (default: one per CPU this process may use)")
     group.add_argument("--memory", default=None, metavar="SIZE",
@@ -169,7 +173,7 @@ def build_parser():
 
 
 MACHINE_DEFAULTS = dict(cores=None, memory="256M", console="stdout", input=None, pin=True,
-                       queue_size=4096, screen=None)
+                       queue_size=4096, screen=None, trace=None)
 
 
 def machine_kwargs(args):
@@ -368,6 +372,7 @@ def main(argv=None):
     if "--" in argv:
         split = argv.index("--")
         argv, app_argv = argv[:split], argv[split + 1:]
+    argv = ["--trace=stderr" if arg == "--trace" else arg for arg in argv]   # never takes APP
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:

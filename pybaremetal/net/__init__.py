@@ -332,9 +332,7 @@ def _callback_converter(code):
             var1 = ffi.callback("void(void)", run, onerror=_report_callback_error)
         if isinstance(var1, ffi.CData):
             machine._keepalive.setdefault("callbacks", []).append(var1)   # a running one may finish
-        value = int(ffi.cast("uintptr_t", var1)) if isinstance(var1, ffi.CData) else var1
-        if isinstance(value, int) and not isinstance(value, bool):
-            lib.b_system(code, value & ((1 << 64) - 1), 0)   # which wakes the service thread
+            var1 = int(ffi.cast("uintptr_t", var1))   # b_system then sets it: one call, one trace line
         return var1, var2
     return convert
 
