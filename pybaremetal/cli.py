@@ -41,6 +41,7 @@ EPILOG = """examples:
   baremetal cc app.c -o app.so -O3 -- -DDEBUG
   baremetal run examples/hello.asm --cores 2
   baremetal cc app.c -o app.app          (a flat binary for the real kernel)
+  baremetal cluster examples/cluster_primes.c --nodes 2   (one machine per Ray node)
   baremetal run app.py -c machine.toml --stats-json stats.json
   baremetal run examples/hello.asm --trace      (one line per call, on stderr)
   baremetal doctor                       (what this host offers, and fixes)
@@ -169,6 +170,8 @@ def build_parser():
                     help="optimization level, as gcc's -O (default: -O2)")
     cc.add_argument("--print-include-dir", action="store_true",
                     help="print the directory holding libBareMetal.h and exit")
+    from .cluster.cli import add_parser as add_cluster_parser
+    add_cluster_parser(commands)
     return parser
 
 
@@ -394,6 +397,9 @@ def main(argv=None):
                 return error.exit_status
         if args.command == "cc":
             return cmd_cc(args, app_argv)
+        if args.command == "cluster":
+            from .cluster.cli import run as cmd_cluster
+            return cmd_cluster(args, app_argv)
         if args.command == "doctor":
             from . import doctor
             return doctor.main()
