@@ -26,7 +26,9 @@ setup(
     packages=find_packages(include=["pybaremetal", "pybaremetal.*"]),
     setup_requires=["cffi>=1.16"],
     cffi_modules=["native/build.py:ffibuilder"],
-    install_requires=["cffi>=1.16", "numpy>=1.24", "pyroute2>=0.7", "rich>=13", "Pillow>=10"],
+    install_requires=["cffi>=1.16", "numpy>=1.24", "pyroute2>=0.7", "rich>=13", "Pillow>=10",
+                      # unicorn: the emulated CPU for flat binaries (pybaremetal/cpu/emu.py)
+                      "unicorn>=2.0,<3"],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "pygame>=2.1"],
         "window": ["pygame>=2.1"],

@@ -43,6 +43,13 @@ def _add_machine_options(parser):
                        help="attach a NIC (repeatable; interface ids follow the order): tap:NAME, "
                             "tap:@FD, packet:IFACE[,promisc][,txring], wire (loopback); "
                             "any of them ,mac=02:00:00:00:00:01")
+    group.add_argument("--cpu", default=None, choices=("auto", "kvm", "emu"),
+                       help="how flat binaries execute: kvm (hardware), emu (emulated CPU, runs "
+                            "anywhere) or auto (kvm where ring 0 runs in hardware, else emu; default: $BAREMETAL_CPU or auto)")
+    group.add_argument("--cmdline", default=None, metavar="TEXT",
+                       help="the kernel command line, a NUL-terminated string at physical 0x5A00")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="say which CPU backend runs a flat binary, and why")
     screen = parser.add_argument_group("the screen")
     screen.add_argument("--screen", default=None, metavar="WxH|none",
                         help="frame buffer size (default: 1024x768 for C apps; none for Python "
@@ -69,7 +76,7 @@ def build_parser():
     run.add_argument("app", metavar="APP",
                      help="the app: a .py file with a main() function, a .c source (built and "
                           "cached), a .so built by `baremetal cc`, a flat binary (.app) built "
-                          "for BareMetal, or its NASM source (.asm); binaries run under KVM")
+                          "for BareMetal, or its NASM source (.asm); binaries run on --cpu")
     _add_machine_options(run)
     monitor = commands.add_parser(
         "monitor", help="boot a machine into the Monitor (BareMetal's command line)",
@@ -104,7 +111,7 @@ def machine_kwargs(args):
     """Machine(...) arguments from the parsed machine options."""
     return dict(cores=args.cores, memory=args.memory, console=args.console, input=args.input,
                 pin=args.pin, drives=args.drive, nics=args.nic, queue_size=args.queue_size,
-                screen=args.screen)
+                screen=args.screen, cpu=args.cpu, cmdline=args.cmdline)
 
 
 def exit_code(result):
@@ -141,6 +148,9 @@ def cmd_cc(args, gcc_args):
 def cmd_run(args, app_argv):
     from .apps import loader_for
     loader = loader_for(args.app)
+    if args.verbose and loader.__name__.endswith(".binary"):
+        from . import cpu
+        print(f"baremetal: cpu: {cpu.choose(args.cpu)[1]}", file=sys.stderr)
     return boot_and_run(args, lambda machine: loader.run(machine, args.app, app_argv),
                         default_screen=getattr(loader, "DEFAULT_SCREEN", None))
 

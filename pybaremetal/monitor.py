@@ -16,7 +16,7 @@ import pybaremetal as bm
 from . import abi, bmfs
 from ._native import lib
 from .apps import binary
-from .cpu import kvm
+from .cpu import AppCrashed
 from .errors import BareMetalError
 
 VERSION = "BareMetal Monitor (pybaremetal " + bm.__version__ + ")"
@@ -133,7 +133,7 @@ class Monitor:
     def execute(self, name, image):
         try:
             binary.execute(self.machine, image)
-        except kvm.AppCrashed as crash:
+        except AppCrashed as crash:
             out(f"{name}: {crash}\n")
 
     def cmd_peek(self, address, size):

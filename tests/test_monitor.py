@@ -7,7 +7,7 @@ import pytest
 
 import pybaremetal as bm
 from pybaremetal import bmfs, monitor
-from pybaremetal.cpu import kvm
+from pybaremetal.cpu import emu, kvm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +46,7 @@ def session(script, drives=(), cores=1):
         return m.console.output().decode()
 
 
-needs_kvm = pytest.mark.skipif(not kvm.available(), reason="needs /dev/kvm")
+needs_kvm = pytest.mark.skipif(not (kvm.available() or emu.available()), reason="no CPU backend for binaries")
 
 
 @needs_kvm

@@ -1,37 +1,45 @@
-"""Flat binaries under KVM: the vCPU loop lives in native/cpu_kvm.c (no Python in the hot
-path); this module checks availability and turns the outcome into Python terms."""
+"""The KVM CPU backend: native/cpu_kvm.c (vCPUs over the machine's own memory)."""
 import os
 
-from .._native import ffi, lib
-from ..errors import BareMetalError, Reboot, Shutdown, recorded_error
+from .._native import lib
 
-RETURNED, SHUTDOWN, REBOOT, FAULT = 0, 1, 2, -1
+NAME = "kvm"
 
 
-class AppCrashed(BareMetalError):
-    """A binary faulted (CPU exception, memory outside the machine) or KVM refused to run it."""
-    exit_status = 1                        # `baremetal run`: the app failed, not the command line
+def status():
+    """(True, why) if /dev/kvm is there and usable, else (False, why not)."""
+    if not os.path.exists("/dev/kvm"):
+        return False, "/dev/kvm is missing"
+    if not lib.bm_kvm_available():
+        return False, "/dev/kvm is not usable by this user (or not KVM API 12)"
+    return True, "/dev/kvm is usable"
+
+
+def native_ring0():
+    """True if the CPU shows VMX or SVM, i.e. KVM runs a ring-0 guest in hardware (under PVM,
+    a KVM without them, ring 0 is emulated instruction by instruction)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return "vmx" in flags or "svm" in flags
+    except OSError:
+        pass
+    return False
 
 
 def available():
-    """True if /dev/kvm is there and usable."""
-    return os.path.exists("/dev/kvm") and bool(lib.bm_kvm_available())
+    """True if this backend can run binaries here (status() says why or why not)."""
+    return status()[0]
 
 
-def run(machine, stack_top):
-    """Run the image loaded at 0xFFFF800000000000 on core 0 (the calling thread).
+def ops():
+    return lib.bm_cpu_kvm_ops()
 
-    Returns the app's RAX when it returns; raises Shutdown/Reboot for those calls and
-    AppCrashed (saying where) when it faults."""
-    if not available():
-        raise AppCrashed("flat binaries need KVM: /dev/kvm is missing or not usable here "
-                         "(load the kvm module, or give this user access to /dev/kvm)")
-    rax = ffi.new("u64 *")
-    end = lib.bm_kvm_run_app(machine._c, stack_top, rax)
-    if end == RETURNED:
-        return rax[0]
-    if end == SHUTDOWN:
-        raise Shutdown()
-    if end == REBOOT:
-        raise Reboot()
-    raise AppCrashed(recorded_error()[1])
+
+def __getattr__(name):                     # kvm.AppCrashed, as before the backends split
+    if name == "AppCrashed":
+        from . import AppCrashed
+        return AppCrashed
+    raise AttributeError(name)
