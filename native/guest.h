@@ -83,6 +83,8 @@ struct bm_guest {
 	_Atomic u64 callback[3];              /* guest functions of CALLBACK_TIMER/_NETWORK/_KEYBOARD */
 	_Atomic u64 output;                   /* guest function of STDOUT_SET, 0 = the console */
 	struct bm_guest_cpu *_Atomic cpus[BM_MAX_CORES + 1];   /* [num_cores]: the service thread's */
+	int faulted;                          /* core 0 faulted: `fault` says how */
+	struct { int vector; u64 rip, address; u32 insn_len; u8 insn[16]; } fault;
 };
 
 /* for backends */
@@ -96,7 +98,7 @@ const struct bm_cpu_ops *bm_cpu_kvm_ops(void);
 const struct bm_cpu_ops *bm_cpu_emu_ops(void);
 
 /* for Python (guest.cdef) */
-int bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, u64 *rax);
+void bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_outcome *out);
 void bm_guest_stop(struct bm_machine *m);
 void bm_guest_shutdown(struct bm_machine *m);
 u64 bm_guest_reserve_top(struct bm_machine *m, u64 nbytes);

@@ -7,7 +7,12 @@ BareMetal apps are linked), and entered at its first byte on core 0.  While it r
 the image occupies, plus 2 MiB for its .bss, are reserved so FREE_MEMORY and machine.alloc see
 them as used; the app's window [0xFFFF800000000000, + FREE_MEMORY MiB) is then free for its heap
 (the cores' stacks are at the top of memory, outside it: native/guest.c).  When the app returns,
-the run ends and the low 8 bits of RAX are the exit code (C apps: main's return value through crt0).
+the run ends and run() returns the low 8 bits of RAX (C apps: main's return value through crt0).
+
+The exit status of `baremetal run` (:func:`exit_status`): a flat binary that returns ends with
+status 0 whatever RAX holds (upstream's apps return to the Monitor, which ignores RAX: euler1
+leaves 208 there), unless asked with ``--exit-status rax`` (the low byte of RAX; the default for
+C sources run with ``--flat``, whose crt0 returns main's value).
 """
 import os
 import shutil
@@ -16,11 +21,13 @@ import tempfile
 
 from .. import cpu
 from ..errors import ArgumentError, BareMetalError
+from . import register
+
+register(".app", __name__, "a flat binary built for BareMetal, run on --cpu (kvm or emu)")
+register(".asm", __name__, "a NASM source of a flat binary, assembled with nasm -f bin, run on --cpu")
 
 APP_PHYSICAL = 0x200000
 HEAP_MARGIN = 2 << 20
-NATIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "native")
-FLAT = os.path.join(NATIVE, "flat")
 # freestanding, no red zone (calls through the call table push below RSP), any address
 FLAT_CFLAGS = ["-ffreestanding", "-fno-pic", "-mcmodel=large", "-mno-red-zone", "-fno-stack-protector",
                "-fno-asynchronous-unwind-tables", "-falign-functions=16", "-Wall", "-Wextra"]
@@ -37,16 +44,19 @@ def build(sources, output, optimize="-O2", extra_flags=()):
     for source in sources:
         if not os.path.exists(source):
             raise ArgumentError(f"{source}: no such file")
+    from . import native_data
+    from .c import include_dir
+    flat = native_data("flat", "flat")
     with tempfile.TemporaryDirectory(prefix="baremetal-flat-") as work:
         objects = []
-        inputs = [os.path.join(FLAT, "crt0.c"), os.path.join(FLAT, "libBareMetal.c"), *sources]
+        inputs = [os.path.join(flat, "crt0.c"), os.path.join(flat, "libBareMetal.c"), *sources]
         for i, source in enumerate(inputs):
             obj = os.path.join(work, f"{i}.o")
-            command = ["gcc", optimize, *FLAT_CFLAGS, *extra_flags, "-I", NATIVE, "-c", source, "-o", obj]
+            command = ["gcc", optimize, *FLAT_CFLAGS, *extra_flags, "-I", include_dir(), "-c", source, "-o", obj]
             if subprocess.run(command).returncode != 0:
                 raise BuildError(f"compiling {source} failed")
             objects.append(obj)
-        command = ["ld", "-nostdlib", "-T", os.path.join(FLAT, "app.ld"), "-o", output, *objects]
+        command = ["ld", "-nostdlib", "-T", os.path.join(flat, "app.ld"), "-o", output, *objects]
         if subprocess.run(command).returncode != 0:
             raise BuildError(f"linking {output} failed")
     return output
@@ -84,6 +94,14 @@ def execute(machine, image, backend=None):
         return cpu.run(machine, backend)
     finally:
         machine.free(machine.addr(APP_PHYSICAL))
+
+
+def exit_status(returned, policy="zero"):
+    """The exit status of a run that returned ``returned`` (run()'s value; None after SHUTDOWN):
+    policy "zero": 0; "rax": the low byte of RAX."""
+    if policy not in ("zero", "rax"):
+        raise ArgumentError(f"exit status policy {policy!r}: expected 'zero' or 'rax'")
+    return (returned or 0) & 0xFF if policy == "rax" else 0
 
 
 def read_image(path):

@@ -16,18 +16,11 @@ no --cpu).
 import os
 
 from .._native import ffi, lib
-from ..errors import ArgumentError, BareMetalError, Reboot, Shutdown, recorded_error
+from ..errors import AppCrashed, ArgumentError
 from . import emu, kvm
 
 BACKENDS = {"kvm": kvm, "emu": emu}
 CHOICES = ("auto", *BACKENDS)
-RETURNED, SHUTDOWN, REBOOT, FAULT = 0, 1, 2, -1     # enum bm_guest_end (native/guest.h)
-
-
-class AppCrashed(BareMetalError):
-    """A binary faulted (CPU exception, memory outside the machine) or its CPU backend
-    refused to run it."""
-    exit_status = 1                        # `baremetal run`: the app failed, not the command line
 
 
 def choose(name=None):
@@ -60,12 +53,7 @@ def run(machine, backend):
     """Run the image loaded at 0xFFFF800000000000 on core 0 (the calling thread) with the
     ``backend`` module.  Returns the app's RAX; raises Shutdown/Reboot for those calls and
     AppCrashed (saying where) when it faults."""
-    rax = ffi.new("u64 *")
-    end = lib.bm_guest_run_app(machine._c, backend.ops(), rax)
-    if end == RETURNED:
-        return rax[0]
-    if end == SHUTDOWN:
-        raise Shutdown()
-    if end == REBOOT:
-        raise Reboot()
-    raise AppCrashed(recorded_error()[1])
+    from ..apps import finish
+    outcome = ffi.new("struct bm_outcome *")
+    lib.bm_guest_run_app(machine._c, backend.ops(), outcome)
+    return finish(outcome) & ((1 << 64) - 1)
