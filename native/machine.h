@@ -19,6 +19,7 @@
 #include "nvs.h"
 #include "net.h"
 #include "service.h"
+#include "trace.h"
 
 /* The linear frame buffer, described to the app by SCREEN_* and the InfoMap. */
 struct bm_screen {
@@ -77,6 +78,7 @@ struct bm_machine {
 	struct bm_net net;
 	struct bm_service service;
 	struct bm_screen screen;
+	struct bm_trace *trace;   /* the call trace (trace.c), NULL when off: the calls' one branch */
 };
 
 /* A process address for physical address p of machine m. */
