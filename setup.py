@@ -63,7 +63,9 @@ setup(
     packages=find_packages(include=["pybaremetal", "pybaremetal.*"]),
     cffi_modules=["native/build.py:ffibuilder"],
     install_requires=["cffi>=1.16", "numpy>=1.24", "pyroute2>=0.7", "rich>=13", "Pillow>=10",
-                      "tomli>=2; python_version < '3.11'"],      # machine files (tomllib from 3.11)
+                      "tomli>=2; python_version < '3.11'",       # machine files (tomllib from 3.11)
+                      # unicorn: the emulated CPU for flat binaries (pybaremetal/cpu/emu.py)
+                      "unicorn>=2.0,<3"],
     extras_require={
         "test": TEST,
         "window": ["pygame>=2.1"],

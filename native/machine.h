@@ -69,8 +69,8 @@ struct bm_machine {
 	u8 *page_used;
 
 	_Atomic u64 callback[3]; /* CALLBACK_TIMER, _NETWORK, _KEYBOARD: function addresses */
-	struct bm_kvm *_Atomic kvm; /* the VM while a flat binary runs (cpu_kvm.c), else NULL */
-	_Atomic u32 kvm_users;      /* core threads that may be using `kvm` (cpu_kvm.c) */
+	struct bm_guest *_Atomic guest; /* the run of a flat binary (guest.c), else NULL */
+	_Atomic u32 guest_users;        /* threads that may be using `guest` (guest.c) */
 
 	struct bm_console console;
 	struct bm_smp smp;

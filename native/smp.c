@@ -6,10 +6,14 @@
  * knows its machine and id through the thread-locals bm_self and bm_self_machine (base.h).
  *
  * Two ways to give a core work, on the same cores:
- *  - the per-core slots of the current kernel: a table of 8-byte words in flat memory at
- *    0x1FF800 (bit 0 present, bit 1 active, code address in bits 63:4).  SMP_SET claims an idle
- *    slot with a CAS (present -> code|present|claimed, hosted bit 2), stores the argument, then
- *    publishes code|present|active.  The core runs code(arg) and CASes the slot back to present.
+ *  - the per-core slots of the current kernel (bit 0 present, bit 1 active, code address in
+ *    bits 63:4).  SMP_SET claims an idle slot with a CAS (present -> code|present|claimed, hosted
+ *    bit 2), stores the argument, then publishes code|present|active.  The core runs code(arg)
+ *    and CASes the slot back to present.  The slot words the cores dispatch from live in host
+ *    memory (struct bm_core): a flat binary is untrusted and can write anything in flat memory,
+ *    so the host never calls what flat memory holds.  The table at 0x1FF800 that apps read is a
+ *    mirror, rewritten after every change (show_slot), with the code address SMP_SET was given
+ *    (for a binary: the guest's, not the host function that runs it); writes to it do nothing.
  *  - the work queue of older BareMetal: a bounded MPMC ring (Dmitry Vyukov's: each cell carries
  *    a sequence number; two 32-byte cells per cache line, see smp.h).  Producers CAS
  *    enqueue_pos, fill the cell and release seq = pos + 1; consumers CAS dequeue_pos when
@@ -64,7 +68,27 @@
 
 static _Atomic u64 *slot_of(struct bm_machine *m, u32 core)
 {
-	return (_Atomic u64 *)bm_phys(m, BM_SMP_TABLE + 8ull * core);
+	return &m->smp.cores[core].slot;
+}
+
+/* shown_slot -- the slot word apps see for core `core` (SMP_GET, the table at 0x1FF800) */
+static u64 shown_slot(struct bm_machine *m, u32 core)
+{
+	u64 value = atomic_load(slot_of(m, core));
+	u64 flags = value & (BM_SLOT_PRESENT | BM_SLOT_ACTIVE);
+	return value & BM_SLOT_ACTIVE ? atomic_load(&m->smp.cores[core].slot_shown) | flags : flags;
+}
+
+/* show_slot -- rewrite core `core`'s word of the table at 0x1FF800 from its host slot (again if
+ * the slot changed meanwhile) */
+static void show_slot(struct bm_machine *m, u32 core)
+{
+	_Atomic u64 *table = (_Atomic u64 *)bm_phys(m, BM_SMP_TABLE + 8ull * core);
+	u64 shown;
+	do {
+		shown = shown_slot(m, core);
+		atomic_store_explicit(table, shown, memory_order_relaxed);
+	} while (shown_slot(m, core) != shown);
 }
 
 static inline void cpu_relax(void) { __builtin_ia32_pause(); }
@@ -242,6 +266,7 @@ static int run_slot(struct bm_core *core)
 	}
 	/* a RESET (and a new SMP_SET after it) may have replaced the word: leave theirs */
 	atomic_compare_exchange_strong(slot, &value, BM_SLOT_PRESENT);
+	show_slot(core->machine, core->id);
 	core->slot_value = 0;
 	return 1;
 }
@@ -334,8 +359,10 @@ static void abandon_task(struct bm_core *core)
 	bm_fault_unblock();
 	core->task_code = 0;
 	u64 value = core->slot_value;
-	if (value != 0)
+	if (value != 0) {
 		atomic_compare_exchange_strong(slot_of(core->machine, core->id), &value, BM_SLOT_PRESENT);
+		show_slot(core->machine, core->id);
+	}
 	core->slot_value = 0;
 }
 
@@ -430,6 +457,7 @@ int bm_smp_start(struct bm_machine *m)
 	struct bm_smp *smp = &m->smp;
 	for (u32 i = 0; i < m->num_cores; i++) {
 		atomic_store(slot_of(m, i), BM_SLOT_PRESENT);
+		show_slot(m, i);
 		smp->cores[i].running = 0;
 	}
 	atomic_store(&smp->stop, 0);
@@ -545,6 +573,15 @@ u64 bm_smp_id(struct bm_machine *m)
  *       (the core already has work, or the machine is not running) recorded */
 u64 bm_smp_set_arg(struct bm_machine *m, u64 code, u64 core, u64 arg)
 {
+	return bm_smp_set_shown(m, code, core, arg, code);
+}
+
+/* bm_smp_set_shown -- SMP_SET with an argument, showing `shown` as the code in the table at
+ * 0x1FF800 and to SMP_GET (guest.c: the guest's code address; the host runs `code`)
+ *  IN:  as bm_smp_set_arg, shown = the address apps see
+ * OUT:  as bm_smp_set_arg */
+u64 bm_smp_set_shown(struct bm_machine *m, u64 code, u64 core, u64 arg, u64 shown)
+{
 	if (core >= m->num_cores)
 		return bm_fail(BM_ERR_ARGUMENT, "SMP_SET: no core %lu (the machine has %u)", core, m->num_cores);
 	if (code == 0 || (code & BM_SLOT_FLAGS) != 0)
@@ -556,8 +593,10 @@ u64 bm_smp_set_arg(struct bm_machine *m, u64 code, u64 core, u64 arg)
 	if (!atomic_compare_exchange_strong(slot, &idle_value, code | BM_SLOT_PRESENT | BM_SLOT_CLAIMED))
 		return bm_fail(BM_ERR_STATE, "SMP_SET: core %lu already has work", core);
 	m->smp.cores[core].slot_arg = arg;
+	atomic_store(&m->smp.cores[core].slot_shown, shown & ~BM_SLOT_FLAGS);
 	atomic_fetch_add(&m->smp.slot_gen, 1);
 	atomic_store(slot, code | BM_SLOT_PRESENT | BM_SLOT_ACTIVE);   /* seq_cst: see wake_cores */
+	show_slot(m, (u32)core);
 	wake_cores(&m->smp, INT_MAX);
 	return code;
 }
@@ -573,7 +612,7 @@ u64 bm_smp_set(struct bm_machine *m, u64 code, u64 core)
 /* bm_smp_get -- SMP_GET: the calling core's slot (code in 63:4, bit 0 present, bit 1 active) */
 u64 bm_smp_get(struct bm_machine *m)
 {
-	return atomic_load(slot_of(m, bm_self->id)) & ~BM_SLOT_CLAIMED;
+	return shown_slot(m, bm_self->id);
 }
 
 static BM_TLS uintptr_t lock_page_seen;       /* a page outside flat memory found mapped */
@@ -677,8 +716,10 @@ u64 bm_smp_reset(struct bm_machine *m)
 	while (queue_take(&m->smp, 0, &code, &arg))
 		;
 	for (u32 i = 0; i < m->num_cores; i++)
-		if (!(self && self->machine == m && self->id == i))
+		if (!(self && self->machine == m && self->id == i)) {
 			atomic_store(slot_of(m, i), BM_SLOT_PRESENT);
+			show_slot(m, i);
+		}
 	notify_idle(&m->smp);
 	return 1;
 }
@@ -691,8 +732,10 @@ void bm_smp_cancel(struct bm_machine *m, u64 code)
 	for (u32 i = 0; i < m->num_cores; i++) {
 		_Atomic u64 *slot = slot_of(m, i);
 		u64 value = atomic_load(slot);
-		if ((value & ~BM_SLOT_FLAGS) == code && (value & BM_SLOT_ACTIVE))
+		if ((value & ~BM_SLOT_FLAGS) == code && (value & BM_SLOT_ACTIVE)) {
 			atomic_compare_exchange_strong(slot, &value, BM_SLOT_PRESENT);
+			show_slot(m, i);
+		}
 	}
 	notify_idle(&m->smp);
 }

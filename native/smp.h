@@ -36,6 +36,8 @@ struct bm_core {
 	u64 task_code;                  /* the task running (for fault reports) */
 	u64 slot_arg;                   /* argument given to the slot's code (Python slot tasks) */
 	u64 slot_value;                 /* the slot word of the slot task running, 0 if none */
+	_Atomic u64 slot;               /* the core's slot: host memory, the only word dispatch reads */
+	_Atomic u64 slot_shown;         /* the code address the table at 0x1FF800 shows for it */
 	u64 tasks_run;                  /* tasks this core ran (written by it only; stats) */
 	u64 busy_ns;                    /* worker cores: time from wake-up to idle again (stats) */
 	/* written by this core only, read by wait() and SMP_BUSY: on its own cache line */
@@ -102,6 +104,7 @@ u64 bm_smp_enqueue(struct bm_machine *m, u64 code, u64 arg);
 u64 bm_smp_enqueue_wait(struct bm_machine *m, u64 code, u64 arg);
 void bm_smp_wait(struct bm_machine *m);
 u64 bm_smp_set_arg(struct bm_machine *m, u64 code, u64 core, u64 arg);
+u64 bm_smp_set_shown(struct bm_machine *m, u64 code, u64 core, u64 arg, u64 shown);
 u64 bm_smp_queue_size(struct bm_machine *m);
 u64 bm_smp_queued(struct bm_machine *m);
 u32 bm_smp_faults(struct bm_machine *m, u32 first, struct bm_fault *out, u32 max);

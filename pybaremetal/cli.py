@@ -92,6 +92,14 @@ def _add_machine_options(parser):
     group.add_argument("--pcap", action=_PcapOfLastNic, metavar="FILE",
                        help="capture every frame of the NIC given just before, in pcap format "
                             "(same as --nic SPEC,pcap=FILE)")
+    group.add_argument("--cpu", default=None, choices=("auto", "kvm", "emu"),
+                       help="how flat binaries execute: kvm (hardware), emu (emulated CPU, runs "
+                            "anywhere) or auto (kvm where ring 0 runs in hardware, else emu; "
+                            "default: $BAREMETAL_CPU or auto)")
+    group.add_argument("--cmdline", default=None, metavar="TEXT",
+                       help="the kernel command line, a NUL-terminated string at physical 0x5A00")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="say which CPU backend runs a flat binary, and why")
     screen = parser.add_argument_group("the screen")
     screen.add_argument("--screen", default=None, metavar="WxH|none",
                         help="frame buffer size (default: 1024x768 for C apps; none for Python "
@@ -180,7 +188,7 @@ def build_parser():
 
 
 MACHINE_DEFAULTS = dict(cores=None, memory="256M", console="stdout", input=None, pin=True,
-                       queue_size=4096, screen=None, trace=None)
+                       queue_size=4096, screen=None, trace=None, cpu=None, cmdline=None)
 
 
 def machine_kwargs(args):
@@ -292,6 +300,9 @@ def cmd_cc(args, gcc_args):
 def cmd_run(args, app_argv):
     from .apps import binary, c, loader_for
     loader = loader_for(args.app)
+    if args.verbose and (loader is binary or args.flat):
+        from . import cpu
+        print(f"baremetal: cpu: {cpu.choose(args.cpu)[1]}", file=sys.stderr)
     run = lambda machine: loader.run(machine, args.app, app_argv)            # noqa: E731
     if args.flat:
         run = lambda machine: c.run_flat(machine, args.app, app_argv, args.exit_status)  # noqa: E731

@@ -56,10 +56,13 @@ class Machine:
     ``trace``: write one line per call the app makes (core, call, arguments, result,
     duration; see :mod:`pybaremetal.trace`): True for stderr, or a file path; None (default)
     for no trace.
+    ``cpu``: how flat binaries execute: "auto", "kvm" or "emu" (pybaremetal.cpu); None (default):
+    $BAREMETAL_CPU, else "auto".
+    ``cmdline``: the kernel command line, a NUL-terminated string at physical 0x5A00.
     """
 
     def __init__(self, cores=None, memory="256M", console=None, input=None, pin=True,
-                 drives=(), nics=(), screen=None, queue_size=4096, trace=None):
+                 drives=(), nics=(), screen=None, queue_size=4096, trace=None, cpu=None, cmdline=None):
         if cores is None:
             cores = smp.host_cpus()
         if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= 256:
@@ -68,6 +71,13 @@ class Machine:
         size = -(-size // abi.PAGE_SIZE) * abi.PAGE_SIZE
         if size < 2 * abi.PAGE_SIZE:
             raise ArgumentError(f"memory must be at least 4 MiB (the low 2 MiB are the system area), got {memory!r}")
+        from .cpu import CHOICES
+        if cpu is not None and cpu not in CHOICES:
+            raise ArgumentError(f"cpu must be one of {', '.join(CHOICES)}, got {cpu!r}")
+        if cmdline is not None and (not isinstance(cmdline, str) or "\0" in cmdline
+                                    or len(cmdline.encode()) >= 0x600):
+            raise ArgumentError("cmdline must be a str without NUL of at most 1535 bytes")
+        self.cpu, self.cmdline = cpu, cmdline
         self.num_cores = cores
         self.memory_size = size
         self.pin = pin
@@ -128,6 +138,7 @@ class Machine:
             return self
         if lib.bm_machine_boot(self._c) != 0:
             raise_recorded()
+        self._write_cmdline()
         self._booted = True
         self.console.start()
         self._bind(0)
@@ -215,6 +226,11 @@ class Machine:
         if lib.bm_machine_reboot(self._c) != 0:
             raise_recorded()
         self.smp._forget()
+        self._write_cmdline()
+
+    def _write_cmdline(self):
+        if self.cmdline:
+            lib.bm_guest_set_cmdline(self._c, self.cmdline.encode())
 
     # --- the calling thread as a core ------------------------------------------------------
 

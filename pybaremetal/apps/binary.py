@@ -1,11 +1,13 @@
-"""Flat binaries (.app): images built for the real kernel, run unmodified under KVM.  A NASM
-source (.asm) is assembled with ``nasm -f bin`` first, as for the real kernel.
+"""Flat binaries (.app): images built for the real kernel, run unmodified on a CPU backend
+(pybaremetal.cpu: KVM, or the emulated CPU).  A NASM source (.asm) is assembled with
+``nasm -f bin`` first, as for the real kernel.
 
 The image is loaded at physical 0x200000, which the guest sees at 0xFFFF800000000000 (where
 BareMetal apps are linked), and entered at its first byte on core 0.  While it runs, the pages
-the image occupies, plus 2 MiB for its .bss and heap, are reserved so FREE_MEMORY and
-machine.alloc see them as used; a further 2 MiB page is the app's stack.  When the app returns, the run ends
-and run() returns the low 8 bits of RAX (C apps: main's return value through crt0).
+the image occupies, plus 2 MiB for its .bss, are reserved so FREE_MEMORY and machine.alloc see
+them as used; the app's window [0xFFFF800000000000, + FREE_MEMORY MiB) is then free for its heap
+(the cores' stacks are at the top of memory, outside it: native/guest.c).  When the app returns,
+the run ends and run() returns the low 8 bits of RAX (C apps: main's return value through crt0).
 
 The exit status of `baremetal run` (:func:`exit_status`): a flat binary that returns ends with
 status 0 whatever RAX holds (upstream's apps return to the Monitor, which ignores RAX: euler1
@@ -17,13 +19,12 @@ import shutil
 import subprocess
 import tempfile
 
-from .. import abi
-from ..cpu import kvm
+from .. import cpu
 from ..errors import ArgumentError, BareMetalError
 from . import register
 
-register(".app", __name__, "a flat binary built for BareMetal, run under KVM")
-register(".asm", __name__, "a NASM source of a flat binary, assembled with nasm -f bin, run under KVM")
+register(".app", __name__, "a flat binary built for BareMetal, run on --cpu (kvm or emu)")
+register(".asm", __name__, "a NASM source of a flat binary, assembled with nasm -f bin, run on --cpu")
 
 APP_PHYSICAL = 0x200000
 HEAP_MARGIN = 2 << 20
@@ -74,12 +75,15 @@ def assemble(source, output):
     return output
 
 
-def execute(machine, image):
-    """Load ``image`` at 0x200000, run it on core 0 (the calling thread) and give its memory
-    back.  Returns the app's RAX; raises Shutdown/Reboot for those calls, AppCrashed if it
-    faults, ArgumentError if it does not fit."""
+def execute(machine, image, backend=None):
+    """Load ``image`` at 0x200000, run it on core 0 (the calling thread) with the CPU
+    ``backend`` (a pybaremetal.cpu module; default: the machine's ``cpu`` choice) and give its
+    memory back.  Returns the app's RAX; raises Shutdown/Reboot for those calls, AppCrashed if
+    it faults or no backend can run it, ArgumentError if it does not fit."""
     from .._native import lib
     from ..errors import raise_recorded
+    if backend is None:
+        backend, _ = cpu.choose(getattr(machine, "cpu", None))
     size = len(image) + HEAP_MARGIN
     if APP_PHYSICAL + size > machine.memory_size:
         raise ArgumentError(f"the app ({len(image)} bytes) does not fit in {machine.memory_size >> 20} MiB")
@@ -87,11 +91,7 @@ def execute(machine, image):
         raise_recorded()
     try:
         machine.memory[APP_PHYSICAL:APP_PHYSICAL + len(image)] = memoryview(image)
-        stack, _ = machine.alloc(abi.PAGE_SIZE)
-        try:
-            return kvm.run(machine, machine.offset(stack) + abi.PAGE_SIZE)
-        finally:
-            machine.free(stack)
+        return cpu.run(machine, backend)
     finally:
         machine.free(machine.addr(APP_PHYSICAL))
 
@@ -121,6 +121,5 @@ def run(machine, path, argv):
             image = read_image(assemble(path, os.path.join(work, "app.app")))
     else:
         image = read_image(path)
-    if not kvm.available():
-        raise kvm.AppCrashed("flat binaries need KVM: /dev/kvm is missing or not usable here")
-    return machine.run(lambda: execute(machine, image) & 0xFF)
+    backend, _ = cpu.choose(getattr(machine, "cpu", None))
+    return machine.run(lambda: execute(machine, image, backend) & 0xFF)

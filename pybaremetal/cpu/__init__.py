@@ -1,1 +1,59 @@
-"""How flat binaries execute.  kvm: hardware virtualization over the machine's own memory."""
+"""How flat binaries execute: one module per CPU backend, each a thin face over one C file
+(native/cpu_<name>.c, a ``struct bm_cpu_ops`` for native/guest.c, the binary ABI front end).
+
+- ``kvm``: hardware virtualization (/dev/kvm); native speed where KVM runs ring 0 in hardware.
+- ``emu``: an emulated x86-64 CPU (unicorn 2); runs everywhere, with or without /dev/kvm.
+
+``auto`` picks kvm only where it runs ring 0 natively (the CPU shows VMX or SVM), else emu.
+Under PVM (KVM inside a guest without VMX/SVM) KVM emulates every ring-0 instruction in
+software, about 1.6 us each, and fails on SSE and x87: emu is far faster there.
+
+Adding a backend: native/cpu_<name>.c (+ .h, .cdef) and a module here with ``NAME``,
+``status()`` -> (bool, why), ``available()`` and ``ops()``; list it in BACKENDS.
+The environment variable BAREMETAL_CPU gives the choice when none is made (Machine(cpu=None),
+no --cpu).
+"""
+import os
+
+from .._native import ffi, lib
+from ..errors import AppCrashed, ArgumentError
+from . import emu, kvm
+
+BACKENDS = {"kvm": kvm, "emu": emu}
+CHOICES = ("auto", *BACKENDS)
+
+
+def choose(name=None):
+    """The backend module for ``name`` ('auto', 'kvm', 'emu'; None: $BAREMETAL_CPU, else
+    'auto') and a sentence saying why.  Raises ArgumentError for an unknown name, AppCrashed
+    when the backend cannot run here."""
+    if name is None:
+        name = os.environ.get("BAREMETAL_CPU") or "auto"
+    if name not in CHOICES:
+        raise ArgumentError(f"unknown CPU backend {name!r} (choose from {', '.join(CHOICES)})")
+    if name != "auto":
+        ok, why = BACKENDS[name].status()
+        if not ok:
+            raise AppCrashed(f"--cpu {name}: {why}")
+        return BACKENDS[name], f"{name} (asked for): {why}"
+    kvm_ok, kvm_why = kvm.status()
+    if kvm_ok and kvm.native_ring0():
+        return kvm, f"kvm (auto): {kvm_why}; the CPU has VMX/SVM, so ring 0 runs in hardware"
+    emu_ok, emu_why = emu.status()
+    if emu_ok:
+        reason = ("/dev/kvm is here but the CPU shows no VMX/SVM (PVM or similar: ring 0 would be "
+                  "emulated by KVM, slowly and without SSE)" if kvm_ok else kvm_why)
+        return emu, f"emu (auto): {reason}; {emu_why}"
+    if kvm_ok:
+        return kvm, f"kvm (auto): {kvm_why}; the emulated CPU is missing ({emu_why})"
+    raise AppCrashed(f"no CPU backend can run flat binaries here: {kvm_why}; {emu_why}")
+
+
+def run(machine, backend):
+    """Run the image loaded at 0xFFFF800000000000 on core 0 (the calling thread) with the
+    ``backend`` module.  Returns the app's RAX; raises Shutdown/Reboot for those calls and
+    AppCrashed (saying where) when it faults."""
+    from ..apps import finish
+    outcome = ffi.new("struct bm_outcome *")
+    lib.bm_guest_run_app(machine._c, backend.ops(), outcome)
+    return finish(outcome) & ((1 << 64) - 1)

@@ -1,25 +1,41 @@
-"""Flat binaries under KVM: the vCPU loop lives in native/cpu_kvm.c (no Python in the hot
-path); this module checks availability and turns the outcome into Python terms."""
+"""The KVM CPU backend: native/cpu_kvm.c (vCPUs over the machine's own memory)."""
 import os
 
-from .._native import ffi, lib
-from ..apps import finish
-from ..errors import AppCrashed  # noqa: F401 (the one AppCrashed: a binary faulted or KVM refused)
+from .._native import lib
+
+NAME = "kvm"
+
+
+def status():
+    """(True, why) if /dev/kvm is there and usable, else (False, why not)."""
+    if not os.path.exists("/dev/kvm"):
+        return False, "/dev/kvm is missing"
+    if not lib.bm_kvm_available():
+        return False, "/dev/kvm is not usable by this user (or not KVM API 12)"
+    return True, "/dev/kvm is usable"
+
+
+def native_ring0():
+    """True if the CPU shows VMX or SVM, i.e. KVM runs a ring-0 guest in hardware (under PVM,
+    a KVM without them, ring 0 is emulated instruction by instruction)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return "vmx" in flags or "svm" in flags
+    except OSError:
+        pass
+    return False
 
 
 def available():
-    """True if /dev/kvm is there and usable."""
-    return os.path.exists("/dev/kvm") and bool(lib.bm_kvm_available())
+    """True if this backend can run binaries here (status() says why or why not)."""
+    return status()[0]
 
 
-def run(machine, stack_top):
-    """Run the image loaded at 0xFFFF800000000000 on core 0 (the calling thread).
+def ops():
+    return lib.bm_cpu_kvm_ops()
 
-    Returns the app's RAX when it returns; raises Shutdown/Reboot for those calls and
-    AppCrashed (saying where) when it faults."""
-    if not available():
-        raise AppCrashed("flat binaries need KVM: /dev/kvm is missing or not usable here "
-                         "(load the kvm module, or give this user access to /dev/kvm)")
-    outcome = ffi.new("struct bm_outcome *")
-    lib.bm_kvm_run_app(machine._c, stack_top, outcome)
-    return finish(outcome) & ((1 << 64) - 1)
+
+from ..errors import AppCrashed  # noqa: E402,F401 (kvm.AppCrashed, as before the backends split)

@@ -1,0 +1,414 @@
+/* cpu_emu.c -- the emulated CPU backend for flat binaries (guest.h's struct bm_cpu_ops): runs
+ * unmodified binaries on any x86-64 Linux, with or without /dev/kvm.
+ *
+ * The engine is unicorn 2 (QEMU's TCG as a library), loaded with dlopen from the path Python
+ * finds in the `unicorn` package (bm_emu_load); only its C API is used, so no Python runs per
+ * instruction or per call.  Its declarations below are the few we use, with the values of
+ * unicorn 2's headers (unicorn.h, x86.h).
+ *
+ * One engine per vCPU, each on its core's thread.  Guest physical memory IS the machine's flat
+ * memory (uc_mem_map_ptr over it, not a copy), in long mode ring 0 over guest.c's GDT and page
+ * tables (CR0/CR3/CR4/EFER written before the first instruction; CR4.OSFXSR so SSE works).
+ * A call stub's `out CALL_PORT+n` runs our OUT hook inside the engine: it reads the ABI
+ * registers, hands them to bm_guest_call (the one implementation of the call) and writes the
+ * results back; execution goes on at the stub's `ret` without leaving the engine.  The run
+ * ends when RIP reaches guest.c's exit stub (uc_emu_start's `until`).  Exceptions reach our
+ * interrupt hook (the engine does not deliver them to the guest's IDT): we record the vector,
+ * RIP and CR2 and stop; #UD is the engine's UC_ERR_INSN_INVALID (AVX instructions among them:
+ * TCG has no AVX, and CPUID does not offer it).
+ *
+ * Cores take turns.  Measured with unicorn 2.1: two engines on two threads each doing 1 M
+ * `lock inc` on one shared word ended at 1.29 M, not 2 M: with one CPU per engine TCG
+ * translates lock-prefixed instructions as a plain load, op, store (its atomic code is only
+ * generated for engines running several CPUs in parallel, which unicorn never does).  So a
+ * guest spin lock or counter shared by cores would break.  The design that is correct for
+ * every guest instruction: one engine executes guest code at a time per machine (the `turn`, a
+ * fair ticket lock, as QEMU's single-threaded TCG ran all vCPUs round-robin).  A core gives up
+ * its turn during every call (host work -- DELAY, SMP_LOCK, I/O -- runs in parallel with other
+ * cores' guest code) and when another core has waited a slice (1 ms): the waiter raises
+ * `yield_now`, and the holder's block hook (run before each translated block, where the
+ * engine's state is exact) gives the turn and queues again.  Preempting with uc_emu_stop from
+ * the waiter's thread is not an option: the engine then reports a stale RIP (the last one it
+ * stored, not the block it was about to run; unicorn issues #1105/#1355) and resuming there
+ * runs instructions twice -- measured here as a guest spin lock losing increments.  The block
+ * hook costs one callback per block, so engines get it only on machines with more than one
+ * core or once a guest callback (the service thread's own engine) exists.  Guest
+ * instructions are thereby atomic with respect to other cores, at the cost of not running
+ * guest code on two cores at once.
+ *
+ * Stopping a vCPU from another thread (stop): uc_emu_stop on its engine, only to end its run
+ * (never resumed, so the stale RIP does not matter); guest.c repeats it until the vCPU has left
+ * (a stop just before uc_emu_start is lost by the engine).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "cpu_emu.h"
+
+/* unicorn 2's API: the values from its headers */
+#define UC_ARCH_X86 4
+#define UC_MODE_64 8
+#define UC_PROT_ALL 7
+#define UC_HOOK_INTR 1
+#define UC_HOOK_INSN 2
+#define UC_HOOK_BLOCK 8
+#define UC_X86_INS_OUT 500
+#define UC_ERR_OK 0
+#define UC_ERR_READ_UNMAPPED 6
+#define UC_ERR_WRITE_UNMAPPED 7
+#define UC_ERR_FETCH_UNMAPPED 8
+#define UC_ERR_INSN_INVALID 10
+#define UC_CTL_CPU_MODEL_WRITE (7 | (1 << 26) | (1 << 30))   /* UC_CTL_WRITE(UC_CTL_CPU_MODEL, 1) */
+#define UC_CPU_X86_NEHALEM 15                                  /* SSE up to 4.2, no AVX */
+enum {
+	UCR_RAX = 35, UCR_RBP = 36, UCR_RBX = 37, UCR_RCX = 38, UCR_RDI = 39, UCR_RDX = 40,
+	UCR_RIP = 41, UCR_RSI = 43, UCR_RSP = 44, UCR_EFLAGS = 25, UCR_CR0 = 50, UCR_CR2 = 52,
+	UCR_CR3 = 53, UCR_CR4 = 54, UCR_GDTR = 243, UCR_MSR = 248,
+};
+struct uc_x86_mmr { u16 selector; u64 base; u32 limit; u32 flags; };
+struct uc_x86_msr { u32 rid; u64 value; };
+typedef void uc_engine;
+typedef size_t uc_hook;
+
+static struct {
+	int (*open)(int arch, int mode, uc_engine **uc);
+	int (*close)(uc_engine *uc);
+	int (*ctl)(uc_engine *uc, int control, ...);
+	int (*mem_map_ptr)(uc_engine *uc, u64 address, size_t size, u32 perms, void *ptr);
+	int (*reg_read)(uc_engine *uc, int regid, void *value);
+	int (*reg_write)(uc_engine *uc, int regid, const void *value);
+	int (*reg_read_batch)(uc_engine *uc, int *regs, void **vals, int count);
+	int (*reg_write_batch)(uc_engine *uc, int *regs, void *const *vals, int count);
+	int (*emu_start)(uc_engine *uc, u64 begin, u64 until, u64 timeout, size_t count);
+	int (*emu_stop)(uc_engine *uc);
+	int (*hook_add)(uc_engine *uc, uc_hook *hh, int type, void *callback, void *user_data,
+			u64 begin, u64 end, ...);
+	const char *(*strerror)(int code);
+	unsigned (*version)(unsigned *major, unsigned *minor);
+} uc;
+static int uc_loaded;
+
+#define SLICE_NS 1000000ull                  /* a core waiting this long for its turn stops the holder */
+
+struct emu_cpu {
+	struct bm_guest_cpu base;            /* first: guest.c's view */
+	uc_engine *engine;
+	u64 rip;                             /* where the next uc_emu_start begins */
+	int faulted;                         /* the interrupt hook saw an exception: */
+	unsigned vector;
+	u64 fault_rip, cr2;
+};
+
+struct emu_vm {                              /* the machine's turn (see the top of this file) */
+	pthread_mutex_t lock;
+	pthread_cond_t moved;
+	u64 next_ticket, serving;
+	struct emu_cpu *holder;
+	u64 holder_since;
+	_Atomic int yield_now;               /* a core has waited a slice: the holder gives the turn */
+};
+
+/* bm_emu_load -- load unicorn 2 from `path` (libunicorn.so.2 of the unicorn package); idempotent
+ *  IN:  path
+ * OUT:  0; -1 with the error recorded (no such library, not unicorn 2) */
+int bm_emu_load(const char *path)
+{
+	bm_error_clear();
+	if (uc_loaded)
+		return 0;
+	void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	if (lib == NULL)
+		return (int)bm_fail(BM_ERR_IO, "the emulated CPU needs unicorn 2: %s", dlerror()) - 1;
+	void **slots[] = { (void **)&uc.open, (void **)&uc.close, (void **)&uc.ctl, (void **)&uc.mem_map_ptr,
+			   (void **)&uc.reg_read, (void **)&uc.reg_write, (void **)&uc.reg_read_batch,
+			   (void **)&uc.reg_write_batch, (void **)&uc.emu_start, (void **)&uc.emu_stop,
+			   (void **)&uc.hook_add, (void **)&uc.strerror, (void **)&uc.version };
+	const char *names[] = { "uc_open", "uc_close", "uc_ctl", "uc_mem_map_ptr", "uc_reg_read",
+				"uc_reg_write", "uc_reg_read_batch", "uc_reg_write_batch", "uc_emu_start",
+				"uc_emu_stop", "uc_hook_add", "uc_strerror", "uc_version" };
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+		if ((*slots[i] = dlsym(lib, names[i])) == NULL)
+			return (int)bm_fail(BM_ERR_IO, "%s: no %s: not unicorn 2", path, names[i]) - 1;
+	unsigned major = 0, minor = 0;
+	uc.version(&major, &minor);
+	if (major != 2)
+		return (int)bm_fail(BM_ERR_IO, "%s is unicorn %u.%u; the emulated CPU needs unicorn 2", path,
+				    major, minor) - 1;
+	uc_loaded = 1;
+	return 0;
+}
+
+/* ---- the turn -------------------------------------------------------------------------- */
+
+/* take_turn -- wait for the machine's turn (FIFO); stop a holder that kept it a slice while we
+ * waited
+ *  IN:  vm, c (the calling thread's vCPU)
+ * OUT:  nothing; c holds the turn */
+static void take_turn(struct emu_vm *vm, struct emu_cpu *c)
+{
+	pthread_mutex_lock(&vm->lock);
+	u64 ticket = vm->next_ticket++;
+	while (vm->serving != ticket) {
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += (long)SLICE_NS;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&vm->moved, &vm->lock, &until);
+		if (vm->serving != ticket && vm->holder != NULL && bm_now_ns() - vm->holder_since >= SLICE_NS)
+			atomic_store_explicit(&vm->yield_now, 1, memory_order_relaxed);
+	}
+	vm->holder = c;
+	vm->holder_since = bm_now_ns();
+	atomic_store_explicit(&vm->yield_now, 0, memory_order_relaxed);
+	pthread_mutex_unlock(&vm->lock);
+}
+
+/* give_turn -- let the next core run guest code
+ *  IN:  vm (the caller holds the turn) */
+static void give_turn(struct emu_vm *vm)
+{
+	pthread_mutex_lock(&vm->lock);
+	vm->holder = NULL;
+	vm->serving++;
+	if (vm->next_ticket != vm->serving)
+		pthread_cond_broadcast(&vm->moved);
+	pthread_mutex_unlock(&vm->lock);
+}
+
+/* ---- hooks (called inside uc_emu_start, on the vCPU's thread, holding the turn) --------- */
+
+static int abi_regs[] = { UCR_RAX, UCR_RBX, UCR_RCX, UCR_RDX, UCR_RSI, UCR_RDI, UCR_RBP, UCR_RSP };
+
+/* on_out -- an OUT: a call stub's (do the call), else a fault (no device there)
+ *  IN:  engine, port, size, value, c */
+static void on_out(uc_engine *engine, u32 port, int size, u32 value, void *user)
+{
+	(void)size;
+	(void)value;
+	struct emu_cpu *c = user;
+	if (port < BM_GUEST_CALL_PORT || port >= BM_GUEST_CALL_PORT + BM_GUEST_CALLS) {
+		c->faulted = 2;
+		c->vector = port;
+		uc.emu_stop(engine);
+		return;
+	}
+	struct bm_guest_regs r;
+	void *values[8] = { &r.rax, &r.rbx, &r.rcx, &r.rdx, &r.rsi, &r.rdi, &r.rbp, &r.rsp };
+	uc.reg_read_batch(engine, abi_regs, values, 8);
+	unsigned n = port - BM_GUEST_CALL_PORT;
+	u64 next = (n < 8 ? BM_GUEST_STUBS + 8 * n : BM_GUEST_OUTPUT_STUB) + 2;   /* the stub's ret */
+	r.rip = next;
+	struct emu_vm *vm = c->base.guest->backend;
+	give_turn(vm);
+	bm_guest_call(&c->base, n, &r);
+	take_turn(vm, c);
+	uc.reg_write_batch(engine, abi_regs, values, 8);
+	if (r.rip != next)
+		uc.reg_write(engine, UCR_RIP, &r.rip);
+	if (bm_guest_must_stop(&c->base) != BM_GUEST_GO_ON)     /* SHUTDOWN, REBOOT */
+		uc.emu_stop(engine);
+}
+
+/* on_block -- before each translated block (multi-engine machines): give the turn when a
+ * waiter asked for it; the engine's state is exact here, so it resumes where it was
+ *  IN:  engine, address, size, c */
+static void on_block(uc_engine *engine, u64 address, u32 size, void *user)
+{
+	(void)engine;
+	(void)address;
+	(void)size;
+	struct emu_cpu *c = user;
+	struct emu_vm *vm = c->base.guest->backend;
+	if (__builtin_expect(atomic_load_explicit(&vm->yield_now, memory_order_relaxed), 0)) {
+		give_turn(vm);
+		take_turn(vm, c);
+	}
+}
+
+/* on_interrupt -- an exception (or `int n`): record it and stop
+ *  IN:  engine, vector, c */
+static void on_interrupt(uc_engine *engine, u32 vector, void *user)
+{
+	struct emu_cpu *c = user;
+	c->faulted = 1;
+	c->vector = vector;
+	uc.reg_read(engine, UCR_RIP, &c->fault_rip);
+	uc.reg_read(engine, UCR_CR2, &c->cr2);
+	uc.emu_stop(engine);
+}
+
+/* ---- the ops --------------------------------------------------------------------------- */
+
+/* emu_open -- the machine's turn
+ *  IN:  g
+ * OUT:  0, or BM_GUEST_FAULT (unicorn not loaded, no memory) */
+static int emu_open(struct bm_guest *g)
+{
+	if (!uc_loaded)
+		return bm_fail(BM_ERR_STATE, "the emulated CPU needs unicorn 2 (pip install unicorn)"), BM_GUEST_FAULT;
+	struct emu_vm *vm = calloc(1, sizeof *vm);
+	if (vm == NULL)
+		return bm_fail(BM_ERR_FULL, "out of host memory"), BM_GUEST_FAULT;
+	pthread_mutex_init(&vm->lock, NULL);
+	pthread_cond_init(&vm->moved, NULL);
+	g->backend = vm;
+	return 0;
+}
+
+/* emu_close -- forget the turn
+ *  IN:  g (every vCPU freed) */
+static void emu_close(struct bm_guest *g)
+{
+	struct emu_vm *vm = g->backend;
+	pthread_mutex_destroy(&vm->lock);
+	pthread_cond_destroy(&vm->moved);
+	free(vm);
+}
+
+/* fail_uc -- record "emulated CPU: what: unicorn's message"
+ *  IN:  what, err
+ * OUT:  NULL */
+static void *fail_uc(const char *what, int err)
+{
+	bm_fail(BM_ERR_STATE, "emulated CPU: %s: %s", what, uc.strerror(err));
+	return NULL;
+}
+
+/* emu_cpu_free -- close a vCPU's engine
+ *  IN:  c (no thread runs it) */
+static void emu_cpu_free(struct bm_guest_cpu *c)
+{
+	struct emu_cpu *e = (struct emu_cpu *)c;
+	if (e->engine)
+		uc.close(e->engine);
+	free(e);
+}
+
+/* emu_cpu_create -- an engine over the machine's memory, in long mode ring 0 with guest.c's
+ * GDT and page tables, SSE enabled, hooks for calls and exceptions
+ *  IN:  g, id
+ * OUT:  the vCPU, or NULL with the error recorded */
+static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
+{
+	(void)id;
+	struct emu_cpu *e = calloc(1, sizeof *e);
+	if (e == NULL)
+		return (void *)bm_fail(BM_ERR_FULL, "out of host memory");
+	e->base.guest = g;
+	int err = uc.open(UC_ARCH_X86, UC_MODE_64, &e->engine);
+	if (err != UC_ERR_OK) {
+		e->engine = NULL;
+		emu_cpu_free(&e->base);
+		return fail_uc("uc_open", err);
+	}
+	uc.ctl(e->engine, UC_CTL_CPU_MODEL_WRITE, UC_CPU_X86_NEHALEM);
+	uc_hook out_hook, interrupt_hook, block_hook;
+	int turns = g->m->num_cores > 1 || id == g->m->num_cores;     /* several engines may run */
+	u64 cr0 = 0x80050033, cr3 = 0x2000, cr4 = 0x20 | 0x200 | 0x400;  /* PG..PE; PAE, OSFXSR, OSXMMEXCPT */
+	struct uc_x86_msr efer = { 0xC0000080, 0x500 };                     /* LME, LMA */
+	struct uc_x86_mmr gdtr = { 0, 0x1000, 23, 0 };
+	const char *step = "uc_mem_map_ptr";
+	if ((err = uc.mem_map_ptr(e->engine, 0, g->m->mem_size, UC_PROT_ALL, g->m->mem)) != UC_ERR_OK ||
+	    (step = "control registers",
+	     (err = uc.reg_write(e->engine, UCR_GDTR, &gdtr)) != UC_ERR_OK ||
+	     (err = uc.reg_write(e->engine, UCR_CR3, &cr3)) != UC_ERR_OK ||
+	     (err = uc.reg_write(e->engine, UCR_CR4, &cr4)) != UC_ERR_OK ||
+	     (err = uc.reg_write(e->engine, UCR_MSR, &efer)) != UC_ERR_OK ||
+	     (err = uc.reg_write(e->engine, UCR_CR0, &cr0)) != UC_ERR_OK) ||
+	    (step = "hooks",
+	     (err = uc.hook_add(e->engine, &out_hook, UC_HOOK_INSN, (void *)on_out, e, 1, 0, UC_X86_INS_OUT)) != UC_ERR_OK ||
+	     (err = uc.hook_add(e->engine, &interrupt_hook, UC_HOOK_INTR, (void *)on_interrupt, e, 1, 0)) != UC_ERR_OK ||
+	     (turns && (err = uc.hook_add(e->engine, &block_hook, UC_HOOK_BLOCK, (void *)on_block, e, 1, 0)) != UC_ERR_OK))) {
+		emu_cpu_free(&e->base);
+		return fail_uc(step, err);
+	}
+	return &e->base;
+}
+
+/* emu_set_regs / emu_get_regs -- the ABI registers of a vCPU that is not running
+ *  IN:  c, r
+ * OUT:  0 (and *r) */
+static int emu_set_regs(struct bm_guest_cpu *c, const struct bm_guest_regs *r)
+{
+	struct emu_cpu *e = (struct emu_cpu *)c;
+	struct bm_guest_regs copy = *r;
+	void *values[8] = { &copy.rax, &copy.rbx, &copy.rcx, &copy.rdx, &copy.rsi, &copy.rdi, &copy.rbp, &copy.rsp };
+	uc.reg_write_batch(e->engine, abi_regs, values, 8);
+	uc.reg_write(e->engine, UCR_EFLAGS, &copy.rflags);
+	uc.reg_write(e->engine, UCR_RIP, &copy.rip);
+	e->rip = r->rip;
+	return 0;
+}
+
+static int emu_get_regs(struct bm_guest_cpu *c, struct bm_guest_regs *r)
+{
+	struct emu_cpu *e = (struct emu_cpu *)c;
+	void *values[8] = { &r->rax, &r->rbx, &r->rcx, &r->rdx, &r->rsi, &r->rdi, &r->rbp, &r->rsp };
+	uc.reg_read_batch(e->engine, abi_regs, values, 8);
+	uc.reg_read(e->engine, UCR_EFLAGS, &r->rflags);
+	uc.reg_read(e->engine, UCR_RIP, &r->rip);
+	return 0;
+}
+
+/* emu_stop -- from any thread: make the engine return from uc_emu_start
+ *  IN:  c */
+static void emu_stop(struct bm_guest_cpu *c)
+{
+	uc.emu_stop(((struct emu_cpu *)c)->engine);
+}
+
+/* emu_run -- run until the code returns to the exit stub, must stop, or faults (the engine
+ * returns early only for a stop: the loop then looks at must_stop)
+ *  IN:  c (registers set)
+ * OUT:  enum bm_guest_end; BM_GUEST_FAULT with the error recorded */
+static int emu_run(struct bm_guest_cpu *c)
+{
+	struct emu_cpu *e = (struct emu_cpu *)c;
+	struct emu_vm *vm = c->guest->backend;
+	for (;;) {
+		int end = bm_guest_must_stop(c);
+		if (end != BM_GUEST_GO_ON)
+			return end;
+		take_turn(vm, e);
+		e->faulted = 0;
+		int err = uc.emu_start(e->engine, e->rip, BM_GUEST_EXIT_STUB, 0, 0);
+		give_turn(vm);
+		uc.reg_read(e->engine, UCR_RIP, &e->rip);
+		if (e->faulted == 1)
+			return bm_guest_fault(c, e->vector, 0, e->fault_rip, e->cr2);
+		if (e->faulted == 2)
+			return bm_fail(BM_ERR_STATE, "the app used I/O port 0x%x on core %u (rip 0x%lx): no device there",
+				       e->vector, c->core, e->rip), BM_GUEST_FAULT;
+		if (err == UC_ERR_INSN_INVALID)
+			return bm_guest_fault(c, 6, 0, e->rip, 0);
+		if (err == UC_ERR_READ_UNMAPPED || err == UC_ERR_WRITE_UNMAPPED || err == UC_ERR_FETCH_UNMAPPED)
+			return bm_fail(BM_ERR_RANGE, "the app touched memory outside the machine on core %u (rip 0x%lx)",
+				       c->core, e->rip), BM_GUEST_FAULT;
+		if (err != UC_ERR_OK)
+			return bm_fail(BM_ERR_STATE, "the app stopped the emulated CPU on core %u at rip 0x%lx: %s",
+				       c->core, e->rip, uc.strerror(err)), BM_GUEST_FAULT;
+		if (e->rip == BM_GUEST_EXIT_STUB)
+			return BM_GUEST_RETURNED;
+	}
+}
+
+static const struct bm_cpu_ops emu_ops = {
+	.name = "emu",
+	.open = emu_open,
+	.cpu_create = emu_cpu_create,
+	.set_regs = emu_set_regs,
+	.get_regs = emu_get_regs,
+	.run = emu_run,
+	.stop = emu_stop,
+	.cpu_free = emu_cpu_free,
+	.close = emu_close,
+};
+
+/* bm_cpu_emu_ops -- the emulated CPU's table (for bm_guest_run_app) */
+const struct bm_cpu_ops *bm_cpu_emu_ops(void) { return &emu_ops; }

@@ -1,0 +1,108 @@
+/* guest.h -- the flat-binary ABI front end (guest.c) and the table a CPU backend fills in.
+ *
+ * A flat binary (.app) runs on a CPU backend: cpu_kvm.c (hardware virtualization) or
+ * cpu_emu.c (an emulated CPU).  Everything that is the BareMetal contract rather than the CPU
+ * lives in guest.c: the loader state written into the machine's memory (GDT, IDT, page tables,
+ * the call table), upstream's register ABI for the seven calls, guest-address checks, guest
+ * SMP_SET on the cores' own threads, guest callbacks, stacks, fault reports, and stopping the
+ * vCPUs at the end of a run.  A backend only creates vCPUs, runs one until something happens,
+ * moves registers in and out, and stops one from another thread (struct bm_cpu_ops).
+ * Adding a backend = one C file with a `const struct bm_cpu_ops` + one Python module.
+ */
+#ifndef BM_GUEST_H
+#define BM_GUEST_H
+
+#include "machine.h"
+
+#define BM_APP_VIRTUAL     0xFFFF800000000000ull  /* where .app images are linked to run */
+#define BM_APP_PHYSICAL    0x200000ull            /* ...and the physical memory behind it */
+#define BM_GUEST_STUBS     0x100100ull            /* call stubs: out CALL_PORT+n, al ; ret */
+#define BM_GUEST_OUTPUT_STUB 0x100160ull          /* out CALL_PORT+8 ; ret: the console output */
+#define BM_GUEST_EXIT_STUB 0x100180ull            /* hlt: where guest code returns to */
+#define BM_GUEST_CALLS     9                      /* the 7 calls, reserved, the console output */
+#define BM_GUEST_FAULTS    0x100200ull            /* exception stubs, 8 bytes per vector */
+#define BM_GUEST_CALL_PORT 0xE0                   /* out CALL_PORT+n: call n of the call table */
+#define BM_GUEST_FAULT_PORT 0xEF                  /* out FAULT_PORT, al=vector: an exception */
+#define BM_GUEST_VECTORS   32
+#define BM_GUEST_CMDLINE   0x5A00ull              /* the kernel command line, NUL-terminated */
+#define BM_GUEST_CMDLINE_MAX 0x600ull             /* up to 0x6000 (the InfoMap page's end) */
+
+/* How a run of guest code ended (bm_guest_run_app's and a backend's run's value). */
+enum bm_guest_end {
+	BM_GUEST_RETURNED = 0,  /* the code returned (ret to the exit stub); RAX is its value */
+	BM_GUEST_SHUTDOWN = 1,  /* b_system(SHUTDOWN), or the machine was stopped from outside */
+	BM_GUEST_REBOOT = 2,    /* b_system(REBOOT) */
+	BM_GUEST_GO_ON = 3,     /* bm_guest_must_stop: nothing to stop for */
+	BM_GUEST_FAULT = -1,    /* the app crashed or the backend failed: the error says which */
+};
+
+/* Registers the ABI uses (a backend copies these in and out; others stay untouched). */
+struct bm_guest_regs {
+	u64 rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp, rip, rflags;
+};
+
+struct bm_guest;
+
+/* One vCPU: the backend's own struct starts with this one. */
+struct bm_guest_cpu {
+	struct bm_guest *guest;
+	u32 core;
+	pthread_t thread;       /* the core thread that runs it */
+};
+
+/* A CPU backend.  Every function but stop is called on the vCPU's own thread.
+ *  open(g)           the run's backend state into g->backend; 0, or BM_GUEST_FAULT (error recorded)
+ *  cpu_create(g, n)  vCPU for core n in long mode over the loader state; NULL (error recorded)
+ *  set_regs/get_regs the ABI registers; 0, or BM_GUEST_FAULT
+ *  run(c)            run until the code returns to BM_GUEST_EXIT_STUB (RETURNED), until
+ *                    bm_guest_must_stop says to stop (its value), or a fault (bm_guest_fault's
+ *                    value).  Calls go to bm_guest_call(c, n, regs) as they happen.
+ *  stop(c)           from any thread: make run look at bm_guest_must_stop soon (< 100 ms)
+ *  cpu_free(c), close(g) */
+struct bm_cpu_ops {
+	const char *name;
+	int (*open)(struct bm_guest *g);
+	struct bm_guest_cpu *(*cpu_create)(struct bm_guest *g, u32 core);
+	int (*set_regs)(struct bm_guest_cpu *c, const struct bm_guest_regs *r);
+	int (*get_regs)(struct bm_guest_cpu *c, struct bm_guest_regs *r);
+	int (*run)(struct bm_guest_cpu *c);
+	void (*stop)(struct bm_guest_cpu *c);
+	void (*cpu_free)(struct bm_guest_cpu *c);
+	void (*close)(struct bm_guest *g);
+};
+
+/* One run of a binary on a machine (guest.c owns it; m->guest points at it while it runs). */
+struct bm_guest {
+	struct bm_machine *m;
+	const struct bm_cpu_ops *ops;
+	void *backend;                        /* the backend's run state */
+	u64 stacks, stacks_size;              /* physical: every core's stack, above the app window */
+	_Atomic int ending;                   /* core 0's app has returned: other vCPUs stop */
+	_Atomic int core0_running;            /* core 0's vCPU is in ops->run */
+	pthread_mutex_t lock;
+	_Atomic u64 callback[3];              /* guest functions of CALLBACK_TIMER/_NETWORK/_KEYBOARD */
+	_Atomic u64 output;                   /* guest function of STDOUT_SET, 0 = the console */
+	struct bm_guest_cpu *_Atomic cpus[BM_MAX_CORES + 1];   /* [num_cores]: the service thread's */
+	int faulted;                          /* core 0 faulted: `fault` says how */
+	struct { int vector; u64 rip, address; u32 insn_len; u8 insn[16]; } fault;
+};
+
+/* for backends */
+void bm_guest_call(struct bm_guest_cpu *c, unsigned n, struct bm_guest_regs *r);
+int bm_guest_must_stop(struct bm_guest_cpu *c);
+int bm_guest_fault(struct bm_guest_cpu *c, unsigned vector, u64 error_code, u64 rip, u64 cr2);
+void *bm_guest_to_host(struct bm_machine *m, u64 va, u64 len);
+
+/* the backends (cpu_kvm.c, cpu_emu.c) */
+const struct bm_cpu_ops *bm_cpu_kvm_ops(void);
+const struct bm_cpu_ops *bm_cpu_emu_ops(void);
+
+/* for Python (guest.cdef) */
+void bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_outcome *out);
+void bm_guest_stop(struct bm_machine *m);
+void bm_guest_shutdown(struct bm_machine *m);
+u64 bm_guest_reserve_top(struct bm_machine *m, u64 nbytes);
+int bm_guest_set_cmdline(struct bm_machine *m, const char *text);
+void bm_guest_task(u64 guest_code);
+
+#endif
