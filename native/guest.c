@@ -160,7 +160,7 @@ static u64 stack_top(struct bm_guest *g, u32 index)
 int bm_guest_must_stop(struct bm_guest_cpu *c)
 {
 	int state = atomic_load(&c->guest->m->state);
-	if (state == BM_STATE_SHUTDOWN || state == BM_STATE_HALTED)
+	if (state == BM_STATE_SHUTDOWN || state == BM_STATE_HALTED || state == BM_STATE_STOPPING)
 		return BM_GUEST_SHUTDOWN;
 	if (state == BM_STATE_REBOOT)
 		return BM_GUEST_REBOOT;
@@ -507,6 +507,19 @@ static void kick_all(struct bm_guest *g, u32 from)
 	}
 }
 
+/* bm_guest_kick -- from any thread, once and without waiting: every vCPU of the binary running
+ * on m (if any) looks at must_stop (the signal watchdog repeats it while it waits)
+ *  IN:  m
+ * OUT:  nothing */
+void bm_guest_kick(struct bm_machine *m)
+{
+	struct bm_guest *g = enter(m);
+	if (g == NULL)
+		return;
+	kick_all(g, 0);
+	leave(m);
+}
+
 /* bm_guest_stop -- from any thread, after the machine's state says SHUTDOWN or REBOOT: make
  * every vCPU of the binary running on m (if any) leave guest code.  A backend's stop may be
  * missed by a vCPU just entering its run, so the stops are repeated for up to 100 ms while
@@ -626,6 +639,8 @@ void bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, struct
 		end = run_app(m, ops, &rax, g);
 	int how = end == BM_GUEST_RETURNED ? BM_END_RETURNED : end == BM_GUEST_SHUTDOWN ? BM_END_SHUTDOWN :
 		  end == BM_GUEST_REBOOT ? BM_END_REBOOT : g && g->faulted ? BM_END_EXCEPTION : BM_END_FAILED;
+	if (how == BM_END_SHUTDOWN && atomic_load(&m->state) == BM_STATE_STOPPING)
+		how = BM_END_TERMINATED;                 /* a stop signal (signals.c) ended the run */
 	bm_outcome_set(out, how, 0, end == BM_GUEST_FAULT ? bm_error.message : NULL);
 	out->value = rax;
 	if (how == BM_END_EXCEPTION) {

@@ -99,6 +99,7 @@ const struct bm_cpu_ops *bm_cpu_emu_ops(void);
 
 /* for Python (guest.cdef) */
 void bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_outcome *out);
+void bm_guest_kick(struct bm_machine *m);
 void bm_guest_stop(struct bm_machine *m);
 void bm_guest_shutdown(struct bm_machine *m);
 u64 bm_guest_reserve_top(struct bm_machine *m, u64 nbytes);

@@ -43,11 +43,13 @@
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
+#include "guest.h"
 #include "machine.h"
 #include "signals.h"
 
 static const int stop_signals[] = { SIGTERM, SIGINT, SIGHUP, SIGALRM };
 #define NUM_STOP_SIGNALS (sizeof stop_signals / sizeof stop_signals[0])
+#define KICK_EVERY_NS 5000000ull      /* while waiting out the grace, binaries are kicked this often */
 
 static pthread_mutex_t arm_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct bm_machine *_Atomic armed[BM_SIGNALS_MACHINES];
@@ -178,6 +180,17 @@ static void hard_exit(int sig)
 	_exit(status);
 }
 
+/* kick_binaries -- make the vCPUs of a binary running on an armed machine look at the state
+ * (STOPPING ends their run, guest.c), so a binary spinning without calls ends without hard_exit */
+static void kick_binaries(void)
+{
+	for (int i = 0; i < BM_SIGNALS_MACHINES; i++) {
+		struct bm_machine *m = atomic_load(&armed[i]);
+		if (m != NULL)
+			bm_guest_kick(m);
+	}
+}
+
 /* watchdog_main -- the watchdog thread (see the top, steps 3 and 4) */
 static void *watchdog_main(void *unused)
 {
@@ -194,6 +207,9 @@ static void *watchdog_main(void *unused)
 			until = atomic_load(&stop_ns) + atomic_load(&grace_ns);
 			if (now >= until)
 				hard_exit(sig);
+			kick_binaries();
+			if (until - now > KICK_EVERY_NS)       /* kick again soon: a vCPU entering may miss one */
+				until = now + KICK_EVERY_NS;
 		} else if ((until = atomic_load(&deadline_ns)) != 0 && now >= until) {
 			atomic_store(&deadline_ns, 0);
 			atomic_store(&timed_out, 1);
