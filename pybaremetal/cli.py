@@ -48,6 +48,11 @@ def _add_machine_options(parser):
                             "anywhere) or auto (kvm where ring 0 runs in hardware, else emu; default: $BAREMETAL_CPU or auto)")
     group.add_argument("--cmdline", default=None, metavar="TEXT",
                        help="the kernel command line, a NUL-terminated string at physical 0x5A00")
+    group.add_argument("--gdb", default=None, metavar="PORT",
+                       help="a flat binary waits for gdb on 127.0.0.1:PORT before its first "
+                            "instruction (0: any free port, printed); then gdb -ex 'target remote :PORT'")
+    group.add_argument("--dumpcore", default=None, metavar="DIR",
+                       help="a flat binary that crashes writes an ELF core file for gdb into DIR")
     group.add_argument("-v", "--verbose", action="store_true",
                        help="say which CPU backend runs a flat binary, and why")
     screen = parser.add_argument_group("the screen")
@@ -111,7 +116,8 @@ def machine_kwargs(args):
     """Machine(...) arguments from the parsed machine options."""
     return dict(cores=args.cores, memory=args.memory, console=args.console, input=args.input,
                 pin=args.pin, drives=args.drive, nics=args.nic, queue_size=args.queue_size,
-                screen=args.screen, cpu=args.cpu, cmdline=args.cmdline)
+                screen=args.screen, cpu=args.cpu, cmdline=args.cmdline,
+                gdb=args.gdb, dumpcore=args.dumpcore)
 
 
 def exit_code(result):

@@ -58,10 +58,24 @@ def choose(name=None):
 
 def run(machine, backend):
     """Run the image loaded at 0xFFFF800000000000 on core 0 (the calling thread) with the
-    ``backend`` module.  Returns the app's RAX; raises Shutdown/Reboot for those calls and
+    ``backend`` module; under gdb if the machine has ``gdb`` (a port), writing a core file on a
+    fault if it has ``dumpcore`` (a directory).  Returns the app's RAX; raises Shutdown/Reboot for those calls and
     AppCrashed (saying where) when it faults."""
     rax = ffi.new("u64 *")
-    end = lib.bm_guest_run_app(machine._c, backend.ops(), rax)
+    port, core_dir = getattr(machine, "gdb", None), getattr(machine, "dumpcore", None)
+    if port is None and core_dir is None:
+        end = lib.bm_guest_run_app(machine._c, backend.ops(), rax)
+    else:                                  # --gdb / --dumpcore (cpu/gdb.py, native/gdbstub.c)
+        from . import gdb
+        stub = gdb.wait_for_gdb(port) if port is not None else ffi.NULL
+        core_path = ffi.new("char[256]")
+        try:
+            end = lib.bm_guest_run_debug(machine._c, backend.ops(), stub,
+                                         core_dir.encode() if core_dir else ffi.NULL, core_path, rax)
+        finally:
+            lib.bm_gdb_close(stub)
+        if end == FAULT and core_path[0] != b"\0":
+            raise AppCrashed(f"{recorded_error()[1]}; core file: {ffi.string(core_path).decode()}")
     if end == RETURNED:
         return rax[0]
     if end == SHUTDOWN:
