@@ -7,7 +7,7 @@
  * resume, stop to interrupt.  So the same stub serves the emulated CPU and KVM.
  *
  * Protocol (gdb's "Remote Protocol" appendix): packets $data#cs, acknowledged with +/- until
- * QStartNoAckMode.  Served: ? g G p P m M c s Z0 Z1 z0 z1 k D vKill qSupported (PacketSize,
+ * QStartNoAckMode.  Served: ? g G p P m M c s C S (the signal is dropped) Z0 Z1 z0 z1 k D vKill qSupported (PacketSize,
  * qXfer:features:read: the target description below, so gdb knows the register layout: the
  * amd64 general registers, segment selectors, x87 (shown as zeros: not tracked), SSE, and
  * fs_base/gs_base), qAttached, qC, qfThreadInfo/qsThreadInfo (one thread: core 0), H, T.
@@ -614,6 +614,13 @@ int bm_gdb_serve(struct bm_gdb *s, struct bm_guest_cpu *c)
 		case 'z':
 			reply = breakpoint(s, c, p[0] == 'Z', p + 1);
 			break;
+		case 'C':                                    /* Csig[;addr]: the app has no signal handlers */
+		case 'S': {
+			char *addr = strchr(p, ';');
+			p[0] = p[0] == 'C' ? 'c' : 's';
+			memmove(p + 1, addr ? addr + 1 : "", addr ? strlen(addr + 1) + 1 : 1);
+		}
+			/* fall through */
 		case 'c':
 		case 's':
 			if (faulted) {                               /* the app cannot go on */
