@@ -154,6 +154,9 @@ def cmd_cc(args, gcc_args):
 def cmd_run(args, app_argv):
     from .apps import loader_for
     loader = loader_for(args.app)
+    if (args.gdb, args.dumpcore) != (None, None) and not loader.__name__.endswith(".binary"):
+        raise ArgumentError("--gdb and --dumpcore are for flat binaries (.app, .asm); debug a C or "
+                            "Python app with gdb --args python -m pybaremetal run APP (see README)")
     if args.verbose and loader.__name__.endswith(".binary"):
         from . import cpu
         print(f"baremetal: cpu: {cpu.choose(args.cpu)[1]}", file=sys.stderr)

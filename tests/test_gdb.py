@@ -270,6 +270,9 @@ def test_bad_debugging_options_are_one_line(tmp_path):
                              cwd=ROOT, timeout=60)
         assert run.returncode == 2 and message in run.stderr, run.stderr
         assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+    run = subprocess.run([sys.executable, "-m", "pybaremetal", "run", "examples/hello.py", "--gdb", "0"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert run.returncode == 2 and "are for flat binaries" in run.stderr, run.stderr
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
