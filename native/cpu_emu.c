@@ -25,19 +25,29 @@
  * every guest instruction: one engine executes guest code at a time per machine (the `turn`, a
  * fair ticket lock, as QEMU's single-threaded TCG ran all vCPUs round-robin).  A core gives up
  * its turn during every call (host work -- DELAY, SMP_LOCK, I/O -- runs in parallel with other
- * cores' guest code) and when another core has waited a slice (1 ms): the waiter stops the
- * holder's engine (uc_emu_stop), the holder takes a new ticket and resumes after the others.
- * Guest instructions are thereby atomic with respect to other cores, at the cost of not running
+ * cores' guest code) and when another core has waited a slice (1 ms): the waiter raises
+ * `yield_now`, and the holder's block hook (run before each translated block, where the
+ * engine's state is exact) gives the turn and queues again.  Preempting with uc_emu_stop from
+ * the waiter's thread is not an option: the engine then reports a stale RIP (the last one it
+ * stored, not the block it was about to run; unicorn issues #1105/#1355) and resuming there
+ * runs instructions twice -- measured here as a guest spin lock losing increments.  The block
+ * hook costs one callback per block, so engines get it only on machines with more than one
+ * core or once a guest callback (the service thread's own engine) exists.  Guest
+ * instructions are thereby atomic with respect to other cores, at the cost of not running
  * guest code on two cores at once.
  *
- * Stopping a vCPU from another thread (stop): uc_emu_stop on its engine; guest.c repeats it
- * until the vCPU has left (a stop just before uc_emu_start is lost by the engine).
+ * Stopping a vCPU from another thread (stop): uc_emu_stop on its engine, only to end its run
+ * (never resumed, so the stale RIP does not matter); guest.c repeats it until the vCPU has left
+ * (a stop just before uc_emu_start is lost by the engine).
  *
  * Under a debugger (gdbstub.c through get_state/set_state/debug): a single step is
- * uc_emu_start with count 1 (the stepping core keeps its turn, so the step is never cut short);
- * each breakpoint is a code hook bounded to its one address (unicorn only instruments the
- * instructions inside a hook's range, so the rest runs at full speed) that stops the engine
- * before the instruction executes.  Translated code is flushed when breakpoints or memory change.
+ * uc_emu_start with count 1; each breakpoint is a code hook bounded to its one address
+ * (unicorn only instruments the instructions inside a hook's range, so the rest runs at full
+ * speed) that stops the engine from inside, before the instruction executes, where its state
+ * is exact.  A stop the debugger asks for (Ctrl-C: g->debug_break) is taken the same way, by
+ * a block hook present while a debugger is attached; stop then leaves that engine alone, as
+ * the stale RIP of a stop from outside would make the resumed run repeat instructions.
+ * Translated code is flushed when breakpoints or memory change.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -54,6 +64,7 @@
 #define UC_HOOK_INTR 1
 #define UC_HOOK_INSN 2
 #define UC_HOOK_CODE 4
+#define UC_HOOK_BLOCK 8
 #define UC_CTL_TB_FLUSH_WRITE (10 | (1 << 30))                /* UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0) */
 #define UC_X86_INS_OUT 500
 #define UC_ERR_OK 0
@@ -104,6 +115,8 @@ struct emu_cpu {
 	unsigned vector;
 	u64 fault_rip, cr2;
 	int stepping;                        /* under a debugger: run one instruction at a time */
+	int debugged;                        /* under a debugger: debug_hook stops for its requests */
+	uc_hook debug_hook;
 	int hit;                             /* a breakpoint hook stopped the engine */
 	unsigned breakpoints;                /* code hooks, one per breakpoint address */
 	uc_hook breakpoint_hooks[BM_CPU_BREAKPOINTS];
@@ -115,6 +128,7 @@ struct emu_vm {                              /* the machine's turn (see the top 
 	u64 next_ticket, serving;
 	struct emu_cpu *holder;
 	u64 holder_since;
+	_Atomic int yield_now;               /* a core has waited a slice: the holder gives the turn */
 };
 
 /* bm_emu_load -- load unicorn 2 from `path` (libunicorn.so.2 of the unicorn package); idempotent
@@ -166,15 +180,12 @@ static void take_turn(struct emu_vm *vm, struct emu_cpu *c)
 			until.tv_nsec -= 1000000000L;
 		}
 		pthread_cond_timedwait(&vm->moved, &vm->lock, &until);
-		u64 now = bm_now_ns();
-		if (vm->serving != ticket && vm->holder != NULL && !vm->holder->stepping &&
-		    now - vm->holder_since >= SLICE_NS) {
-			uc.emu_stop(vm->holder->engine);
-			vm->holder_since = now;
-		}
+		if (vm->serving != ticket && vm->holder != NULL && bm_now_ns() - vm->holder_since >= SLICE_NS)
+			atomic_store_explicit(&vm->yield_now, 1, memory_order_relaxed);
 	}
 	vm->holder = c;
 	vm->holder_since = bm_now_ns();
+	atomic_store_explicit(&vm->yield_now, 0, memory_order_relaxed);
 	pthread_mutex_unlock(&vm->lock);
 }
 
@@ -201,7 +212,7 @@ static void on_out(uc_engine *engine, u32 port, int size, u32 value, void *user)
 	(void)size;
 	(void)value;
 	struct emu_cpu *c = user;
-	if (port < BM_GUEST_CALL_PORT || port >= BM_GUEST_CALL_PORT + 8) {
+	if (port < BM_GUEST_CALL_PORT || port >= BM_GUEST_CALL_PORT + BM_GUEST_CALLS) {
 		c->faulted = 2;
 		c->vector = port;
 		uc.emu_stop(engine);
@@ -210,17 +221,34 @@ static void on_out(uc_engine *engine, u32 port, int size, u32 value, void *user)
 	struct bm_guest_regs r;
 	void *values[8] = { &r.rax, &r.rbx, &r.rcx, &r.rdx, &r.rsi, &r.rdi, &r.rbp, &r.rsp };
 	uc.reg_read_batch(engine, abi_regs, values, 8);
-	u64 next = BM_GUEST_STUBS + 8 * (port - BM_GUEST_CALL_PORT) + 2;   /* the stub's ret */
+	unsigned n = port - BM_GUEST_CALL_PORT;
+	u64 next = (n < 8 ? BM_GUEST_STUBS + 8 * n : BM_GUEST_OUTPUT_STUB) + 2;   /* the stub's ret */
 	r.rip = next;
 	struct emu_vm *vm = c->base.guest->backend;
 	give_turn(vm);
-	bm_guest_call(&c->base, port - BM_GUEST_CALL_PORT, &r);
+	bm_guest_call(&c->base, n, &r);
 	take_turn(vm, c);
 	uc.reg_write_batch(engine, abi_regs, values, 8);
 	if (r.rip != next)
 		uc.reg_write(engine, UCR_RIP, &r.rip);
 	if (bm_guest_must_stop(&c->base) != BM_GUEST_GO_ON)     /* SHUTDOWN, REBOOT */
 		uc.emu_stop(engine);
+}
+
+/* on_block -- before each translated block (multi-engine machines): give the turn when a
+ * waiter asked for it; the engine's state is exact here, so it resumes where it was
+ *  IN:  engine, address, size, c */
+static void on_block(uc_engine *engine, u64 address, u32 size, void *user)
+{
+	(void)engine;
+	(void)address;
+	(void)size;
+	struct emu_cpu *c = user;
+	struct emu_vm *vm = c->base.guest->backend;
+	if (__builtin_expect(atomic_load_explicit(&vm->yield_now, memory_order_relaxed), 0)) {
+		give_turn(vm);
+		take_turn(vm, c);
+	}
 }
 
 /* on_interrupt -- an exception (or `int n`): record it and stop
@@ -243,6 +271,18 @@ static void on_breakpoint(uc_engine *engine, u64 address, u32 size, void *user)
 	(void)size;
 	((struct emu_cpu *)user)->hit = 1;
 	uc.emu_stop(engine);
+}
+
+/* on_debug_block -- before each block while a debugger is attached: stop (from inside, so the
+ * state is exact) when the debugger asked for it (Ctrl-C) or the vCPU must stop anyway
+ *  IN:  engine, address, size, c */
+static void on_debug_block(uc_engine *engine, u64 address, u32 size, void *user)
+{
+	(void)address;
+	(void)size;
+	struct emu_cpu *c = user;
+	if (__builtin_expect(bm_guest_must_stop(&c->base) != BM_GUEST_GO_ON, 0))
+		uc.emu_stop(engine);
 }
 
 /* ---- the ops --------------------------------------------------------------------------- */
@@ -310,7 +350,8 @@ static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
 		return fail_uc("uc_open", err);
 	}
 	uc.ctl(e->engine, UC_CTL_CPU_MODEL_WRITE, UC_CPU_X86_NEHALEM);
-	uc_hook out_hook, interrupt_hook;
+	uc_hook out_hook, interrupt_hook, block_hook;
+	int turns = g->m->num_cores > 1 || id == g->m->num_cores;     /* several engines may run */
 	u64 cr0 = 0x80050033, cr3 = 0x2000, cr4 = 0x20 | 0x200 | 0x400;  /* PG..PE; PAE, OSFXSR, OSXMMEXCPT */
 	struct uc_x86_msr efer = { 0xC0000080, 0x500 };                     /* LME, LMA */
 	struct uc_x86_mmr gdtr = { 0, 0x1000, 23, 0 };
@@ -324,7 +365,8 @@ static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
 	     (err = uc.reg_write(e->engine, UCR_CR0, &cr0)) != UC_ERR_OK) ||
 	    (step = "hooks",
 	     (err = uc.hook_add(e->engine, &out_hook, UC_HOOK_INSN, (void *)on_out, e, 1, 0, UC_X86_INS_OUT)) != UC_ERR_OK ||
-	     (err = uc.hook_add(e->engine, &interrupt_hook, UC_HOOK_INTR, (void *)on_interrupt, e, 1, 0)) != UC_ERR_OK)) {
+	     (err = uc.hook_add(e->engine, &interrupt_hook, UC_HOOK_INTR, (void *)on_interrupt, e, 1, 0)) != UC_ERR_OK ||
+	     (turns && (err = uc.hook_add(e->engine, &block_hook, UC_HOOK_BLOCK, (void *)on_block, e, 1, 0)) != UC_ERR_OK))) {
 		emu_cpu_free(&e->base);
 		return fail_uc(step, err);
 	}
@@ -360,11 +402,13 @@ static int emu_get_regs(struct bm_guest_cpu *c, struct bm_guest_regs *r)
  *  IN:  c */
 static void emu_stop(struct bm_guest_cpu *c)
 {
-	uc.emu_stop(((struct emu_cpu *)c)->engine);
+	struct emu_cpu *e = (struct emu_cpu *)c;
+	if (!e->debugged)                            /* else on_debug_block stops it, exactly */
+		uc.emu_stop(e->engine);
 }
 
-/* emu_run -- run until the code returns to the exit stub, must stop, or faults; the engine
- * returns early when another core wants the turn or a stop came: then look and go on
+/* emu_run -- run until the code returns to the exit stub, must stop, or faults (the engine
+ * returns early only for a stop: the loop then looks at must_stop)
  *  IN:  c (registers set)
  * OUT:  enum bm_guest_end; BM_GUEST_FAULT with the error recorded */
 static int emu_run(struct bm_guest_cpu *c)
@@ -468,7 +512,17 @@ static int emu_debug(struct bm_guest_cpu *c, const struct bm_cpu_debug *d)
 	if (d == NULL)
 		d = &none;
 	e->stepping = d->step;
-	if (!d->code_changed && d->n == 0 && e->breakpoints == 0)
+	int attach = d != &none && !e->debugged, detach = d == &none && e->debugged;
+	if (attach) {
+		int err = uc.hook_add(e->engine, &e->debug_hook, UC_HOOK_BLOCK, (void *)on_debug_block, e, 1, 0);
+		if (err != UC_ERR_OK)
+			return fail_uc("debugger hook", err), BM_GUEST_FAULT;
+		e->debugged = 1;
+	} else if (detach) {
+		uc.hook_del(e->engine, e->debug_hook);
+		e->debugged = 0;
+	}
+	if (!attach && !detach && !d->code_changed && d->n == 0 && e->breakpoints == 0)
 		return 0;                                 /* else rebuild the hooks: cheap, rare */
 	for (unsigned i = 0; i < e->breakpoints; i++)
 		uc.hook_del(e->engine, e->breakpoint_hooks[i]);

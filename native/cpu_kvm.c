@@ -320,7 +320,7 @@ static int kvm_run(struct bm_guest_cpu *c)
 		if (!k->synced && ioctl(v->fd, KVM_GET_REGS, r) < 0)
 			return fail_errno("KVM_GET_REGS");
 		if (run->exit_reason == KVM_EXIT_IO && run->io.direction == KVM_EXIT_IO_OUT &&
-		    run->io.port >= BM_GUEST_CALL_PORT && run->io.port < BM_GUEST_CALL_PORT + 8) {
+		    run->io.port >= BM_GUEST_CALL_PORT && run->io.port < BM_GUEST_CALL_PORT + BM_GUEST_CALLS) {
 			struct bm_guest_regs regs;
 			to_guest_regs(r, &regs);
 			bm_guest_call(c, run->io.port - BM_GUEST_CALL_PORT, &regs);

@@ -10,7 +10,8 @@
  * guest addresses, and calls THE implementation of the call (b_output, b_nvs_read, ...: the same
  * functions Python and C apps use).  Every other register is preserved, as upstream promises.
  * Each IDT vector points at a stub `mov al, vector ; out FAULT_PORT, al ; hlt`, so a backend
- * that delivers exceptions to the guest (KVM) reports them by vector too.
+ * that delivers exceptions to the guest (KVM) reports them by vector too.  A ninth stub at
+ * 0x100160 (`out CALL_PORT+8`) is the console output STDOUT_GET returns by default.
  *
  * Code is entered with a return address on its stack that points at a `hlt` (the exit stub):
  * when it returns (to "the Monitor"), the run ends.  Stacks (core 0: 1 MiB; other cores and the
@@ -107,6 +108,8 @@ static void write_loader_state(struct bm_machine *m)
 		memcpy(m->mem + BM_GUEST_STUBS + 8 * n, stub, sizeof stub);
 		put64(m, BM_CALL_TABLE + 8 * n, BM_GUEST_STUBS + 8 * n);
 	}
+	u8 output[3] = { 0xE6, (u8)(BM_GUEST_CALL_PORT + 8), 0xC3 };
+	memcpy(m->mem + BM_GUEST_OUTPUT_STUB, output, sizeof output);
 	m->mem[BM_GUEST_EXIT_STUB] = 0xF4;                   /* hlt */
 	for (u64 v = 0; v < BM_GUEST_VECTORS; v++) {
 		u64 stub = BM_GUEST_FAULTS + 8 * v;              /* mov al, v ; out FAULT_PORT, al ; hlt */
@@ -144,7 +147,7 @@ u64 bm_guest_reserve_top(struct bm_machine *m, u64 nbytes)
 	for (u64 first = m->mem_size / BM_PAGE_SIZE; first >= 1 + pages; first--)
 		if (bm_mem_reserve(m, (first - pages) * BM_PAGE_SIZE, nbytes))
 			return (first - pages) * BM_PAGE_SIZE;
-	return bm_fail(BM_ERR_FULL, "no %llu MiB of free memory for the stacks", pages * (BM_PAGE_SIZE >> 20));
+	return bm_fail(BM_ERR_FULL, "no %llu MiB run of free memory", pages * (BM_PAGE_SIZE >> 20));
 }
 
 /* stack_top -- the physical top of vCPU `index`'s stack (index num_cores: the service thread) */
@@ -218,7 +221,7 @@ static int fault_signal(unsigned vector)
 
 /* bm_guest_fault -- record what a fault was: vector, core, rip, instruction bytes (+ CR2 for #PF,
  * + a note for AVX, which an emulated CPU lacks)
- *  IN:  c, vector (0..31; >= 32 = unknown: a triple fault), error_code, rip, cr2
+ *  IN:  c, vector (0..31 exceptions, 32..254 `int n`, 255 a triple fault), error_code, rip, cr2
  * OUT:  BM_GUEST_FAULT */
 int bm_guest_fault(struct bm_guest_cpu *c, unsigned vector, u64 error_code, u64 rip, u64 cr2)
 {
@@ -238,7 +241,9 @@ int bm_guest_fault(struct bm_guest_cpu *c, unsigned vector, u64 error_code, u64 
 	else if (vector == 6 && code && n >= 1 && (code[0] == 0xC4 || code[0] == 0xC5 || code[0] == 0x62))
 		snprintf(extra, sizeof extra, " (AVX not supported by the %s CPU)",
 			 c->guest->ops == bm_cpu_emu_ops() ? "emulated" : "virtual");
-	const char *name = vector < 22 ? vector_names[vector] : "triple fault";
+	char number[32];
+	snprintf(number, sizeof number, "interrupt %u", vector);
+	const char *name = vector < 22 ? vector_names[vector] : vector == 255 ? "triple fault" : number;
 	struct bm_guest *g = c->guest;
 	struct bm_cpu_state state;
 	g->fault_signal = fault_signal(vector);
@@ -348,12 +353,12 @@ static u64 guest_system(struct bm_guest_cpu *c, struct bm_guest_regs *r)
 		if (var1 == 0 || (var1 & 0xF) != 0)
 			return bm_fail(BM_ERR_ARGUMENT, "SMP_SET: code address 0x%lx is not 16-byte aligned", var1);
 		return bm_smp_set_shown(m, (u64)(uintptr_t)bm_guest_task, var2, var1, var1) ? var1 : 0;
-	case STDOUT_SET:                             /* 0 or the b_output stub: the default again */
-		atomic_store(&g->output, var1 == BM_GUEST_STUBS + 8 ? 0 : var1);
+	case STDOUT_SET:                             /* 0 or the console's stub: the default again */
+		atomic_store(&g->output, var1 == BM_GUEST_OUTPUT_STUB ? 0 : var1);
 		return var1;
-	case STDOUT_GET: {
+	case STDOUT_GET: {                           /* what b_output calls: the app's, or the console */
 		u64 fn = atomic_load(&g->output);
-		return fn ? fn : BM_GUEST_STUBS + 8;
+		return fn ? fn : BM_GUEST_OUTPUT_STUB;
 	}
 	case CALLBACK_TIMER:
 	case CALLBACK_NETWORK:
@@ -410,6 +415,10 @@ void bm_guest_call(struct bm_guest_cpu *c, unsigned n, struct bm_guest_regs *r)
 	}
 	case 6:                                               /* b_system: RCX, RAX, RDX -> RAX */
 		r->rax = guest_system(c, r);
+		break;
+	case 8:                                               /* the console output (STDOUT_GET's) */
+		if ((p = bm_guest_to_host(m, r->rsi, r->rcx)) != NULL)
+			b_output(p, r->rcx);
 		break;
 	default:
 		break;
@@ -552,6 +561,17 @@ void bm_guest_stop(struct bm_machine *m)
 		nanosleep(&pause, NULL);
 	}
 	leave(m);
+}
+
+/* bm_guest_shutdown -- from any thread: stop the machine as SHUTDOWN from another core does
+ * (a time limit, a signal): state SHUTDOWN, then every vCPU of a binary leaves guest code
+ *  IN:  m
+ * OUT:  nothing */
+void bm_guest_shutdown(struct bm_machine *m)
+{
+	int running = BM_STATE_RUNNING;
+	atomic_compare_exchange_strong(&m->state, &running, BM_STATE_SHUTDOWN);
+	bm_guest_stop(m);
 }
 
 /* stop_cores -- end the run for the other cores; returns once no core thread uses g.

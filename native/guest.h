@@ -17,7 +17,9 @@
 #define BM_APP_VIRTUAL     0xFFFF800000000000ull  /* where .app images are linked to run */
 #define BM_APP_PHYSICAL    0x200000ull            /* ...and the physical memory behind it */
 #define BM_GUEST_STUBS     0x100100ull            /* call stubs: out CALL_PORT+n, al ; ret */
+#define BM_GUEST_OUTPUT_STUB 0x100160ull          /* out CALL_PORT+8 ; ret: the console output */
 #define BM_GUEST_EXIT_STUB 0x100180ull            /* hlt: where guest code returns to */
+#define BM_GUEST_CALLS     9                      /* the 7 calls, reserved, the console output */
 #define BM_GUEST_FAULTS    0x100200ull            /* exception stubs, 8 bytes per vector */
 #define BM_GUEST_CALL_PORT 0xE0                   /* out CALL_PORT+n: call n of the call table */
 #define BM_GUEST_FAULT_PORT 0xEF                  /* out FAULT_PORT, al=vector: an exception */
@@ -135,6 +137,7 @@ int bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, u64 *ra
 int bm_guest_run_debug(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_gdb *gdb,
 		       const char *core_dir, char *core_path, u64 *rax);
 void bm_guest_stop(struct bm_machine *m);
+void bm_guest_shutdown(struct bm_machine *m);
 u64 bm_guest_reserve_top(struct bm_machine *m, u64 nbytes);
 int bm_guest_set_cmdline(struct bm_machine *m, const char *text);
 void bm_guest_task(u64 guest_code);

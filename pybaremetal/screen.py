@@ -67,8 +67,9 @@ class Screen:
 
     def reserve(self):
         """Allocate the buffer from flat memory and describe it to the C core (at creation,
-        and again after a reboot, which forgets every allocation)."""
-        physical = lib.bm_mem_alloc(self.machine._c, self.nbytes)
+        and again after a reboot, which forgets every allocation).  It takes the highest free
+        pages: a binary's image goes at 0x200000 and its heap grows up from there."""
+        physical = lib.bm_guest_reserve_top(self.machine._c, self.nbytes)
         if physical == 0:
             raise_recorded(OutOfMemory, prefix=f"screen {self.width}x{self.height}: ")
         self.physical = physical
