@@ -254,12 +254,8 @@ int bm_guest_fault(struct bm_guest_cpu *c, unsigned vector, u64 error_code, u64 
 			state.cr2 = cr2;
 		bm_core_write(m, g->core_dir, c->core, &state, g->fault_signal, g->core_path);
 	}
-	char what[8];
-	memcpy(what, name, 3);
-	what[name[0] == '#' ? 3 : 0] = 0;
-	bm_fail(BM_ERR_STATE, "the app crashed on core %u: %s at rip 0x%llx%s [%s]%s%s",
-		c->core, name, (unsigned long long)rip, extra, bytes[0] ? bytes : "no code there",
-		what[0] ? " " : "", what);
+	bm_fail(BM_ERR_STATE, "the app crashed on core %u: %s at rip 0x%llx%s [%s]", c->core, name,
+		(unsigned long long)rip, extra, bytes[0] ? bytes : "no code there");
 	return BM_GUEST_FAULT;
 }
 
@@ -487,7 +483,9 @@ static struct bm_guest *enter(struct bm_machine *m)
 
 static void leave(struct bm_machine *m) { atomic_fetch_sub(&m->guest_users, 1); }
 
-/* report -- a fault on a thread other than core 0's app: one line on stderr, the core goes on */
+/* report -- a fault on a thread other than core 0's app: one line on stderr ("core N: ..." as
+ * for C tasks), the core goes on
+ *  IN:  core, who ("core", "callback on core"), the recorded error */
 static void report(u32 core, const char *who)
 {
 	char line[320];

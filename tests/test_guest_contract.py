@@ -491,3 +491,60 @@ msg: db 'abc'
 buffer: db 0, 0, 0
 """)
     assert run(image) == (0, b"ABCabc")
+
+
+FUZZ = r'''
+import random, sys, threading
+import pybaremetal as bm
+from pybaremetal import cpu
+from pybaremetal.apps import binary
+from pybaremetal._native import lib
+
+seed_image = open(sys.argv[1], "rb").read()
+rng = random.Random(20261130)
+outcomes = {}
+machine = None
+for i in range(200):
+    if i % 2:
+        image = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 512)))
+    else:
+        image = bytearray(seed_image)
+        for _ in range(rng.randrange(1, 8)):
+            image[rng.randrange(len(image))] = rng.randrange(256)
+        image = bytes(image)
+    if machine is None:
+        machine = bm.Machine(cores=2, memory="16M", console="capture", input=False, pin=False).boot()
+    timer = threading.Timer(0.1, lib.bm_guest_shutdown, (machine._c,))
+    timer.start()
+    try:
+        binary.execute(machine, image)
+        outcome = "returned"
+    except cpu.AppCrashed:
+        outcome = "crashed"
+    except bm.Reboot:
+        outcome = "rebooted"
+        machine.reboot()
+    except bm.Shutdown:
+        outcome = "stopped"
+    timer.cancel()
+    timer.join()
+    if outcome == "stopped" or lib.bm_machine_state(machine._c) != 1:
+        machine.halt()
+        machine = None
+    outcomes[outcome] = outcomes.get(outcome, 0) + 1
+if machine is not None:
+    machine.halt()
+print(sum(outcomes.values()), sorted(outcomes.items()))
+'''
+
+
+def test_fuzzed_binaries_never_crash_or_hang_the_host(tmp_path, backend):
+    if backend == "kvm" and not cpu.kvm.native_ring0():
+        pytest.skip("KVM here emulates ring 0: 200 binaries would take minutes")
+    seed = assemble(tmp_path, SMP_COUNT.replace("ITERATIONS", "1000"))
+    script = tmp_path / "fuzz.py"
+    script.write_text(FUZZ)
+    done = subprocess.run([sys.executable, str(script), seed], capture_output=True, cwd=ROOT, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(b"200 "), done.stdout
