@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pybaremetal import cpu
+from pybaremetal import cli, cpu
 from pybaremetal.apps import binary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,11 +127,18 @@ def value(output, name):
     return found[0]
 
 
-def test_gdb_session_on_a_c_binary(tmp_path, backend):
-    source = tmp_path / "sum.c"
+@pytest.fixture(scope="module")
+def sum_app(tmp_path_factory):
+    """The C app built with -g: (sum.app, sum.elf)."""
+    work = tmp_path_factory.mktemp("sum")
+    source = work / "sum.c"
     source.write_text(C_APP)
-    app = binary.build([str(source)], str(tmp_path / "sum.app"), "-O1", ["-g"])
-    symbols = str(tmp_path / "sum.elf")
+    app = binary.build([str(source)], str(work / "sum.app"), "-O1", ["-g"])
+    return app, str(work / "sum.elf")
+
+
+def test_gdb_session_on_a_c_binary(sum_app, backend):
+    app, symbols = sum_app
     assert os.path.exists(symbols)
     plain = subprocess.run(baremetal(app, backend), capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert (plain.returncode, plain.stdout) == (55, "sum done\n"), plain.stderr
@@ -262,24 +269,20 @@ def test_gdb_recipe_for_c_apps(tmp_path):
     assert "sum done" in output and "exited with code 067" in output, output
 
 
-def test_bad_debugging_options_are_one_line(tmp_path):
+def test_bad_debugging_options_are_one_line(tmp_path, capsys):
     app = assemble(tmp_path, HELLO, "hello")
-    for options, message in [(["--gdb", "port"], "is not a TCP port"),
-                             (["--gdb", "70000"], "is not a TCP port"),
-                             (["--dumpcore", str(tmp_path / "none")], "is not a directory")]:
-        run = subprocess.run(baremetal(app, "auto", *options), capture_output=True, text=True,
-                             cwd=ROOT, timeout=60)
-        assert run.returncode == 2 and message in run.stderr, run.stderr
-        assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
-    run = subprocess.run([sys.executable, "-m", "pybaremetal", "run", "examples/hello.py", "--gdb", "0"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert run.returncode == 2 and "are for flat binaries" in run.stderr, run.stderr
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
     try:
-        run = subprocess.run(baremetal(app, "auto", "--gdb", str(taken.getsockname()[1])),
-                             capture_output=True, text=True, cwd=ROOT, timeout=60)
+        for options, message in [
+                ([app, "--gdb", "port"], "is not a TCP port"),
+                ([app, "--gdb", "70000"], "is not a TCP port"),
+                ([app, "--dumpcore", str(tmp_path / "none")], "is not a directory"),
+                ([os.path.join(ROOT, "examples", "hello.py"), "--gdb", "0"], "are for flat binaries"),
+                ([app, "--gdb", str(taken.getsockname()[1])], "cannot listen there")]:
+            assert cli.main(["run", *options, "--memory", "16M", "--cores", "1"]) == 2
+            err = capsys.readouterr().err
+            assert message in err and len(err.strip().splitlines()) == 1, err
     finally:
         taken.close()
-    assert run.returncode == 2 and "cannot listen there" in run.stderr, run.stderr
