@@ -10,15 +10,20 @@ DEBIAN_PACKAGES := gcc libc6-dev binutils make nasm iproute2 iputils-ping fio ut
 NATIVE := $(wildcard native/*.c native/*.h native/*.cdef) native/build.py setup.py pyproject.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# what the package's "test" extra asks for, read from the installed metadata (setup.py is
+# the one list)
+TEST_REQUIREMENTS := from importlib.metadata import requires; \
+  print(" ".join(r.split(";")[0].strip() for r in requires("pybaremetal") if "extra == \"test\"" in r))
+
 .PHONY: run test bench setup clean
 
 run: setup
 	$(VENV)/bin/baremetal run examples/sysinfo.py
 
-test: setup
+test: setup $(VENV)/.test
 	$(PY) -m pytest tests
 
-bench: setup
+bench: setup $(VENV)/.test
 	$(PY) -m pytest bench -q -s --benchmark-json=bench/results/pytest-benchmark.json
 
 setup: $(VENV)/.built
@@ -30,14 +35,20 @@ $(VENV)/.debian:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 	@mkdir -p $(VENV) && touch $@
 
-$(VENV)/.python: $(VENV)/.debian setup.py
+# the build requirements (pyproject.toml): the C core is built without build isolation
+$(VENV)/.python: $(VENV)/.debian
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel "cffi>=1.16"
-	$(PY) -m pip install -q -e ".[test]" --no-build-isolation
 	@touch $@
 
+# the one editable install: the package, what running needs, the C core (again when native/ changes)
 $(VENV)/.built: $(VENV)/.python $(NATIVE)
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -m pip install -q --no-build-isolation -e .
+	@touch $@
+
+# the test extra's packages, for make test and make bench only
+$(VENV)/.test: $(VENV)/.built setup.py
+	$(PY) -m pip install -q $$($(PY) -c '$(TEST_REQUIREMENTS)')
 	@touch $@
 
 clean:

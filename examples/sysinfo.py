@@ -28,7 +28,7 @@ def main():
         f"  BSP APIC id      {u32(mem, bm.INFOMAP_BSP_ID)}",
         f"  CPU speed        {u16(mem, bm.INFOMAP_CPU_MHZ)} MHz",
         f"  cores active     {u16(mem, bm.INFOMAP_CORES_ACTIVE)}",
-        f"  cores detected   {u16(mem, bm.INFOMAP_CORES_DETECTED)}",
+        f"  cores detected   {u16(mem, bm.INFOMAP_CORES_FOUND)}",
         f"  RAM              {u32(mem, bm.INFOMAP_RAM_MIB)} MiB",
         f"  APIC ids         {[u32(mem, bm.INFOMAP_APIC_IDS + 4 * i) for i in range(cores)]}",
         f"  kernel free word {u32(mem, bm.SYSVAR_FREE_MIB)} MiB (at 0x110104)",

@@ -64,6 +64,17 @@ static int slot_of_signal(int sig)
 	return 0;
 }
 
+/* record_fault -- remember a C fault on `core` in its machine's log (bm_smp_faults reads it;
+ * async-signal-safe)
+ *  IN:  core, signal number, faulting address */
+static void record_fault(struct bm_core *core, int signal, u64 address)
+{
+	struct bm_smp *smp = &core->machine->smp;
+	u32 n = atomic_fetch_add(&smp->faults_count, 1);
+	smp->faults[n % BM_FAULT_LOG] = (struct bm_fault){ .core = core->id, .signal = signal,
+							   .address = address, .code = core->task_code };
+}
+
 /* pass_on -- hand the signal to whoever had it before us, or to the default action */
 static void pass_on(int sig, siginfo_t *info, void *context)
 {
@@ -99,7 +110,7 @@ static void on_fault(int sig, siginfo_t *info, void *context)
 		n = put_str(line, n, " in task ");
 		n = put_hex(line, n, core->task_code);
 	}
-	bm_smp_record_fault(core, sig, (u64)(uintptr_t)info->si_addr);
+	record_fault(core, sig, (u64)(uintptr_t)info->si_addr);
 	int recover = core->in_task && core->fault_jmp != NULL;
 	n = put_str(line, n, recover ? " (task abandoned, core back to idle)\n" : " (machine stopped)\n");
 	ssize_t ignored = write(2, line, n);

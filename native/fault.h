@@ -21,6 +21,8 @@
 #ifndef BM_FAULT_H
 #define BM_FAULT_H
 
+#include "base.h"
+
 /* bm_fault_install -- install the fault handlers (process-wide, idempotent; re-installs
  * if something replaced them since)
  * OUT: 0, -1 if sigaction refused */

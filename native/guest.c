@@ -361,7 +361,7 @@ static u64 guest_system(struct bm_guest_cpu *c, struct bm_guest_regs *r)
 	case CALLBACK_KEYBOARD: {
 		unsigned which = (unsigned)(function - CALLBACK_TIMER);
 		atomic_store(&g->callback[which], var1);
-		if (var1 != 0 && bm_net_service_start(m) != 0)
+		if (var1 != 0 && bm_service_start(m) != 0)
 			return 0;
 		b_system(function, var1 ? (u64)(uintptr_t)trampolines[which] : 0, 0);
 		return var1;

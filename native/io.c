@@ -24,14 +24,19 @@ void bm_console_init(struct bm_console *c, int out_fd, int in_fd)
 	c->in_fd = in_fd;
 	c->in_eof = 0;
 	c->in_pos = c->in_len = 0;
+	atomic_store(&c->lost_bytes, 0);
+	atomic_store(&c->lost_errno, 0);
 	pthread_mutex_init(&c->in_lock, NULL);
 }
 
-/* console_write -- write all of [str, str+nbr) to fd, retrying short writes and EINTR
- *  IN:  fd, str, nbr
- * OUT:  nothing; stops quietly on a hard error (a closed pipe), as a console would */
-static void console_write(int fd, const char *str, u64 nbr)
+/* console_write -- write all of [str, str+nbr) to the console's fd, retrying short writes
+ * and EINTR
+ *  IN:  c = console, str, nbr
+ * OUT:  nothing; on a hard error (a closed pipe, a full disk) the rest is counted in
+ *       c->lost_bytes and the first errno kept in c->lost_errno (bm_console_lost) */
+static void console_write(struct bm_console *c, const char *str, u64 nbr)
 {
+	int fd = c->out_fd;
 	while (nbr > 0) {
 		ssize_t done = write(fd, str, nbr);
 		if (done > 0) {
@@ -41,6 +46,9 @@ static void console_write(int fd, const char *str, u64 nbr)
 			struct pollfd p = { .fd = fd, .events = POLLOUT };
 			poll(&p, 1, -1);
 		} else if (!(done < 0 && errno == EINTR)) {
+			int none = 0;
+			atomic_compare_exchange_strong(&c->lost_errno, &none, done < 0 ? errno : EIO);
+			atomic_fetch_add(&c->lost_bytes, nbr);
 			return;
 		}
 	}
@@ -54,7 +62,7 @@ void bm_default_output(const char *str, u64 nbr)
 {
 	struct bm_machine *m = bm_current();
 	if (m != NULL)
-		console_write(m->console.out_fd, str, nbr);
+		console_write(&m->console, str, nbr);
 }
 
 /* b_output -- write exactly nbr bytes (NUL bytes included) to the current output
@@ -73,7 +81,7 @@ void b_output(const char *str, u64 nbr)
 	}
 	if (m->console.flush_stdio && __fpending(stdout) != 0)   /* unlocked peek: no lock when empty */
 		fflush(stdout);
-	console_write(m->console.out_fd, str, nbr);
+	console_write(&m->console, str, nbr);
 }
 
 /* b_input -- the next byte of input, never blocking
@@ -108,6 +116,15 @@ u8 b_input(void)
 
 /* bm_console_set_flush_stdio -- flush C stdio before each b_output (for C apps using printf) */
 void bm_console_set_flush_stdio(struct bm_machine *m, int on) { m->console.flush_stdio = on; }
+
+/* bm_console_lost -- how much output b_output could not write
+ *  IN:  m, err = where to store the errno of the first failed write (0: none)
+ * OUT:  the bytes lost */
+u64 bm_console_lost(struct bm_machine *m, int *err)
+{
+	*err = atomic_load(&m->console.lost_errno);
+	return atomic_load(&m->console.lost_bytes);
+}
 
 /* bm_console_input_ended -- 1 when b_input has seen the end of its input (a closed pipe, the
  * end of a file) or has none, so a program reading lines can stop; 0 while more may come

@@ -2,6 +2,8 @@
 #ifndef BM_IO_H
 #define BM_IO_H
 
+#include "base.h"
+
 typedef void (*bm_output_fn)(const char *str, u64 nbr);
 
 struct bm_console {
@@ -13,11 +15,14 @@ struct bm_console {
 	int in_eof;
 	u32 in_pos, in_len;
 	u8 in_buf[4096];
+	_Atomic u64 lost_bytes;         /* bytes b_output could not write (a full disk, /dev/full) */
+	_Atomic int lost_errno;         /* errno of the first failed write, 0 = none */
 };
 
 void bm_console_init(struct bm_console *c, int out_fd, int in_fd);
 void bm_default_output(const char *str, u64 nbr);
 void bm_console_set_flush_stdio(struct bm_machine *m, int on);
 int bm_console_input_ended(struct bm_machine *m);
+u64 bm_console_lost(struct bm_machine *m, int *err);
 
 #endif

@@ -48,6 +48,7 @@ void b_smp_wait(void);
 /* Index for b_system calls */
 #define TIMECOUNTER		0x00
 #define FREE_MEMORY		0x01
+#define WALLCLOCK		0x02
 #define SMP_ID			0x10
 #define SMP_NUMCORES		0x11
 #define SMP_SET			0x12
@@ -70,9 +71,11 @@ void b_smp_wait(void);
 #define CALLBACK_TIMER		0x60
 #define CALLBACK_NETWORK	0x61
 #define CALLBACK_KEYBOARD	0x62
+#define TIMER_SET		0x68
 #define DUMP_MEM		0x70
 #define DUMP_RAX		0x71
 #define DELAY			0x72
+#define SLEEP			0x73
 #define RESET			0x7D
 #define REBOOT			0x7E
 #define SHUTDOWN		0x7F

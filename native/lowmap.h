@@ -2,6 +2,8 @@
 #ifndef BM_LOWMAP_H
 #define BM_LOWMAP_H
 
+#include "base.h"
+
 #define BM_LOWMAP_START 0x1000ull   /* page 0 stays unmapped: a NULL dereference still faults */
 
 int bm_lowmap_claim(struct bm_machine *m);

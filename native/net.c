@@ -1,5 +1,4 @@
-/* net.c -- b_net_tx / b_net_rx over the machine's NIC table, NET_STATUS / NET_CONFIG, and the
- * service thread that runs CALLBACK_TIMER and CALLBACK_NETWORK.
+/* net.c -- b_net_tx / b_net_rx over the machine's NIC table, NET_STATUS / NET_CONFIG.
  *
  * The front end checks the interface id and the frame length, keeps the counters, and calls
  * the NIC's table (struct bm_nic_ops); backends live in net_tap.c, net_packet.c, net_wire.c.
@@ -16,25 +15,14 @@
  * the frame, count it in tx_dropped and record BM_ERR_FULL.  A bad length or interface id also
  * drops (counted: on the NIC, or in the machine's bad-iid counter) and records BM_ERR_ARGUMENT.
  *
- * Callbacks: one service thread per machine, started when the Python face attaches NICs (every
- * machine, NICs or not, since the timer needs it).  It acts as core 0 -- upstream delivers
- * interrupts to the BSP, so SMP_ID in a callback says 0 -- but with a core struct of its own
- * (core 0's exit_jmp belongs to the app's thread).  It sleeps in epoll on: a timerfd (1 ms
- * period while CALLBACK_TIMER is set), the NICs' fds (edge-triggered, while CALLBACK_NETWORK
- * is set) and an eventfd to wake it.  It re-reads the callback words every wakeup and at least
- * every 10 ms, so a callback set from C starts within 10 ms; from Python the face wakes it at
- * once.  Each arriving frame calls the network callback once; the callback reads the frame with
- * b_net_rx.  A callback that leaves the frame unread is called again on the next arrival only.
- * A late timer calls its callback once per wakeup (missed ticks are not replayed).
+ * CALLBACK_NETWORK is run by the machine's service thread (service.c), through the table's
+ * pending and event_fd operations.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <sys/timerfd.h>
 #include <unistd.h>
 #include "machine.h"
 
@@ -129,8 +117,6 @@ int bm_net_add(struct bm_machine *m, struct bm_nic *nic)
 		iid = (int)n;
 	}
 	pthread_mutex_unlock(&m->net.lock);
-	if (iid >= 0)
-		bm_net_service_wake(m);
 	return iid;
 }
 
@@ -332,10 +318,10 @@ u64 bm_net_config(struct bm_machine *m, u64 base, u64 iid)
 	return 1;
 }
 
-/* bm_net_close_all -- stop the service thread, then close every NIC (halt) */
+/* bm_net_close_all -- close every NIC, keeping its final counters (halt: the service thread
+ * and the cores have stopped) */
 void bm_net_close_all(struct bm_machine *m)
 {
-	bm_net_service_stop(m);
 	pthread_mutex_lock(&m->net.lock);
 	u32 n = atomic_exchange(&m->net.num_nics, 0);
 	m->net.num_closed = n;
@@ -346,171 +332,4 @@ void bm_net_close_all(struct bm_machine *m)
 		nic->ops->close(nic);
 	}
 	pthread_mutex_unlock(&m->net.lock);
-}
-
-/* ---- the service thread: callbacks ------------------------------------------------------- */
-
-enum { EV_WAKE = 1000, EV_TIMER = 1001 };   /* epoll tags; NICs are tagged with their iid */
-
-/* deliver -- call the network callback once per frame waiting on any NIC, while it is set;
- * stop on a NIC whose callback left its frame unread (called again on the next arrival) */
-static void deliver(struct bm_machine *m)
-{
-	u32 n = atomic_load_explicit(&m->net.num_nics, memory_order_acquire);
-	for (u32 i = 0; i < n; i++) {
-		struct bm_nic *nic = m->net.nics[i];
-		while (!atomic_load(&m->net.service.stop) && nic->ops->pending(nic)) {
-			u64 fn = atomic_load(&m->callback[1]);
-			if (fn == 0 || atomic_load(&m->state) != BM_STATE_RUNNING)
-				return;
-			_Atomic u64 *received = &nic->stats.counts[BM_NIC_SERVICE_SLOT].rx_packets;
-			u64 before = atomic_load(received);
-			((void (*)(void))(uintptr_t)fn)();
-			atomic_fetch_add(&m->net.service.network_calls, 1);
-			if (atomic_load(received) == before)      /* it left its frame unread */
-				break;
-		}
-	}
-}
-
-/* service_main -- the service thread's loop (see the top of this file) */
-static void *service_main(void *arg)
-{
-	struct bm_machine *m = arg;
-	struct bm_net_service *s = &m->net.service;
-	bm_self = s->core;
-	int ep = epoll_create1(EPOLL_CLOEXEC);
-	int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-	struct epoll_event ev = { .events = EPOLLIN, .data.u32 = EV_WAKE };
-	epoll_ctl(ep, EPOLL_CTL_ADD, s->wake_fd, &ev);
-	ev.data.u32 = EV_TIMER;
-	epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev);
-	int timer_on = 0;
-	u32 armed = 0;                         /* NICs 0..armed-1 are in the epoll set */
-	while (!atomic_load(&s->stop)) {
-		int running = atomic_load(&m->state) == BM_STATE_RUNNING;
-		u64 timer_fn = running ? atomic_load(&m->callback[0]) : 0;
-		u64 net_fn = running ? atomic_load(&m->callback[1]) : 0;
-		if ((timer_fn != 0) != timer_on) {
-			timer_on = timer_fn != 0;
-			struct itimerspec period = { { 0, timer_on ? 1000000 : 0 }, { 0, timer_on ? 1000000 : 0 } };
-			timerfd_settime(tfd, 0, &period, NULL);
-		}
-		u32 n = atomic_load_explicit(&m->net.num_nics, memory_order_acquire);
-		if (net_fn != 0 && armed < n) {
-			for (; armed < n; armed++) {
-				struct bm_nic *nic = m->net.nics[armed];
-				int fd = nic->ops->event_fd(nic, 1);
-				struct epoll_event nev = { .events = EPOLLIN | EPOLLET, .data.u32 = armed };
-				if (fd >= 0)
-					epoll_ctl(ep, EPOLL_CTL_ADD, fd, &nev);
-			}
-			deliver(m);                /* frames that arrived before the callback was set */
-		} else if (net_fn == 0 && armed > 0) {
-			for (u32 i = 0; i < armed; i++) {
-				int fd = m->net.nics[i]->ops->event_fd(m->net.nics[i], 0);
-				if (fd >= 0)
-					epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
-			}
-			armed = 0;
-		}
-		struct epoll_event events[BM_MAX_NICS + 2];
-		int got = epoll_wait(ep, events, BM_MAX_NICS + 2, 10);
-		int frames = 0;
-		for (int i = 0; i < got; i++) {
-			u64 scratch;
-			if (events[i].data.u32 == EV_WAKE) {
-				if (read(s->wake_fd, &scratch, sizeof scratch) < 0) { /* nothing: a wakeup */ }
-			} else if (events[i].data.u32 == EV_TIMER) {
-				if (read(tfd, &scratch, sizeof scratch) < 0) { /* spurious */ }
-				u64 fn = atomic_load(&m->callback[0]);
-				if (fn != 0 && atomic_load(&m->state) == BM_STATE_RUNNING && !atomic_load(&s->stop)) {
-					((void (*)(void))(uintptr_t)fn)();
-					atomic_fetch_add(&s->timer_ticks, 1);
-				}
-			} else {
-				frames = 1;
-			}
-		}
-		if (frames && armed)
-			deliver(m);
-	}
-	for (u32 i = 0; i < armed; i++)
-		m->net.nics[i]->ops->event_fd(m->net.nics[i], 0);
-	close(tfd);
-	close(ep);
-	return NULL;
-}
-
-/* bm_net_service_start -- start the machine's service thread (idempotent)
- *  IN:  m
- * OUT:  0, or -1 with BM_ERR_IO / BM_ERR_FULL recorded */
-int bm_net_service_start(struct bm_machine *m)
-{
-	bm_error_clear();
-	struct bm_net_service *s = &m->net.service;
-	pthread_mutex_lock(&m->net.lock);
-	int r = 0;
-	if (!s->running) {
-		if (s->core == NULL)
-			s->core = calloc(1, sizeof *s->core);
-		if (s->core == NULL) {
-			r = (int)bm_fail(BM_ERR_FULL, "out of host memory") - 1;
-		} else {
-			s->core->machine = m;
-			s->core->id = 0;
-			s->core->counter_slot = BM_NIC_SERVICE_SLOT;
-			s->core->cpu = -1;
-			s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-			atomic_store(&s->stop, 0);
-			int e = s->wake_fd < 0 ? errno : pthread_create(&s->thread, NULL, service_main, m);
-			if (e != 0) {
-				if (s->wake_fd >= 0)
-					close(s->wake_fd);
-				r = (int)bm_fail(BM_ERR_IO, "cannot start the network service thread: %s", strerror(e)) - 1;
-			} else {
-				s->running = 1;
-			}
-		}
-	}
-	pthread_mutex_unlock(&m->net.lock);
-	return r;
-}
-
-/* bm_net_service_wake -- make the service thread re-read the callbacks and NICs now */
-void bm_net_service_wake(struct bm_machine *m)
-{
-	u64 one = 1;
-	if (m->net.service.running && write(m->net.service.wake_fd, &one, sizeof one) < 0) {
-		/* the counter is saturated: the thread is awake anyway */
-	}
-}
-
-/* bm_net_service_stop -- stop and join the service thread (idempotent) */
-void bm_net_service_stop(struct bm_machine *m)
-{
-	struct bm_net_service *s = &m->net.service;
-	pthread_mutex_lock(&m->net.lock);
-	int was_running = s->running;
-	s->running = 0;
-	pthread_mutex_unlock(&m->net.lock);
-	if (!was_running)
-		return;
-	atomic_store(&s->stop, 1);
-	u64 one = 1;
-	if (write(s->wake_fd, &one, sizeof one) < 0) { /* saturated: awake anyway */ }
-	if (pthread_equal(pthread_self(), s->thread)) {
-		pthread_detach(s->thread);         /* halted from a callback: the loop ends after it */
-		return;                            /* and keeps its core struct and eventfd */
-	}
-	pthread_join(s->thread, NULL);
-	close(s->wake_fd);
-	free(s->core);
-	s->core = NULL;
-}
-
-/* bm_net_service_count -- callbacks run so far: which = 0 timer ticks, 1 network calls */
-u64 bm_net_service_count(struct bm_machine *m, int which)
-{
-	return atomic_load(which == 0 ? &m->net.service.timer_ticks : &m->net.service.network_calls);
 }

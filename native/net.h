@@ -11,6 +11,8 @@
 #ifndef BM_NET_H
 #define BM_NET_H
 
+#include "base.h"
+
 #define BM_MAX_NICS             16
 #define BM_NET_BUFFERS          0x1A0000ull
 #define BM_NET_BUFFER_SIZE      0x4000ull
@@ -69,16 +71,6 @@ struct bm_nic {
 	struct bm_nic_stats stats;
 };
 
-/* The service thread that runs CALLBACK_TIMER / CALLBACK_NETWORK (net.c). */
-struct bm_net_service {
-	pthread_t thread;
-	int running;                    /* the thread exists */
-	int wake_fd;                    /* eventfd: wakes the thread (stop, callbacks changed) */
-	_Atomic int stop;
-	_Atomic u64 timer_ticks, network_calls;
-	struct bm_core *core;           /* its own core struct (id 0, see net.c) */
-};
-
 struct bm_net {
 	struct bm_nic *nics[BM_MAX_NICS];
 	_Atomic u32 num_nics;
@@ -86,7 +78,6 @@ struct bm_net {
 	_Atomic u64 bad_iid_drops;      /* frames b_net_tx refused: no such interface */
 	u32 num_closed;                 /* NICs closed on halt; their counters are kept below */
 	u64 closed_stats[BM_MAX_NICS][6];
-	struct bm_net_service service;
 };
 
 u64 bm_net_status(struct bm_machine *m, u64 iid);           /* MAC as a 48-bit number, 0 if absent */
@@ -109,10 +100,6 @@ int bm_net_stats(struct bm_machine *m, u32 iid, u64 *out);
 u64 bm_nic_mac(struct bm_nic *nic);
 u64 bm_net_bad_iid_drops(struct bm_machine *m);
 const char *bm_nic_kind(struct bm_nic *nic);
-int bm_net_service_start(struct bm_machine *m);
-void bm_net_service_stop(struct bm_machine *m);
-void bm_net_service_wake(struct bm_machine *m);
-u64 bm_net_service_count(struct bm_machine *m, int which);
 int bm_nic_lock(_Atomic int *lock, u64 wait_ns);
 void bm_nic_unlock(_Atomic int *lock);
 

@@ -240,15 +240,9 @@ static struct bm_drive *drive_of(struct bm_machine *m, u32 drive)
 	return m->nvs.drives[drive];
 }
 
-/* bm_nvs_info -- a drive's geometry, mode and counters
- *  IN:  m, drive, out
- * OUT:  0 and *out filled, -1 with BM_ERR_ARGUMENT for a missing drive */
-int bm_nvs_info(struct bm_machine *m, u32 drive, struct bm_drive_info *out)
+/* drive_info -- d's geometry, mode and counters into *out */
+static void drive_info(struct bm_drive *d, struct bm_drive_info *out)
 {
-	bm_error_clear();
-	struct bm_drive *d = drive_of(m, drive);
-	if (d == NULL)
-		return -1;
 	*out = (struct bm_drive_info){
 		.sectors = d->sectors, .fd = d->fd, .read_only = d->read_only, .durable = d->durable,
 		.direct = d->direct, .queue_depth = d->queue_depth, .poll_us = d->poll_ns / 1000,
@@ -257,6 +251,22 @@ int bm_nvs_info(struct bm_machine *m, u32 drive, struct bm_drive_info *out)
 		.errors = atomic_load(&d->errors), .bounced = atomic_load(&d->bounced),
 		.polled = atomic_load(&d->polled),
 	};
+}
+
+/* bm_nvs_info -- a drive's geometry, mode and counters; after halt, their final values
+ *  IN:  m, drive, out
+ * OUT:  0 and *out filled, -1 with BM_ERR_ARGUMENT for a missing drive */
+int bm_nvs_info(struct bm_machine *m, u32 drive, struct bm_drive_info *out)
+{
+	bm_error_clear();
+	if (atomic_load(&m->nvs.num_drives) == 0 && drive < m->nvs.num_closed) {
+		*out = m->nvs.closed[drive];    /* closed on halt: its final values */
+		return 0;
+	}
+	struct bm_drive *d = drive_of(m, drive);
+	if (d == NULL)
+		return -1;
+	drive_info(d, out);
 	return 0;
 }
 
@@ -310,8 +320,8 @@ u64 bm_nvs_flush(struct bm_machine *m, u32 drive)
 	return 1;
 }
 
-/* bm_nvs_close_all -- flush and close every drive, free every core's scratch (halt; the cores
- * have stopped)
+/* bm_nvs_close_all -- flush and close every drive, keeping its final info (bm_nvs_info still
+ * answers), free every core's scratch (halt; the cores have stopped)
  *  IN:  m
  * OUT:  nothing */
 void bm_nvs_close_all(struct bm_machine *m)
@@ -325,9 +335,12 @@ void bm_nvs_close_all(struct bm_machine *m)
 			continue;
 		if (!d->read_only)
 			d->ops->flush(d);
+		drive_info(d, &nvs->closed[i]);
+		nvs->closed[i].fd = -1;
 		d->ops->close(d);
 		free(d);
 	}
+	nvs->num_closed = count;
 	for (u32 i = 0; i < BM_MAX_CORES; i++)
 		scratch_free(atomic_exchange(&nvs->scratch[i], NULL));
 }

@@ -8,6 +8,8 @@
 #ifndef BM_NVS_H
 #define BM_NVS_H
 
+#include "base.h"
+
 #define BM_MAX_DRIVES 16
 #define BM_NVS_BOUNCE (1ull << 20)      /* bytes of each core's bounce buffer */
 #define BM_NVS_NAME 96                  /* bytes of a drive's name kept for messages */
@@ -51,12 +53,6 @@ struct bm_nvs_scratch {
 	unsigned long aio;              /* Linux AIO context (aio_context_t); 0 until needed, ~0 unusable */
 };
 
-struct bm_nvs {
-	struct bm_drive *drives[BM_MAX_DRIVES];
-	_Atomic u32 num_drives;
-	struct bm_nvs_scratch *_Atomic scratch[BM_MAX_CORES];  /* per core, by bm_self->id */
-};
-
 /* What Python reads about a drive (nvs.cdef mirrors it). */
 struct bm_drive_info {
 	u64 sectors;
@@ -64,6 +60,14 @@ struct bm_drive_info {
 	u32 queue_depth;
 	u64 poll_us;
 	u64 reads, writes, sectors_read, sectors_written, errors, bounced, polled;
+};
+
+struct bm_nvs {
+	struct bm_drive *drives[BM_MAX_DRIVES];
+	_Atomic u32 num_drives;
+	struct bm_nvs_scratch *_Atomic scratch[BM_MAX_CORES];  /* per core, by bm_self->id */
+	u32 num_closed;                 /* drives closed on halt; their last info is kept below */
+	struct bm_drive_info closed[BM_MAX_DRIVES];
 };
 
 int bm_nvs_attach_file(struct bm_machine *m, int fd, unsigned flags, const char *name);

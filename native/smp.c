@@ -3,7 +3,7 @@
  * A machine with N cores has core 0 (the BSP: the thread that booted it and runs the app) and
  * N-1 worker threads started here at boot, each pinned to its own CPU of the process's allowed
  * set (core 0 too, its old affinity restored at halt; Machine(pin=False) opts out).  Every core
- * knows its machine and id through the thread-local bm_self.
+ * knows its machine and id through the thread-locals bm_self and bm_self_machine (base.h).
  *
  * Two ways to give a core work, on the same cores:
  *  - the per-core slots of the current kernel (bit 0 present, bit 1 active, code address in
@@ -63,8 +63,6 @@
 #include "fault.h"
 
 #define BM_SPIN_NS 100000ull            /* an idle core polls this long before it sleeps */
-
-BM_TLS struct bm_core *bm_self;
 
 static _Atomic u64 *slot_of(struct bm_machine *m, u32 core)
 {
@@ -235,8 +233,10 @@ static void run_task(struct bm_core *core, u64 code, u64 arg)
 		core->task_code = code;
 		bm_py_run(core->machine, core->id, handles, n);
 		core->task_code = 0;
+		core->tasks_run += n;
 		return;
 	}
+	core->tasks_run++;
 	core->task_code = code;
 	core->in_task = core->fault_jmp != NULL;
 	((bm_task_fn)(uintptr_t)code)(arg);
@@ -258,6 +258,7 @@ static int run_slot(struct bm_core *core)
 		core->task_code = code;
 		bm_py_run(core->machine, core->id, &core->slot_arg, 1);
 		core->task_code = 0;
+		core->tasks_run++;
 	} else {
 		run_task(core, code, core->slot_arg);
 	}
@@ -369,7 +370,9 @@ static void core_loop(struct bm_core *core)
 	struct bm_smp *smp = &core->machine->smp;
 	while (!atomic_load_explicit(&smp->stop, memory_order_acquire)) {
 		atomic_store(&core->running, 1);
+		u64 woke = bm_now_ns();
 		work(core);
+		core->busy_ns += bm_now_ns() - woke;
 		atomic_store_explicit(&core->running, 0, memory_order_release);
 		notify_idle(smp);
 		idle(core);
@@ -388,7 +391,7 @@ int bm_smp_host_cpus(void)
 static void *core_main(void *p)
 {
 	sigjmp_buf fault_jmp;
-	bm_self = p;
+	bm_set_self(p, ((struct bm_core *)p)->machine);
 	bm_self->tid = (pid_t)syscall(SYS_gettid);
 	bm_self->altstack = bm_fault_altstack_new();
 	bm_self->fault_jmp = &fault_jmp;
@@ -828,14 +831,16 @@ int bm_smp_core_cpu(struct bm_machine *m, u32 core)
 	return core < m->num_cores ? m->smp.cores[core].cpu : -1;
 }
 
-/* bm_smp_record_fault -- remember a C fault on `core` (async-signal-safe: fault.c calls it)
- *  IN:  core, signal number, faulting address */
-void bm_smp_record_fault(struct bm_core *core, int signal, u64 address)
+/* bm_smp_core_counters -- a core's counters, for stats
+ *  IN:  m, core, tasks_run / busy_ns = where to store them
+ * OUT:  1, or 0 for no such core (nothing stored).  Read while the core runs: a snapshot */
+int bm_smp_core_counters(struct bm_machine *m, u32 core, u64 *tasks_run, u64 *busy_ns)
 {
-	struct bm_smp *smp = &core->machine->smp;
-	u32 n = atomic_fetch_add(&smp->faults_count, 1);
-	smp->faults[n % BM_FAULT_LOG] = (struct bm_fault){ .core = core->id, .signal = signal,
-							   .address = address, .code = core->task_code };
+	if (core >= m->num_cores)
+		return 0;
+	*tasks_run = m->smp.cores[core].tasks_run;
+	*busy_ns = m->smp.cores[core].busy_ns;
+	return 1;
 }
 
 /* bm_smp_faults -- copy C faults number first.. (at most max) into out
@@ -850,6 +855,12 @@ u32 bm_smp_faults(struct bm_machine *m, u32 first, struct bm_fault *out, u32 max
 		out[n++] = m->smp.faults[i % BM_FAULT_LOG];
 	return n;
 }
+
+/* bm_smp_fault_count -- C faults recorded on the machine so far (the log keeps the last
+ * BM_FAULT_LOG of them)
+ *  IN:  m
+ * OUT:  the count */
+u32 bm_smp_fault_count(struct bm_machine *m) { return atomic_load(&m->smp.faults_count); }
 
 /* ---- the hosted extension in libBareMetal.h -------------------------------------------- */
 

@@ -3,10 +3,10 @@
 #define BM_SMP_H
 
 #include <setjmp.h>
+#include "base.h"
 #include <signal.h>
 #include <sys/types.h>
 
-#define BM_CACHE_LINE 64
 #define BM_QUEUE_DEFAULT 4096u
 #define BM_QUEUE_MAX (1u << 24)
 #define BM_FAULT_LOG 64                 /* C faults remembered per machine */
@@ -38,6 +38,8 @@ struct bm_core {
 	u64 slot_value;                 /* the slot word of the slot task running, 0 if none */
 	_Atomic u64 slot;               /* the core's slot: host memory, the only word dispatch reads */
 	_Atomic u64 slot_shown;         /* the code address the table at 0x1FF800 shows for it */
+	u64 tasks_run;                  /* tasks this core ran (written by it only; stats) */
+	u64 busy_ns;                    /* worker cores: time from wake-up to idle again (stats) */
 	/* written by this core only, read by wait() and SMP_BUSY: on its own cache line */
 	_Atomic u32 running __attribute__((aligned(BM_CACHE_LINE)));
 	char pad[BM_CACHE_LINE - sizeof(u32)];
@@ -106,9 +108,10 @@ u64 bm_smp_set_shown(struct bm_machine *m, u64 code, u64 core, u64 arg, u64 show
 u64 bm_smp_queue_size(struct bm_machine *m);
 u64 bm_smp_queued(struct bm_machine *m);
 u32 bm_smp_faults(struct bm_machine *m, u32 first, struct bm_fault *out, u32 max);
+u32 bm_smp_fault_count(struct bm_machine *m);
 int bm_smp_core_cpu(struct bm_machine *m, u32 core);
+int bm_smp_core_counters(struct bm_machine *m, u32 core, u64 *tasks_run, u64 *busy_ns);
 int bm_smp_host_cpus(void);
-void bm_smp_record_fault(struct bm_core *core, int signal, u64 address);
 
 /* Python tasks: the code address of every Python task is bm_py_task; its argument is a
  * handle into pybaremetal.smp's table.  Cores hand runs of them to bm_py_run (cffi). */

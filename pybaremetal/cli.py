@@ -3,10 +3,31 @@ import argparse
 import os
 import signal
 import sys
+import time
 import traceback
 import warnings
 
 from .errors import ArgumentError, BareMetalError
+
+RUN_USAGE_HINT = "arguments for the app go after --: baremetal run APP [OPTIONS] -- ARGS"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (what is wrong, where help is), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _version():
+    """The installed distribution's version, else the package's own (a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("pybaremetal")
+    except PackageNotFoundError:
+        from . import __version__
+        return __version__
+
 
 EPILOG = """examples:
   baremetal run examples/hello.py
@@ -19,30 +40,37 @@ EPILOG = """examples:
   baremetal cc app.c -o app.so -O3 -- -DDEBUG
   baremetal run examples/hello.asm --cores 2
   baremetal cc app.c -o app.app          (a flat binary for the real kernel)
+  baremetal run app.py -c machine.toml --stats-json stats.json
+  baremetal doctor                       (what this host offers, and fixes)
 """
 
 
 def _add_machine_options(parser):
     group = parser.add_argument_group("the machine")
+    group.add_argument("-c", "--config", default=None, metavar="FILE",
+                       help="a machine file (TOML: cores, memory, [drives.NAME], [nics.NAME], "
+                            "...); the options below override it, --drive/--nic add devices")
+    group.add_argument("--stats-json", default=None, metavar="FILE",
+                       help="at exit, write the machine's counters (cores, drives, NICs) and "
+                            "timings to FILE as JSON")
     group.add_argument("--cores", type=int, default=None, metavar="N",
                        help="number of cores (default: one per CPU this process may use)")
-    group.add_argument("--memory", default="256M", metavar="SIZE",
-                       help="flat memory size, e.g. 256M, 2G (default: 256M)")
-    group.add_argument("--console", default="stdout", metavar="DEST",
+    group.add_argument("--memory", default=None, metavar="SIZE",
+                       help="flat memory size, e.g. 256M, 2G; a bare number is MiB (default: 256M)")
+    group.add_argument("--console", default=None, metavar="DEST",
                        help="where b_output goes: stdout (default), stderr, or a file path")
     group.add_argument("--input", default=None, metavar="FILE",
                        help="what b_input reads (default: stdin; a terminal is put in raw mode)")
-    group.add_argument("--no-pin", dest="pin", action="store_false",
+    group.add_argument("--no-pin", dest="pin", action="store_const", const=False, default=None,
                        help="do not pin each core to its own CPU")
-    group.add_argument("--queue-size", type=int, default=4096, metavar="N",
+    group.add_argument("--queue-size", type=int, default=None, metavar="N",
                        help="capacity of the work queue, a power of two (default: 4096)")
     group.add_argument("--drive", action="append", default=[], metavar="SPEC",
                        help="attach a drive: PATH[,ro][,durable][,create=SIZE][,queue=N][,poll=US][,buffered] "
-                            "(repeatable; drive numbers follow the order)")
+                            "(repeatable; drive numbers follow the order; create=64 is 64 MiB)")
     group.add_argument("--nic", action="append", default=[], metavar="SPEC",
-                       help="attach a NIC (repeatable; interface ids follow the order): tap:NAME, "
-                            "tap:@FD, packet:IFACE[,promisc][,txring], wire (loopback); "
-                            "any of them ,mac=02:00:00:00:00:01")
+                       help="attach a NIC (repeatable; interface ids follow the order): "
+                            f"{nic_kinds()}; any of them ,mac=02:00:00:00:00:01")
     group.add_argument("--cpu", default=None, choices=("auto", "kvm", "emu"),
                        help="how flat binaries execute: kvm (hardware), emu (emulated CPU, runs "
                             "anywhere) or auto (kvm where ring 0 runs in hardware, else emu; default: $BAREMETAL_CPU or auto)")
@@ -68,10 +96,23 @@ def _add_machine_options(parser):
                              "key presses go to b_input")
 
 
+def nic_kinds():
+    """The NIC kinds' syntax and description, from the backends' registry."""
+    from .net import describe
+    return describe()
+
+
+def app_kinds():
+    """The app kinds' suffixes and descriptions, from the loaders' registry."""
+    from .apps import describe
+    return describe()
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="baremetal", description="Run BareMetal programs hosted on Linux.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"baremetal (pybaremetal) {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     run = commands.add_parser(
@@ -79,9 +120,7 @@ def build_parser():
         description="Boot a machine and run APP on core 0.  Arguments after -- reach the app "
                     "(sys.argv[1:] for Python apps).  The exit code is the app's return value.")
     run.add_argument("app", metavar="APP",
-                     help="the app: a .py file with a main() function, a .c source (built and "
-                          "cached), a .so built by `baremetal cc`, a flat binary (.app) built "
-                          "for BareMetal, or its NASM source (.asm); binaries run on --cpu")
+                     help=f"the app: {app_kinds()}")
     _add_machine_options(run)
     monitor = commands.add_parser(
         "monitor", help="boot a machine into the Monitor (BareMetal's command line)",
@@ -95,6 +134,13 @@ def build_parser():
     bmfs.add_argument("disk", metavar="DISK")
     bmfs.add_argument("bmfs_command", metavar="COMMAND")
     bmfs.add_argument("bmfs_args", nargs="*", metavar="ARGS")
+    commands.add_parser(
+        "doctor", help="say what this host offers (KVM, compilers, kernel settings, NIC "
+                       "privileges) and how to fix what is missing",
+        description="Check this host for what pybaremetal uses: KVM and the CPU backend "
+                    "`--cpu auto` would pick, gcc, nasm, vm.mmap_min_addr, /dev/net/tun and "
+                    "CAP_NET_ADMIN/CAP_NET_RAW, huge pages, AIO, optional Python parts.  Each "
+                    "missing part comes with its fix.  Changes nothing; exits 0.")
     cc = commands.add_parser(
         "cc", help="build a C app (a shared object of the hosted API, or a flat binary)",
         description="Compile and link C sources that include libBareMetal.h into an app for "
@@ -112,12 +158,24 @@ def build_parser():
     return parser
 
 
+MACHINE_DEFAULTS = dict(cores=None, memory="256M", console="stdout", input=None, pin=True,
+                       queue_size=4096, screen=None, cpu=None, cmdline=None, gdb=None, dumpcore=None)
+
+
 def machine_kwargs(args):
-    """Machine(...) arguments from the parsed machine options."""
-    return dict(cores=args.cores, memory=args.memory, console=args.console, input=args.input,
-                pin=args.pin, drives=args.drive, nics=args.nic, queue_size=args.queue_size,
-                screen=args.screen, cpu=args.cpu, cmdline=args.cmdline,
-                gdb=args.gdb, dumpcore=args.dumpcore)
+    """``(Machine(...) arguments, drive names, NIC names)`` from the machine file (-c) and
+    the options: an option given overrides the file; --drive/--nic come after its devices."""
+    kwargs, drive_names, nic_names = dict(MACHINE_DEFAULTS, drives=[], nics=[]), [], []
+    if args.config is not None:
+        from .config import load
+        from_file, drive_names, nic_names = load(args.config)
+        kwargs.update(from_file)
+    for name in MACHINE_DEFAULTS:
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    kwargs["drives"] = kwargs["drives"] + args.drive
+    kwargs["nics"] = kwargs["nics"] + args.nic
+    return kwargs, drive_names, nic_names
 
 
 def exit_code(result):
@@ -135,13 +193,72 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
+CC_SUFFIXES = (".c", ".s", ".o", ".a")           # compared lower-case: .S too
+
+
+def check_output_path(path, option):
+    """ArgumentError (one line) unless the file ``path`` can be written: checked before the
+    app runs, so a typo does not cost a whole run."""
+    if not path:
+        raise ArgumentError(f"{option}: empty path; give a file name")
+    if os.path.isdir(path):
+        raise ArgumentError(f"{option}: {path} is a directory; give a file name in it")
+    parent = os.path.dirname(path) or "."
+    try:
+        os.stat(parent)
+    except OSError as error:
+        raise ArgumentError(f"{option}: cannot use the directory {parent}: {error.strerror}; "
+                            "create it or give another path") from None
+    writable = os.access(path, os.W_OK) if os.path.exists(path) else os.access(parent, os.W_OK | os.X_OK)
+    if not writable:
+        raise ArgumentError(f"{option}: {path} cannot be written (permission denied); give a "
+                            "path you may write")
+
+
+def report_lost_output(machine, console, result):
+    """One line when b_output's output was lost (a full disk, /dev/full): the exit code
+    becomes 1 if it was 0, as `echo hi > /dev/full` fails."""
+    from .io import lost_output
+    lost, errno_ = lost_output(machine)
+    if not lost:
+        return result
+    print(f"baremetal: error: {lost} bytes of console output to {console} were lost "
+          f"({os.strerror(errno_)}); give another --console", file=sys.stderr)
+    return result or 1
+
+
+def _snapshot(machine):
+    """The machine's counters, or None (with one line) if they cannot be read."""
+    from . import stats
+    try:
+        return stats.snapshot(machine)
+    except BareMetalError as error:
+        print(f"baremetal: warning: --stats-json: {error}", file=sys.stderr)
+        return None
+
+
+def _timings(clock):
+    """Seconds spent building the machine, running (boot and app), halting, in all."""
+    done = time.monotonic()
+    built = clock.get("built", clock["start"])
+    return {"setup": built - clock["start"], "run": clock["ran"] - built,
+            "halt": done - clock["ran"], "total": done - clock["start"]}
+
+
 def cmd_cc(args, gcc_args):
     from .apps import c
     if args.print_include_dir:
         print(c.include_dir())
         return 0
     if not args.sources:
-        raise ArgumentError("cc: no C sources given")
+        raise ArgumentError("cc: no C sources given (baremetal cc app.c -o app.so)")
+    for source in args.sources:
+        suffix = os.path.splitext(source)[1].lower()
+        if suffix == ".py":
+            raise ArgumentError(f"cc: {source} is a Python app, which needs no build: "
+                                f"baremetal run {source}")
+        if suffix not in CC_SUFFIXES:
+            raise ArgumentError(f"cc: {source} is not a C source; give .c files (or .s, .S, .o, .a)")
     output = args.output or os.path.splitext(os.path.basename(args.sources[0]))[0] + ".so"
     if output.lower().endswith(".app"):
         from .apps import binary
@@ -178,29 +295,58 @@ def boot_and_run(args, runner, default_screen=None):
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _terminate)
     warnings.formatwarning = lambda message, *rest, **kw: f"baremetal: warning: {message}\n"
-    kwargs = machine_kwargs(args)
-    if args.screen is None:
+    kwargs, drive_names, nic_names = machine_kwargs(args)
+    if kwargs["console"] == "capture":
+        raise ArgumentError("--console capture is for Machine(console='capture') in Python; "
+                            "here give stdout, stderr or a file path")
+    for path, option in ((args.screen_png, "--screen-png"), (args.stats_json, "--stats-json")):
+        if path is not None:
+            check_output_path(path, option)
+    if kwargs["screen"] is None:
         kwargs["screen"] = default_screen or ("1024x768" if args.screen_png or args.window else None)
-    keys = os.pipe() if args.window and args.input is None else None
+    keys = os.pipe() if args.window and kwargs["input"] is None else None
     if keys is not None:
         kwargs["input"] = keys[0]              # b_input reads the window's key presses
+    clock = {"start": time.monotonic()}
     try:
-        machine = Machine(**kwargs)
+        try:
+            machine = Machine(**kwargs)
+        except OSError as error:              # a host refusal no device check put in words
+            raise ArgumentError(f"cannot build the machine: {error}") from None
+        from .config import name_devices
+        name_devices(machine, drive_names, nic_names)
+        clock["built"] = time.monotonic()
+        outcome = {"status": 1}
+
+        def finish():
+            """Halt once, with the counters taken just before (--stats-json)."""
+            if "ran" in clock:
+                return
+            clock["ran"] = time.monotonic()
+            counters = _snapshot(machine) if args.stats_json else None
+            machine.halt()
+            if counters is not None:
+                from . import stats
+                stats.write(args.stats_json, counters, _timings(clock), getattr(args, "app", None),
+                            outcome["status"])
+
         try:
             with Outputs(machine, args.screen_png, args.screen_png_every, args.window,
                          keys[1] if keys else -1):
                 result = runner(machine)
+            outcome["status"] = exit_code(result)
         except SystemExit as stop:
-            result = stop.code
-        except BareMetalError:
+            outcome["status"] = exit_code(stop.code)
+        except BareMetalError as error:
+            outcome["status"] = getattr(error, "exit_status", 2)
             raise
         except Exception:
-            machine.halt()
+            finish()
             traceback.print_exc()
             return 1
         finally:
-            machine.halt()
-        return exit_code(result)
+            finish()
+        return report_lost_output(machine, kwargs["console"], outcome["status"])
     finally:
         for fd in keys or ():
             os.close(fd)
@@ -212,7 +358,12 @@ def main(argv=None):
     if "--" in argv:
         split = argv.index("--")
         argv, app_argv = argv[:split], argv[split + 1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        hint = f"; {RUN_USAGE_HINT}" if args.command == "run" else ""
+        parser.exit(2, f"baremetal {args.command}: error: unrecognized arguments: "
+                       f"{' '.join(unknown)}{hint}\n")
     try:
         if args.command == "run":
             return cmd_run(args, app_argv)
@@ -227,11 +378,17 @@ def main(argv=None):
                 return 1
         if args.command == "cc":
             return cmd_cc(args, app_argv)
+        if args.command == "doctor":
+            from . import doctor
+            return doctor.main()
     except BareMetalError as error:
         print(f"baremetal: error: {error}", file=sys.stderr)
         return getattr(error, "exit_status", 2)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:                    # `baremetal doctor | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -4,6 +4,7 @@ Every argument error raises a subclass of :class:`BareMetalError` that says what
 The C layer returns upstream's values and records a reason (code + message) per thread;
 :func:`raise_recorded` turns that record into the matching exception.
 """
+from ._native import ffi, lib
 
 
 class BareMetalError(Exception):
@@ -34,6 +35,19 @@ class HostError(BareMetalError, OSError):
     """The host refused an operation (the message carries errno's text)."""
 
 
+class AppCrashed(BareMetalError):
+    """An app's run ended in a crash: a C fault (SIGSEGV, ... in main or in a task on a core,
+    reported on stderr when it happened), a flat binary's CPU exception, or a run the CPU could
+    not go on with.  The message says where; ``outcome`` is the C record (struct bm_outcome);
+    ``exit_status`` is what `baremetal run` exits with: 128 + the signal number for a signal, as
+    a shell reports a process killed by it, else 1."""
+
+    def __init__(self, message, exit_status=1, outcome=None):
+        super().__init__(message)
+        self.exit_status = exit_status
+        self.outcome = outcome
+
+
 class Shutdown(BaseException):
     """Raised by ``b_system(SHUTDOWN)`` in a Python app: the app's run ends (exit code 0).
 
@@ -44,20 +58,19 @@ class Reboot(BaseException):
     """Raised by ``b_system(REBOOT)`` in a Python app: the machine resets and the app restarts."""
 
 
-# enum bm_error_code in native/machine.h -> exception class
+# enum bm_error_code (native/base.h) -> exception class
 _BY_CODE = {
-    1: NoMachineError,
-    2: ArgumentError,
-    3: AddressError,
-    4: HostError,
-    5: StateError,
-    6: OutOfMemory,
+    lib.BM_ERR_NO_MACHINE: NoMachineError,
+    lib.BM_ERR_ARGUMENT: ArgumentError,
+    lib.BM_ERR_RANGE: AddressError,
+    lib.BM_ERR_IO: HostError,
+    lib.BM_ERR_STATE: StateError,
+    lib.BM_ERR_FULL: OutOfMemory,
 }
 
 
 def recorded_error():
     """The calling thread's recorded C error as ``(code, message)``; code 0 means none."""
-    from ._native import ffi, lib
     code = lib.bm_error_code()
     return code, (ffi.string(lib.bm_error_message()).decode(errors="replace") if code else "")
 
@@ -70,6 +83,6 @@ def raise_recorded(cls=None, prefix=""):
     code, message = recorded_error()
     if not code:
         return
-    if cls is None or code == 1:
+    if cls is None or code == lib.BM_ERR_NO_MACHINE:
         cls = _BY_CODE.get(code, BareMetalError)
     raise cls(prefix + message)

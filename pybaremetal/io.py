@@ -11,11 +11,12 @@ import atexit
 import fcntl
 import os
 import signal
+import stat
 import sys
 import termios
 
 from ._native import lib
-from .current import current_machine, local as _local
+from .current import current_machine
 from .errors import ArgumentError
 from .memory import as_pointer
 
@@ -33,7 +34,13 @@ def _open_output(console):
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
         return fd, True, "capture"
     if isinstance(console, (str, os.PathLike)):
-        return os.open(console, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644), True, "file"
+        if not os.fspath(console):
+            raise ArgumentError("console: empty path; give 'stdout', 'stderr' or a file path")
+        try:
+            return os.open(console, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644), True, "file"
+        except OSError as error:
+            raise ArgumentError(f"console: cannot write {os.fspath(console)!r}: {error.strerror}; "
+                                "give a writable file path") from None
     if isinstance(console, int) and not isinstance(console, bool):
         return console, False, "fd"
     if hasattr(console, "fileno"):
@@ -59,7 +66,15 @@ def _open_input(source, kind):
         os.lseek(fd, 0, os.SEEK_SET)
         return fd, True
     if isinstance(source, (str, os.PathLike)):
-        return os.open(source, os.O_RDONLY | os.O_CLOEXEC), True
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as error:
+            raise ArgumentError(f"input: cannot read {os.fspath(source)!r}: {error.strerror}; "
+                                "give a readable file") from None
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ArgumentError(f"input: {os.fspath(source)!r} is a directory; give a readable file")
+        return fd, True
     if isinstance(source, int) and not isinstance(source, bool):
         return source, False
     if hasattr(source, "fileno"):
@@ -158,6 +173,14 @@ class Console:
         self._own_out = self._own_in = False
 
 
+def lost_output(machine):
+    """``(bytes, errno)``: how much of b_output's output the console could not take (a full
+    disk, /dev/full, a closed pipe) and the first failure's errno; ``(0, 0)`` when none."""
+    from ._native import ffi
+    err = ffi.new("int *")
+    return lib.bm_console_lost(machine._c, err), err[0]
+
+
 # --- the Python face ------------------------------------------------------------------------
 
 def b_output(data, nbr=None):
@@ -165,9 +188,7 @@ def b_output(data, nbr=None):
     to the current machine's output.  ``nbr`` defaults to the whole of ``data``.
 
     Raises NoMachineError outside a machine, ArgumentError for a bad ``nbr`` or type."""
-    machine = getattr(_local, "machine", None)
-    if machine is None:
-        current_machine()                      # raises NoMachineError
+    machine = current_machine()                # raises NoMachineError
     if type(data) is bytes:                    # the common case: cffi passes bytes as char * as is
         pointer = data
         size = len(data)
@@ -193,6 +214,5 @@ def b_output(data, nbr=None):
 
 def b_input():
     """The next byte of input as an int, 0 if none is waiting.  Never blocks."""
-    if getattr(_local, "machine", None) is None:
-        current_machine()
+    current_machine()                          # raises NoMachineError
     return lib.b_input()

@@ -7,16 +7,18 @@ or calls :meth:`Machine.run`; other cores are threads the machine starts itself.
 import os
 import threading
 import warnings
+import weakref
 
 from . import abi, nvs, net, smp
 from ._native import ffi, lib
-from .errors import (ArgumentError, OutOfMemory, Reboot, Shutdown, StateError,
-                     raise_recorded)
+from .errors import ArgumentError, OutOfMemory, Reboot, Shutdown, StateError, raise_recorded
 from .io import Console
 from .memory import FlatMemory, check_range, parse_size
 from .screen import Screen, parse as screen_parse
 
-from .current import current_machine, local as _local  # noqa: F401 (re-exported)
+from .current import current_machine  # noqa: F401 (re-exported)
+
+_bindings = threading.local()             # per thread: stack of the C cores bm_bind replaced
 
 
 def _cpu_mhz():
@@ -93,13 +95,16 @@ class Machine:
         self._keepalive = {}
         self._booted = False
         self._halted = False
-        self._bindings = {}                    # thread id -> stack of (previous C core, previous machine)
         pointer = lib.bm_machine_new(ffi.cast("u8 *", self.base), size, cores,
                                      self.console.out_fd, self.console.in_fd)
         if pointer == ffi.NULL:
             self.console.close()
             raise_recorded()
         self._c = ffi.gc(pointer, lib.bm_machine_free)
+        # C keeps a handle to (a weak reference to) this object: current_machine() on any core
+        # finds it there.  Weak, so that the machine is still freed (and halted) when dropped.
+        self._handle = ffi.new_handle(weakref.ref(self))
+        lib.bm_machine_set_owner(self._c, self._handle)
         lib.bm_machine_set_cpu_mhz(self._c, _cpu_mhz())
         try:
             self.smp = smp.Smp(self, queue_size, pin)
@@ -108,6 +113,7 @@ class Machine:
         except BaseException:
             self._release()
             raise
+        self.drive_ids, self.nic_ids = {}, {}   # names from a machine file -> numbers
         self.screen_spec = screen              # None: no screen until bm.screen() asks for one
         self.screen = None
         try:
@@ -117,6 +123,15 @@ class Machine:
         except BaseException:
             self._release()
             raise
+
+    @classmethod
+    def from_file(cls, path, **overrides):
+        """The machine the TOML machine file at ``path`` describes (see
+        :mod:`pybaremetal.config`); keyword arguments override its keys, and ``drives`` /
+        ``nics`` given here come after the file's.  ``drive_ids`` / ``nic_ids`` map the
+        file's device names to their numbers."""
+        from .config import machine_from_file
+        return machine_from_file(cls, path, overrides)
 
     # --- life -----------------------------------------------------------------------------
 
@@ -135,21 +150,22 @@ class Machine:
         return self
 
     def halt(self):
-        """Stop the machine: cores stopped, drives flushed and closed, NICs closed, terminal
-        restored.  Idempotent."""
+        """Stop the machine: cores stopped, drives flushed and closed, NICs closed (C does all
+        of it in one call, bm_machine_halt), terminal restored.  Idempotent."""
         if self._halted:
             return
         self._halted = True
         try:
-            lib.bm_machine_halt(self._c)
-            lib.bm_lowmap_release(self._c)
-            self.smp._forget(halted=True)
-        finally:
             self._release()
+        finally:
+            self.smp._forget()
             self._unbind_all()
 
     def _release(self):
+        """Halt in C (one call: service thread, cores, drives, NICs, low window), then remove
+        what Python made for the machine (TAP devices it created) and close the console."""
         try:
+            lib.bm_machine_halt(self._c)
             net.detach(self)
             nvs.detach(self)
         finally:
@@ -175,9 +191,16 @@ class Machine:
 
     @property
     def faults(self):
-        """Tasks that failed on this machine's cores (Python exceptions, C faults), oldest
-        first: a list of :class:`pybaremetal.smp.Fault`."""
+        """The last 1000 tasks that failed on this machine's cores (Python exceptions, C
+        faults), oldest first: a list of :class:`pybaremetal.smp.Fault`."""
         return self.smp.faults
+
+    @property
+    def fault_count(self):
+        """How many tasks failed on this machine's cores, including those ``faults`` no
+        longer keeps."""
+        self.smp.faults                        # takes in the C faults recorded meanwhile
+        return self.smp.fault_count
 
     # --- running apps ---------------------------------------------------------------------
 
@@ -200,18 +223,14 @@ class Machine:
             self._unbind()
 
     def reboot(self):
-        """Reset the machine as upstream's REBOOT: cores idle, memory cleared, clock restarted."""
+        """Reset the machine as upstream's REBOOT (one C call, bm_machine_reboot): other cores
+        stopped, memory zeroed, allocations forgotten (the screen keeps its buffer), clock
+        restarted, callbacks and STDOUT_SET forgotten."""
         if not self.running:
             raise StateError("reboot: the machine is not running")
-        lib.bm_machine_stop_cores(self._c)
-        self.smp._forget()
-        self._flat.clear()
-        lib.bm_lowmap_clear(self._c)
-        lib.bm_mem_reset(self._c)
-        if self.screen is not None:
-            self.screen.reserve()
-        if lib.bm_machine_boot(self._c) != 0:
+        if lib.bm_machine_reboot(self._c) != 0:
             raise_recorded()
+        self.smp._forget()
         self._write_cmdline()
 
     def _write_cmdline(self):
@@ -222,21 +241,20 @@ class Machine:
 
     def _bind(self, core_id):
         """Make the calling thread core ``core_id`` of this machine (nests)."""
-        previous = lib.bm_bind(self._c, core_id)
-        stack = self._bindings.setdefault(threading.get_ident(), [])
-        stack.append((previous, getattr(_local, "machine", None)))
-        _local.machine = self
+        stack = getattr(_bindings, "stack", None)
+        if stack is None:
+            stack = _bindings.stack = []
+        stack.append((self, lib.bm_bind(self._c, core_id)))
 
     def _unbind(self):
-        stack = self._bindings.get(threading.get_ident())
+        stack = getattr(_bindings, "stack", None)
         if stack:
-            previous, machine = stack.pop()
+            _, previous = stack.pop()
             lib.bm_unbind(previous)
-            _local.machine = machine
 
     def _unbind_all(self):
-        stack = self._bindings.get(threading.get_ident(), [])
-        while stack:
+        stack = getattr(_bindings, "stack", None) or []
+        while stack and stack[-1][0] is self:
             self._unbind()
 
     # --- memory -----------------------------------------------------------------------------

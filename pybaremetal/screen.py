@@ -23,8 +23,8 @@ import threading
 
 import numpy as np
 
-from . import abi
 from ._native import lib
+from .current import current_machine
 from .errors import ArgumentError, OutOfMemory, StateError, raise_recorded
 
 DEFAULT_SIZE = (1024, 768)
@@ -66,9 +66,10 @@ class Screen:
         self.reserve()
 
     def reserve(self):
-        """Allocate the buffer from flat memory and describe it to the C core (at creation,
-        and again after a reboot, which forgets every allocation).  It takes the highest free
-        pages: a binary's image goes at 0x200000 and its heap grows up from there."""
+        """Allocate the buffer from flat memory and describe it to the C core, which writes
+        the InfoMap's fields (at boot, or now if the machine runs) and keeps the buffer's pages
+        through a reboot.  It takes the highest free pages: a binary's image goes at 0x200000
+        and its heap grows up from there."""
         physical = lib.bm_guest_reserve_top(self.machine._c, self.nbytes)
         if physical == 0:
             raise_recorded(OutOfMemory, prefix=f"screen {self.width}x{self.height}: ")
@@ -81,15 +82,6 @@ class Screen:
     def address(self):
         """The process address of the first pixel (what SCREEN_LFB_GET returns)."""
         return self.machine.base + self.physical
-
-    def publish(self):
-        """Write the framebuffer fields of the InfoMap, as boot does (for a screen added to a
-        machine that is already running)."""
-        memory = self.machine.memory
-        memory[abi.INFOMAP_LFB_BASE:abi.INFOMAP_LFB_BASE + 8].view("<u8")[0] = self.address
-        for offset, value in ((abi.INFOMAP_LFB_X, self.width), (abi.INFOMAP_LFB_Y, self.height),
-                              (abi.INFOMAP_LFB_PPSL, self.ppsl), (abi.INFOMAP_LFB_BPP, self.bpp)):
-            memory[offset:offset + 2].view("<u2")[0] = value
 
     def image(self):
         """The current frame as a Pillow RGB image (a copy)."""
@@ -112,14 +104,11 @@ def screen():
     Pixels are 0x00RRGGBB.  A machine made without a screen gets the default 1024x768 one
     now (its memory comes out of FREE_MEMORY).  Raises NoMachineError outside a machine,
     StateError when the machine was made with screen='none'."""
-    from .machine import current_machine
     machine = current_machine()
     if machine.screen is None:
         if machine.screen_spec is not None:
             raise StateError("this machine was made with screen='none'")
-        machine.screen = Screen(machine, *DEFAULT_SIZE)
-        if machine.running:
-            machine.screen.publish()
+        machine.screen = Screen(machine, *DEFAULT_SIZE)     # C writes the InfoMap fields
     return machine.screen.pixels
 
 

@@ -27,6 +27,7 @@ import collections
 import functools
 import itertools
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -36,16 +37,12 @@ import weakref
 
 from . import abi
 from ._native import ffi, lib
-from .current import current_machine, local as _local
+from .current import current_machine, machine_of
 from .errors import ArgumentError, BareMetalError, Reboot, Shutdown, StateError, raise_recorded
 from .system import converts
 
 PY_TASK = lib.bm_smp_py_task()                # the code address of every Python task
 _enqueue, _enqueue_wait = lib.bm_smp_enqueue, lib.bm_smp_enqueue_wait
-_STATE_SHUTDOWN, _STATE_REBOOT = 2, 3          # enum bm_machine_state
-_ERR_FULL = 6                                  # enum bm_error_code
-_SIGNALS = {11: "SIGSEGV", 7: "SIGBUS", 8: "SIGFPE", 4: "SIGILL"}
-_BY_POINTER = {}                               # C machine address -> weakref to its Smp
 _NO_ARG = object()                             # slot tasks: Python callables take no argument
 
 
@@ -53,6 +50,8 @@ class QueueFull(BareMetalError):
     """The work queue holds ``machine.smp.queue_size`` tasks already (enqueue with
     ``block=True`` to wait for room instead)."""
 
+
+FAULTS_KEPT = 1000                         # machine.faults keeps the last this many
 
 Fault = collections.namedtuple("Fault", "core kind address task traceback")
 Fault.__doc__ = """A task that failed on a core.
@@ -98,6 +97,8 @@ class Smp:
     def __init__(self, machine, queue_size=4096, pin=True):
         if isinstance(queue_size, bool) or not isinstance(queue_size, int):
             raise ArgumentError(f"queue_size must be an int (a power of two), got {queue_size!r}")
+        if not 0 <= queue_size <= 0xFFFFFFFF:
+            raise ArgumentError(f"queue_size must be a power of two from 2 to {1 << 24}, not {queue_size}")
         if lib.bm_smp_configure(machine._c, queue_size, 1 if pin else 0) != 0:
             raise_recorded()
         self._machine = weakref.ref(machine)
@@ -106,11 +107,11 @@ class Smp:
         self.queue_size = queue_size
         self._pending = {}                     # handle -> (callable, arg): queued Python tasks
         self._handles = itertools.count(1)
-        self._faults = []
+        self._faults = collections.deque(maxlen=FAULTS_KEPT)
+        self.fault_count = 0                   # every fault so far, including those no longer kept
         self._c_faults_seen = 0
         self._set_lock = threading.Lock()
         self._fault_buffer = ffi.new("struct bm_fault[]", 64)
-        _BY_POINTER[int(ffi.cast("uintptr_t", machine._c))] = weakref.ref(self)
         cpus = host_cpus()
         if machine.num_cores > cpus:
             warnings.warn(f"Machine(cores={machine.num_cores}) on {cpus} CPU(s): cores share CPUs "
@@ -147,7 +148,7 @@ class Smp:
         if python is not None:
             self._pending.pop(arg, None)
         self._running()
-        raise_recorded(QueueFull if lib.bm_error_code() == _ERR_FULL else None)
+        raise_recorded(QueueFull if lib.bm_error_code() == lib.BM_ERR_FULL else None)
 
     def wait(self):
         """Return when the queue is empty and every other core is idle.  A core of this machine
@@ -156,9 +157,9 @@ class Smp:
         self._running()
         lib.bm_smp_wait(self._c)
         state = lib.bm_machine_state(self._c)
-        if state == _STATE_SHUTDOWN:
+        if state == lib.BM_STATE_SHUTDOWN:
             raise Shutdown()
-        if state == _STATE_REBOOT:
+        if state == lib.BM_STATE_REBOOT:
             raise Reboot()
 
     @property
@@ -208,67 +209,66 @@ class Smp:
 
     @property
     def faults(self):
-        """Every task that failed so far, oldest first: a list of :class:`Fault`."""
+        """The last FAULTS_KEPT tasks that failed, oldest first: a list of :class:`Fault`
+        (``fault_count`` counts them all)."""
         while True:
-            n = lib.bm_smp_faults(self._c, self._c_faults_seen, self._fault_buffer, 64)
+            count = lib.bm_smp_fault_count(self._c)
+            first = max(self._c_faults_seen, count - 64)      # the C log keeps the last 64
+            self.fault_count += first - self._c_faults_seen
+            n = lib.bm_smp_faults(self._c, first, self._fault_buffer, 64)
             for i in range(n):
                 f = self._fault_buffer[i]
-                self._faults.append(Fault(f.core, _SIGNALS.get(f.signal, f"signal {f.signal}"),
-                                          f.address, f.code or None, None))
-            self._c_faults_seen += n
+                self._faults.append(Fault(f.core, signal_name(f.signal), f.address, f.code or None, None))
+            self._c_faults_seen = first + n
+            self.fault_count += n
             if n < 64:
-                return self._faults
+                return list(self._faults)
 
     def _record_exception(self, core, task):
         text = traceback.format_exc()
         self._faults.append(Fault(core, "exception", None, task, text))
+        self.fault_count += 1
         try:
             sys.stderr.write(f"core {core}: task {task!r} raised an exception (core back to idle)\n{text}")
             sys.stderr.flush()
         except Exception:
             pass
 
-    def _forget(self, halted=False):
+    def _forget(self):
         """Drop queued Python tasks (reboot, halt: the queue was emptied in C)."""
         self._pending.clear()
-        if halted:
-            key = int(ffi.cast("uintptr_t", self._c))
-            ref = _BY_POINTER.get(key)
-            if ref is not None and ref() in (self, None):    # not a newer machine's entry
-                del _BY_POINTER[key]
 
     # --- running Python tasks (called by the cores through cffi) ------------------------------
 
     def _run(self, core, handles, count):
-        machine = self._machine()
-        if machine is None:
-            return
-        previous = getattr(_local, "machine", None)
-        _local.machine = machine
         pending = self._pending
-        try:
-            for i in range(count):
-                entry = pending.pop(handles[i], None)
-                if entry is None:                # abandoned by RESET
-                    continue
-                fn, arg = entry
-                try:
-                    fn() if arg is _NO_ARG else fn(arg)
-                except (Shutdown, Reboot):
-                    pass                         # the state is set: see the module doc
-                except BaseException:
-                    self._record_exception(core, fn)
-        finally:
-            _local.machine = previous
+        for i in range(count):
+            entry = pending.pop(handles[i], None)
+            if entry is None:                    # abandoned by RESET
+                continue
+            fn, arg = entry
+            try:
+                fn() if arg is _NO_ARG else fn(arg)
+            except (Shutdown, Reboot):
+                pass                             # the state is set: see the module doc
+            except BaseException:
+                self._record_exception(core, fn)
+
+
+def signal_name(number):
+    """"SIGSEGV" for 11, as fault reports spell signals."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 @ffi.def_extern()
 def bm_py_run(machine, core, handles, count):
     """The cores' way into Python: run ``count`` Python tasks by handle (GIL held)."""
-    ref = _BY_POINTER.get(int(ffi.cast("uintptr_t", machine)))
-    smp = ref() if ref is not None else None
-    if smp is not None:
-        smp._run(core, handles, count)
+    owner = machine_of(machine)
+    if owner is not None:
+        owner.smp._run(core, handles, count)
 
 
 # --- SMP_SET through b_system -----------------------------------------------------------------

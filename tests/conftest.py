@@ -1,4 +1,6 @@
 """Shared fixtures: machines whose console is captured, so tests can read what apps wrote."""
+import time
+
 import pytest
 
 import pybaremetal as bm
@@ -37,3 +39,12 @@ def errors_on_another_thread(call, error_type):
     thread.start()
     thread.join()
     return errors
+
+
+def until(condition, what, seconds=20):
+    """Poll until condition() is true; fail (not a timing assertion: a hang guard)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.001)

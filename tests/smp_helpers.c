@@ -4,6 +4,7 @@
 typedef unsigned long long u64;
 typedef unsigned int u32;
 typedef unsigned short u16;
+typedef unsigned char u8;
 
 #define SMP_ID 0x10
 #define SMP_GET 0x13
@@ -98,3 +99,62 @@ void divide(u64 arg) { quotient = 1000 / arg; }
 
 /* shutdown -- SHUTDOWN from whichever core runs this */
 void shutdown(u64 arg) { (void)arg; b_system(SHUTDOWN, 0, 0); }
+
+/* ---- network callbacks (tests/test_spine.py) ---- */
+static u64 (*net_rx)(void **, u64);
+static void (*net_tx)(void *, u64, u64);
+volatile u64 net_calls, net_frames, net_empty, net_arrivals, net_seen[64];
+
+void net_helpers_init(void *rx, void *tx)
+{
+	net_rx = (u64 (*)(void **, u64))rx;
+	net_tx = (void (*)(void *, u64, u64))tx;
+	net_calls = net_frames = net_empty = net_arrivals = 0;
+}
+
+/* CALLBACK_NETWORK: read one frame of interface 0, counting calls that found none */
+void net_read_one(void)
+{
+	void *frame;
+	net_calls++;
+	if (net_rx(&frame, 0))
+		net_frames++;
+	else
+		net_empty++;
+}
+
+/* CALLBACK_NETWORK on a loopback wire: the first call reads its frame and sends one more to
+ * itself (it arrives while the service thread is still offering frames); later calls leave
+ * their frame unread.  Each call records how many frames had arrived when it ran
+ * (net_arrivals: counted by the test before each frame it sends, and here) */
+void net_echo_once(void)
+{
+	static u8 frame[60];
+	void *got;
+	u64 n = ++net_calls;
+	if (n <= 64)
+		net_seen[n - 1] = net_arrivals;
+	if (n == 1) {
+		net_rx(&got, 0);
+		for (int i = 0; i < 12; i++)
+			frame[i] = 0xff;
+		net_arrivals++;
+		net_tx(frame, sizeof frame, 0);
+	}
+}
+
+/* a burst of n frames on a NIC through `send` (bm_nic_send, a harness end): how many were sent */
+u64 net_burst(void *send, void *nic, u64 n)
+{
+	int (*send_fn)(void *, const void *, u64) = (int (*)(void *, const void *, u64))send;
+	u8 frame[60];
+	u64 sent = 0;
+	for (int i = 0; i < 12; i++)
+		frame[i] = 0xff;
+	for (u64 i = 0; i < n; i++) {
+		for (int b = 0; b < 8; b++)
+			frame[14 + b] = (u8)(i >> (8 * b));
+		sent += send_fn(nic, frame, sizeof frame) == 0;
+	}
+	return sent;
+}

@@ -18,6 +18,8 @@ void noop(u64); void mark(u64); void count_locked(u64); void produce(u64); void 
 void record_id(u64); void probe(void); void crash(u64); void divide(u64); void shutdown(u64);
 extern u64 counter; extern u16 lock_word; extern u64 ids[256];
 extern volatile u64 probe_slot, probe_id, probe_started, probe_release;
+void net_helpers_init(void *rx, void *tx); void net_read_one(void); void net_echo_once(void);
+extern volatile u64 net_calls, net_frames, net_empty, net_arrivals, net_seen[64]; u64 net_burst(void *send, void *nic, u64 n);
 """
 
 

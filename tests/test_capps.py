@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import termios
+import time
 
 import pytest
 
@@ -463,3 +464,26 @@ def test_a_crash_in_main_restores_the_terminal(tmp_path, cache):
     finally:
         os.close(controller)
         os.close(terminal)
+
+
+def test_wallclock_timer_set_and_sleep_from_c(tmp_path):
+    path = source(tmp_path, r"""
+static volatile u64 ticks;
+static void tick(void) { ticks++; }
+int main(void) {
+    char line[96];
+    u64 now = b_system(WALLCLOCK, 0, 0);
+    u64 period = b_system(TIMER_SET, 2000000, 0);
+    b_system(CALLBACK_TIMER, (u64)tick, 0);
+    while (ticks < 3)
+        b_system(SLEEP, 1000000, 0);
+    b_system(CALLBACK_TIMER, 0, 0);
+    int n = snprintf(line, sizeof line, "%lu %lu %lu", now, period, b_system(SLEEP, 1000, 0));
+    b_output(line, n);
+    return 0;
+}
+""")
+    with bm.Machine(cores=1, memory="16M", console="capture", input=False) as m:
+        assert capps.run(m, path, []) == 0
+        now, period, slept = map(int, m.console.output().split())
+    assert abs(now - time.time()) <= 2 and (period, slept) == (2000000, 1000)

@@ -79,7 +79,7 @@ def test_infomap_matches_the_machine():
     try:
         assert u32(m, bm.INFOMAP_BSP_ID) == 0
         assert u16(m, bm.INFOMAP_CORES_ACTIVE) == 3
-        assert u16(m, bm.INFOMAP_CORES_DETECTED) == 3
+        assert u16(m, bm.INFOMAP_CORES_FOUND) == 3
         assert u32(m, bm.INFOMAP_RAM_MIB) == 64
         assert [u32(m, bm.INFOMAP_APIC_IDS + 4 * i) for i in range(3)] == [0, 1, 2]
         assert u32(m, bm.SYSVAR_FREE_MIB) == 62

@@ -230,7 +230,7 @@ int main(void)
 	u32 *lfb = (u32 *)b_system(SCREEN_LFB_GET, 0, 0);
 	for (u64 i = 0; i < 64 * 48; i++)
 		lfb[i] = 0x0000FF00;
-	u64 deadline = b_system(TIMECOUNTER, 0, 0) + 20000000000ull;
+	u64 deadline = b_system(TIMECOUNTER, 0, 0) + 120000000000ull;
 	u8 key = 0;
 	while ((key = b_input()) == 0 && b_system(TIMECOUNTER, 0, 0) < deadline)
 		b_system(DELAY, 1000, 0);
@@ -240,42 +240,83 @@ int main(void)
 """
 
 
+def start_xvfb():
+    """(server, display): a virtual X server on a display number it picked itself (-displayfd),
+    so test runs side by side never share one; ready once it has said its number."""
+    read_end, write_end = os.pipe()
+    server = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-screen", "0", "320x240x24",
+                               "-nolisten", "tcp"], pass_fds=(write_end,),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        number = f.readline().strip()
+    if not number:
+        server.wait()
+        pytest.fail("Xvfb did not start")
+    return server, f":{number}"
+
+
+def wait_for(what, check, process, seconds=60):
+    """Poll check() until it returns something true; fail if ``process`` ends first (with
+    its stderr) or after ``seconds`` (a bound for a stuck run, not a timing assertion)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before {what}: {process.stderr.read().decode()}")
+        time.sleep(0.05)
+    pytest.fail(f"{what}: not within {seconds} s")
+
+
 def test_window_shows_the_screen_and_sends_keys_to_b_input(tmp_path, cache):
     """Under a virtual X server: the window shows the green frame; a key typed into it (xdotool)
-    reaches b_input."""
+    reaches b_input.  Every step waits for what it needs (the window, a green frame, the key
+    arriving), so a slow or busy host changes how long it takes, not the outcome."""
     for tool in ("Xvfb", "xdotool", "xwd", "xwininfo"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (the window test needs xvfb, xdotool, x11-apps, x11-utils)")
     pytest.importorskip("pygame")
-    display = ":%d" % (90 + os.getpid() % 100)
-    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "320x240x24", "-nolisten", "tcp"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    app = tmp_path / "win.c"
+    app.write_text(WINDOW_APP)
+    built = subprocess.run([sys.executable, "-c", f"from pybaremetal.apps import c; c.cached_build([{str(app)!r}])"],
+                           cwd=ROOT, env=dict(os.environ, BAREMETAL_CACHE=cache), capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr             # built before the clock of any wait
+    server, display = start_xvfb()
+    run = None
     try:
         env = dict(os.environ, DISPLAY=display, BAREMETAL_CACHE=cache)
-        for _ in range(100):
-            if subprocess.run(["xwininfo", "-root"], env=env, capture_output=True).returncode == 0:
-                break
-            time.sleep(0.05)
-        app = tmp_path / "win.c"
-        app.write_text(WINDOW_APP)
         run = subprocess.Popen([sys.executable, "-m", "pybaremetal", "run", str(app), "--screen", "64x48",
                                 "--window"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        window = ""
-        for _ in range(200):
+
+        def window_id():
             found = subprocess.run(["xwininfo", "-name", "baremetal"], env=env, capture_output=True, text=True)
-            if found.returncode == 0:
-                window = found.stdout.split("Window id:")[1].split()[0]
-                break
-            time.sleep(0.05)
-        assert window, "no window appeared"
-        time.sleep(0.3)                                       # a few frames
-        shot = subprocess.run(["xwd", "-id", window, "-silent"], env=env, capture_output=True)
-        subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, capture_output=True)
-        subprocess.run(["xdotool", "type", "q"], env=env, capture_output=True)
+            return found.returncode == 0 and found.stdout.split("Window id:")[1].split()[0]
+
+        window = wait_for("the window appeared", window_id, run)
+
+        def green_frame():
+            shot = subprocess.run(["xwd", "-id", window, "-silent"], env=env, capture_output=True)
+            return shot.returncode == 0 and xwd_pixel(shot.stdout, 32, 24) == (0, 255, 0)
+
+        wait_for("the window showed the green frame", green_frame, run)
+
+        def key_arrived():                      # typed again until the app has it and ends
+            subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, capture_output=True)
+            subprocess.run(["xdotool", "type", "q"], env=env, capture_output=True)
+            try:
+                return run.wait(timeout=0.5) is not None
+            except subprocess.TimeoutExpired:
+                return False
+
+        wait_for("the key reached the app", key_arrived, run)
         out, err = run.communicate(timeout=30)
         assert run.returncode == 0, err
         assert out == b"key q\n"
-        assert shot.returncode == 0 and xwd_pixel(shot.stdout, 32, 24) == (0, 255, 0)
     finally:
+        if run is not None and run.poll() is None:
+            run.kill()
+            run.wait()
         server.terminate()
         server.wait()

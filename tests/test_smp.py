@@ -13,7 +13,7 @@ import pytest
 import pybaremetal as bm
 from pybaremetal._native import ffi, lib
 
-from conftest import errors_on_another_thread
+from conftest import errors_on_another_thread, until
 from smp_helpers import Helpers
 
 
@@ -31,15 +31,6 @@ def machine():
 @pytest.fixture
 def helpers(helpers_lib, machine):
     return helpers_lib.reset(machine)
-
-
-def until(condition, what, seconds=20):
-    """Poll until condition() is true; fail (not a timing assertion: a hang guard)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.001)
 
 
 # --- cores ----------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_dump_mem_of_a_range_running_off_the_end_of_memory_prints_nothing():
     assert run_captured(main)[1] == b""
 
 
-@pytest.mark.parametrize("code", [0x02, 0x0F, 0x17, 0x40, 0x7C, 0x80, 0xFF, 0x1234, 2**63])
+@pytest.mark.parametrize("code", [0x03, 0x0F, 0x17, 0x40, 0x7C, 0x80, 0xFF, 0x1234, 2**63])
 def test_unknown_codes_return_zero(code):
     assert run_captured(lambda: bm.b_system(code, 5, 6))[0] == 0
 

@@ -16,11 +16,13 @@ import tempfile
 
 from .. import cpu
 from ..errors import ArgumentError, BareMetalError
+from . import register
+
+register(".app", __name__, "a flat binary built for BareMetal, run on --cpu (KVM or emulated)")
+register(".asm", __name__, "a NASM source of a flat binary, assembled with nasm -f bin, run on --cpu")
 
 APP_PHYSICAL = 0x200000
 HEAP_MARGIN = 2 << 20
-NATIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "native")
-FLAT = os.path.join(NATIVE, "flat")
 # freestanding, no red zone (calls through the call table push below RSP), any address
 FLAT_CFLAGS = ["-ffreestanding", "-fno-pic", "-mcmodel=large", "-mno-red-zone", "-fno-stack-protector",
                "-fno-asynchronous-unwind-tables", "-falign-functions=16", "-Wall", "-Wextra"]
@@ -39,16 +41,19 @@ def build(sources, output, optimize="-O2", extra_flags=()):
     for source in sources:
         if not os.path.exists(source):
             raise ArgumentError(f"{source}: no such file")
+    from . import native_data
+    from .c import include_dir
+    flat = native_data("flat", "flat")
     with tempfile.TemporaryDirectory(prefix="baremetal-flat-") as work:
         objects = []
-        inputs = [os.path.join(FLAT, "crt0.c"), os.path.join(FLAT, "libBareMetal.c"), *sources]
+        inputs = [os.path.join(flat, "crt0.c"), os.path.join(flat, "libBareMetal.c"), *sources]
         for i, source in enumerate(inputs):
             obj = os.path.join(work, f"{i}.o")
-            command = ["gcc", optimize, *FLAT_CFLAGS, *extra_flags, "-I", NATIVE, "-c", source, "-o", obj]
+            command = ["gcc", optimize, *FLAT_CFLAGS, *extra_flags, "-I", include_dir(), "-c", source, "-o", obj]
             if subprocess.run(command).returncode != 0:
                 raise BuildError(f"compiling {source} failed")
             objects.append(obj)
-        command = ["ld", "-nostdlib", "-T", os.path.join(FLAT, "app.ld"), "-o", output, *objects]
+        command = ["ld", "-nostdlib", "-T", os.path.join(flat, "app.ld"), "-o", output, *objects]
         if subprocess.run(command).returncode != 0:
             raise BuildError(f"linking {output} failed")
         if "-g" in extra_flags:            # symbols for gdb (--gdb): the same link as an ELF file

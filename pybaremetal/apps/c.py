@@ -5,7 +5,10 @@ function can be handed to SMP_SET) plus -shared -fPIC, warnings on, libm and pth
 gcc's messages go straight to the terminal; a failure raises :class:`CompileError`.
 ``cached_build()`` (what ``baremetal run app.c`` uses) keeps built objects under the cache
 directory, keyed by a hash of the sources, the flags, libBareMetal.h and the compiler; the
-local headers gcc reports (-MMD) are hashed too and checked on every hit.
+local headers gcc reports (-MMD) are hashed too and checked on every hit.  The cache is made
+0700, and a cache directory or entry that belongs to another user or that group or others may
+write is refused (UntrustedCache), as ssh refuses such a ~/.ssh: the key is predictable, so
+anyone who can write there could plant a shared object the caller would load.
 
 How an app's calls reach the runtime (one implementation per call).  The runtime's C core is
 the cffi extension ``pybaremetal._native``.  Python loads extensions RTLD_LOCAL, so their
@@ -20,7 +23,7 @@ the extension and apps link to because it keeps one file and one copy of each fu
 process with no install-path or rpath bookkeeping; and over DT_NEEDED on the extension because
 the extension's file name depends on the Python version and the install.
 
-Running.  ``main`` is called through the C core's bm_run_main (native/capps.c) on the calling
+Running.  ``main`` is called through the C core's bm_capp_run_main (native/capps.c) on the calling
 thread, bound as core 0, with the GIL released: SHUTDOWN and REBOOT unwind back to it (REBOOT
 closes the app and opens it again, so its globals start fresh, as a reboot reloads an app), and
 so does exit(status) (apps are linked with --wrap=exit), which ends the run like a return.
@@ -50,14 +53,18 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 
 from .. import _native
 from .._native import ffi, lib
-from ..errors import ArgumentError, BareMetalError, Reboot, Shutdown, recorded_error
-from ..smp import _SIGNALS                # signal number -> name, as fault reports spell them
+from ..errors import AppCrashed, ArgumentError, BareMetalError, recorded_error  # noqa: F401
+from . import finish, register
+
+register(".c", __name__, "a C source including libBareMetal.h, built and cached")
+register(".so", __name__, "a C app built with `baremetal cc`")
 
 DEFAULT_SCREEN = "1024x768"              # C apps get a screen unless --screen none
 WARNINGS = ("-Wall", "-Wextra")
@@ -65,33 +72,24 @@ WARNINGS = ("-Wall", "-Wextra")
 # exit() goes to the runtime's __wrap_exit (native/capps.c): it ends the run, not the process
 BASE_FLAGS = ("-shared", "-fPIC", "-falign-functions=16", "-pthread", "-g", "-Wl,--wrap=exit")
 LIBS = ("-lm",)
-_STATE_RUNNING, _STATE_SHUTDOWN, _STATE_REBOOT = 1, 2, 3     # enum bm_machine_state
-_NUMBERS = {name: number for number, name in _SIGNALS.items()}
 
 
 class CompileError(BareMetalError):
     """gcc failed (its messages were printed as gcc printed them)."""
 
 
-class AppCrashed(BareMetalError):
-    """The app faulted (SIGSEGV, ...) in main or in a task on a core.  The fault was reported
-    on stderr when it happened ("core N: SIGSEGV at address 0x...").  ``exit_status`` is
-    128 + the signal number, as a shell reports a process killed by it."""
-
-    def __init__(self, message, signal):
-        super().__init__(message)
-        self.exit_status = 128 + signal
+class UntrustedCache(BareMetalError):
+    """The build cache, or an entry in it, belongs to another user or may be written by
+    group or others: a planted shared object would run as the caller, so it is not used."""
 
 
 # --- building -----------------------------------------------------------------------------
 
 def include_dir():
-    """The directory holding libBareMetal.h: the installed package's copy, else the source tree's."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for directory in (os.path.join(package, "include"), os.path.join(os.path.dirname(package), "native")):
-        if os.path.isfile(os.path.join(directory, "libBareMetal.h")):
-            return directory
-    raise BareMetalError(f"libBareMetal.h is not installed with pybaremetal ({package}); reinstall the package")
+    """The directory holding libBareMetal.h: the source checkout's native/, else the installed
+    package's include/."""
+    from . import native_data
+    return native_data("include", "")
 
 
 def compiler():
@@ -137,6 +135,35 @@ def cache_dir():
         return os.environ["BAREMETAL_CACHE"]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "pybaremetal", "capps")
+
+
+def _check_trusted(path):
+    """UntrustedCache unless ``path`` (a cache directory or a file in it) belongs to the
+    calling user, is no symbolic link, and cannot be written by group or others (what ssh
+    asks of ~/.ssh).  A missing path is fine: it is made when needed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    fix = "remove it, or set BAREMETAL_CACHE to a directory of your own"
+    if stat.S_ISLNK(st.st_mode):
+        raise UntrustedCache(f"the C-app build cache {path} is a symbolic link, not trusted; {fix}")
+    if st.st_uid != os.geteuid():
+        raise UntrustedCache(f"the C-app build cache {path} belongs to uid {st.st_uid}, not you "
+                             f"(uid {os.geteuid()}), not trusted; {fix}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UntrustedCache(f"the C-app build cache {path} may be written by group or others "
+                             f"(mode {stat.S_IMODE(st.st_mode):04o}), not trusted; {fix} "
+                             f"(or chmod go-w {path})")
+
+
+def _trusted_entry(directory):
+    """Check the cache, the entry ``directory`` and the files it holds (UntrustedCache)."""
+    _check_trusted(os.path.dirname(directory))
+    _check_trusted(directory)
+    if os.path.isdir(directory) and not os.path.islink(directory):
+        for name in os.listdir(directory):
+            _check_trusted(os.path.join(directory, name))
 
 
 def _digest(path):
@@ -185,9 +212,11 @@ def cached_build(sources, optimize="2", extra=()):
     Returns the path of the shared object.  Raises CompileError."""
     _check_sources(sources)
     directory = os.path.join(cache_dir(), cache_key(sources, optimize, extra))
+    _trusted_entry(directory)
     if _cache_hit(directory):
         return os.path.join(directory, "app.so")
-    os.makedirs(cache_dir(), exist_ok=True)
+    os.makedirs(cache_dir(), mode=0o700, exist_ok=True)
+    _check_trusted(cache_dir())
     work = tempfile.mkdtemp(prefix=".build-", dir=cache_dir())
     try:
         build(sources, os.path.join(work, "app.so"), optimize, extra, depfile=os.path.join(work, "app.d"))
@@ -264,7 +293,7 @@ def run(machine, path, argv):
     app_path = cached_build([path]) if path.endswith(".c") else path
     args = [ffi.new("char[]", os.fsencode(a)) for a in [path, *argv]]
     c_argv = ffi.new("char *[]", args + [ffi.NULL])
-    exit_code = ffi.new("int *")
+    outcome = ffi.new("struct bm_outcome *")
     loaded = []
 
     def once():
@@ -273,23 +302,11 @@ def run(machine, path, argv):
         loaded.append(App(app_path))
         sys.stdout.flush()
         sys.stderr.flush()
-        faults_before = len(machine.faults)
         try:
-            state = lib.bm_capp_run_main(machine._c, loaded[-1].main, len(args), c_argv, exit_code)
+            lib.bm_capp_run_main(machine._c, loaded[-1].main, len(args), c_argv, outcome)
         finally:
             _flush_c_stdio()
-        crashed = [f for f in machine.faults[faults_before:] if f.address is not None]
-        if state < 0 or crashed:
-            core, kind, address = (crashed[0][:3] if crashed else (0, _SIGNALS.get(-state), None))
-            where = "in main" if state < 0 and core == 0 else "in a task"
-            at = f" at address 0x{address:x}" if address is not None else ""
-            raise AppCrashed(f"the app crashed {where} on core {core}: {kind}{at}; "
-                             "machine halted, drives flushed", -state if state < 0 else _NUMBERS.get(kind, 11))
-        if state == _STATE_SHUTDOWN:
-            raise Shutdown()
-        if state == _STATE_REBOOT:
-            raise Reboot()
-        return exit_code[0]
+        return finish(outcome)
 
     _claim_low_window(machine)             # before boot: boot writes the system area into it
     machine.boot()

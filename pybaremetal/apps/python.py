@@ -4,6 +4,9 @@ import os
 import sys
 
 from ..errors import ArgumentError
+from . import python_main, register
+
+register(".py", __name__, "a Python module with a main() function")
 
 
 def load(path):
@@ -26,4 +29,4 @@ def run(machine, path, argv):
 
     After a REBOOT the module is imported again, so the app starts from a clean state."""
     sys.argv = [path] + list(argv)
-    return machine.run(lambda: load(path).main())
+    return machine.run(lambda: python_main(load(path).main))

@@ -16,18 +16,12 @@ no --cpu).
 import os
 
 from .._native import ffi, lib
-from ..errors import ArgumentError, BareMetalError, Reboot, Shutdown, recorded_error
+from ..errors import AppCrashed, ArgumentError, Reboot, Shutdown, recorded_error  # noqa: F401 (cpu.AppCrashed)
 from . import emu, kvm
 
 BACKENDS = {"kvm": kvm, "emu": emu}
 CHOICES = ("auto", *BACKENDS)
 RETURNED, SHUTDOWN, REBOOT, FAULT = 0, 1, 2, -1     # enum bm_guest_end (native/guest.h)
-
-
-class AppCrashed(BareMetalError):
-    """A binary faulted (CPU exception, memory outside the machine) or its CPU backend
-    refused to run it."""
-    exit_status = 1                        # `baremetal run`: the app failed, not the command line
 
 
 def choose(name=None):

@@ -22,19 +22,21 @@ CALLBACK_NETWORK / CALLBACK_TIMER take a C function address or a Python callable
 """
 import importlib
 import os
+import pkgutil
 import sys
 import threading
 import traceback
+from collections import namedtuple
 
 from .. import abi
 from .._native import ffi, lib
+from ..current import current_machine
 from ..errors import ArgumentError, BareMetalError, Reboot, Shutdown, raise_recorded
 from ..system import converts
 
 NET_BUFFERS = lib.BM_NET_BUFFERS           # receive buffer of NIC iid: NET_BUFFERS + iid * NET_BUFFER_SIZE
 NET_BUFFER_SIZE = lib.BM_NET_BUFFER_SIZE
 MAX_NICS = lib.BM_MAX_NICS
-BACKENDS = ("tap", "packet", "wire")     # one module each in this package
 STATS = ("rx_packets", "rx_bytes", "rx_dropped", "tx_packets", "tx_bytes", "tx_dropped")
 
 
@@ -71,6 +73,31 @@ def local_mac():
         return (0x02626D << 24) | ((os.getpid() & 0xFF) << 16) | (_next_mac[0] & 0xFFFF)
 
 
+# --- the backends: one module each in this package, each registering itself ------------------
+
+Backend = namedtuple("Backend", "kind module syntax description")
+_BACKENDS = {}                           # kind -> Backend
+
+
+def register(kind, module, syntax, description):
+    """Called by a backend module at import: ``kind`` (the spec's prefix) is opened by
+    ``module``'s ``open(machine, argument, mac, options, spec) -> (Nic, C NIC)``; ``syntax`` and
+    ``description`` are for help and error texts."""
+    _BACKENDS[kind] = Backend(kind, module, syntax, description)
+
+
+def backends():
+    """Every NIC backend, by kind (imports every backend module of this package)."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f".{info.name}", __name__)
+    return dict(_BACKENDS)
+
+
+def describe():
+    """"SYNTAX (description); ..." of every backend, for help and error texts."""
+    return "; ".join(f"{b.syntax} ({b.description})" for b in backends().values())
+
+
 # --- NICs -------------------------------------------------------------------------------------
 
 class Nic:
@@ -104,7 +131,7 @@ class Nic:
 
 def _add(machine, nic, pointer):
     """Give the C NIC ``pointer`` to the machine; sets and returns nic.iid."""
-    iid = lib.bm_net_add(machine._c, pointer)
+    iid = lib.bm_machine_add_nic(machine._c, pointer)
     if iid < 0:
         lib.bm_nic_close(pointer)
         nic.close()
@@ -117,7 +144,7 @@ def _add(machine, nic, pointer):
 def parse_spec(spec):
     """("kind", "argument", {option: value}) of "kind[:argument][,key=value][,flag]"."""
     if not isinstance(spec, str) or not spec:
-        raise ArgumentError(f"nic: expected a spec like 'tap:tap0', 'packet:eth1' or 'wire', got {spec!r}")
+        raise ArgumentError(f"nic: expected a spec like {', '.join(repr(k) for k in backends())}, got {spec!r}")
     head, *rest = spec.split(",")
     kind, _, argument = head.partition(":")
     options = {}
@@ -130,23 +157,23 @@ def parse_spec(spec):
 def open_spec(machine, spec):
     """Open the NIC ``spec`` names and add it to the machine; returns its Nic."""
     kind, argument, options = parse_spec(spec)
-    if kind not in BACKENDS:
-        raise ArgumentError(f"nic {spec!r}: unknown kind {kind!r}; use tap:NAME, tap:@FD, packet:IFACE or wire")
+    known = backends()
+    if kind not in known:
+        raise ArgumentError(f"nic {spec!r}: unknown kind {kind!r}; use "
+                            f"{', '.join(b.syntax for b in known.values())}")
     mac = options.pop("mac", None)
     mac = parse_mac(mac) if mac is not None else None
-    backend = importlib.import_module(f".{kind}", __name__)   # not `from . import wire`: see wire()
+    backend = importlib.import_module(known[kind].module)
     nic, pointer = backend.open(machine, argument, mac, options, spec)
     return _add(machine, nic, pointer)
 
 
 def attach(machine, specs):
-    """Start the machine's network service thread (callbacks) and open the NICs ``specs`` name.
-    Returns the list of Nic (machine.nics)."""
+    """Open the NICs ``specs`` name and give them to the machine.  Returns the list of Nic
+    (machine.nics)."""
     if isinstance(specs, str):
         specs = [specs]
     machine.nics = []
-    if lib.bm_net_service_start(machine._c) != 0:
-        raise_recorded(NetError)
     machine._net_views = [None] * MAX_NICS
     for spec in specs:
         open_spec(machine, spec)
@@ -155,7 +182,6 @@ def attach(machine, specs):
 
 def detach(machine):
     """Remove what attach created (TAP devices); C closed fds and sockets on halt."""
-    lib.bm_net_service_stop(machine._c)
     for nic in getattr(machine, "nics", []):
         try:
             nic.close()
@@ -178,19 +204,6 @@ _EMPTY = memoryview(b"")
 _OUT = ffi.new("void **")          # b_net_rx's *mem, never read: the face slices the NIC's buffer
 _FAILED = lib.BM_NET_FAILED
 _rx, _tx, _from_buffer = lib.bm_net_rx_face, lib.bm_net_tx_face, ffi.from_buffer
-_threads = []                      # [machine.py's thread-local], filled on first use (import cycle)
-
-
-def _calling_machine():
-    """The calling thread's Machine (the C call already checked there is one)."""
-    if not _threads:
-        from ..machine import _local
-        _threads.append(_local)
-    machine = getattr(_threads[0], "machine", None)
-    if machine is None:
-        from ..machine import current_machine
-        machine = current_machine()                # raises NoMachineError
-    return machine
 
 
 def _buffer_view(machine, iid):
@@ -214,7 +227,7 @@ def b_net_rx(iid=0):
         return _EMPTY
     if length == _FAILED:
         raise_recorded(NetError, "b_net_rx: ")
-    machine = _calling_machine()
+    machine = current_machine()
     view = machine._net_views[iid] or _buffer_view(machine, iid)
     return view[:length]
 
@@ -230,9 +243,9 @@ def b_net_tx(frame, iid=0, nbytes=None):
             pointer, length = _tx_argument(frame, nbytes)
             failed = _tx(pointer, length, iid)
     except (TypeError, OverflowError):
-        if not isinstance(iid, int) or isinstance(iid, bool) or iid < 0:
-            raise NetError(f"b_net_tx: iid must be an int from 0, got {iid!r}") from None
-        raise
+        if not isinstance(iid, int) or isinstance(iid, bool) or not 0 <= iid < 1 << 64:
+            raise NetError(f"b_net_tx: iid must be an int from 0 to 2**64-1, got {iid!r}") from None
+        raise ArgumentError(f"b_net_tx: nbytes must be an int, got {nbytes!r}") from None
     if failed:
         raise_recorded(NetError, "b_net_tx: ")
 
@@ -242,12 +255,13 @@ def _tx_argument(frame, nbytes):
     if isinstance(frame, int) and not isinstance(frame, bool):
         if nbytes is None:
             raise ArgumentError("b_net_tx: nbytes is required when frame is an address")
-        _calling_machine().offset(frame, nbytes)
+        current_machine().offset(frame, nbytes)
         return ffi.cast("void *", frame), nbytes
     try:
         pointer = _from_buffer("char[]", frame)
-    except TypeError:
-        raise ArgumentError(f"b_net_tx: expected a buffer, got {type(frame).__name__}") from None
+    except (TypeError, ValueError) as error:           # ValueError: a non-contiguous array
+        raise ArgumentError(f"b_net_tx: expected a contiguous buffer, got {type(frame).__name__}"
+                            f" ({error})") from None
     length = len(pointer) if nbytes is None else nbytes
     if not 0 <= length <= len(pointer):
         raise ArgumentError(f"b_net_tx: nbytes={nbytes} but the frame holds {len(pointer)} bytes")
@@ -268,10 +282,8 @@ def _callback_converter(code):
         """A Python callable becomes a C function run by the service thread."""
         if callable(var1) and not isinstance(var1, ffi.CData):
             python_fn = var1
-            from ..machine import _local
 
             def run():
-                _local.machine = machine         # the service thread acts for this machine
                 try:
                     python_fn()
                 except (Shutdown, Reboot):       # recorded in the machine's state by C
@@ -281,8 +293,7 @@ def _callback_converter(code):
             machine._keepalive.setdefault("callbacks", []).append(var1)   # a running one may finish
         value = int(ffi.cast("uintptr_t", var1)) if isinstance(var1, ffi.CData) else var1
         if isinstance(value, int) and not isinstance(value, bool):
-            lib.b_system(code, value & ((1 << 64) - 1), 0)
-            lib.bm_net_service_wake(machine._c)   # take it into account now, not within 10 ms
+            lib.b_system(code, value & ((1 << 64) - 1), 0)   # which wakes the service thread
         return var1, var2
     return convert
 
@@ -293,4 +304,4 @@ for _code in (abi.CALLBACK_TIMER, abi.CALLBACK_NETWORK):
 
 def callback_counts(machine):
     """(timer ticks, network callbacks) the service thread has run so far."""
-    return lib.bm_net_service_count(machine._c, 0), lib.bm_net_service_count(machine._c, 1)
+    return lib.bm_service_count(machine._c, 0), lib.bm_service_count(machine._c, 1)

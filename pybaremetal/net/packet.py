@@ -12,9 +12,9 @@ import errno
 import socket
 import struct
 
-from pyroute2 import IPRoute
 
 from .._native import ffi, lib
+from . import register
 from ..errors import raise_recorded
 
 ETH_P_ALL = 0x0003
@@ -25,6 +25,7 @@ PACKET_MR_PROMISC = 1
 
 def open(machine, argument, mac, options, spec):
     """(Nic, C NIC) for ``packet:IFACE``."""
+    from pyroute2 import IPRoute                    # imported when used: slow to import
     from . import Nic, NetError, parse_mac
     promisc = bool(options.pop("promisc", False))
     tx_ring = bool(options.pop("txring", False))
@@ -54,3 +55,7 @@ def open(machine, argument, mac, options, spec):
     if pointer == ffi.NULL:
         raise_recorded(NetError, f"{spec}: ")
     return Nic(machine, "packet", argument, own_mac if mac is None else mac), pointer
+
+
+register("packet", __name__, "packet:IFACE[,promisc][,txring]",
+         "an AF_PACKET socket on an existing interface (a veth end, a physical NIC)")

@@ -11,10 +11,9 @@ import fcntl
 import os
 import struct
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from .._native import ffi, lib
+from . import register
 from ..errors import raise_recorded
 
 TUNSETIFF = 0x400454CA
@@ -40,6 +39,8 @@ def _device_mac(ipr, name):
 
 def _open_named(name, spec):
     """(fd, created) of TAP device ``name``, created with pyroute2 when absent."""
+    from pyroute2 import IPRoute                    # imported when used: slow to import
+    from pyroute2.netlink.exceptions import NetlinkError
     if not 0 < len(name.encode()) < 16:
         raise _error(f"{spec}: a TAP name has 1 to 15 characters")
     created = False
@@ -91,6 +92,7 @@ def _open_fd(text, spec):
 
 
 def _remove(name):
+    from pyroute2 import IPRoute                    # imported when used: slow to import
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname=name)
         if index:
@@ -99,6 +101,8 @@ def _remove(name):
 
 def open(machine, argument, mac, options, spec):
     """(Nic, C NIC) for ``tap:NAME`` / ``tap:@FD``."""
+    from pyroute2 import IPRoute                    # imported when used: slow to import
+    from pyroute2.netlink.exceptions import NetlinkError
     from . import Nic
     if options:
         raise _error(f"{spec}: unknown option(s) {', '.join(options)} (tap takes mac=)")
@@ -128,3 +132,6 @@ def open(machine, argument, mac, options, spec):
     nic = Nic(machine, "tap", name, own_mac if mac is None else mac,
               cleanup=(lambda: _remove(name)) if created else None)
     return nic, pointer
+
+
+register("tap", __name__, "tap:NAME, tap:@FD", "a TAP device, created when absent, or an inherited TAP fd")

@@ -6,6 +6,8 @@ links machine a to a :class:`WirePort` that Python code drives (a test harness, 
 peer).  A full queue makes the sender wait up to 50 ms for the receiver, then drop.
 """
 from .._native import ffi, lib
+from ..current import machine_of
+from . import register
 from ..errors import raise_recorded
 
 
@@ -77,12 +79,17 @@ class WirePort:
         self.close()
 
 
+def _is_machine(thing):
+    """True for a Machine: an object owning a C machine (C knows its owner)."""
+    pointer = getattr(thing, "_c", None)
+    return isinstance(pointer, ffi.CData) and machine_of(pointer) is thing
+
+
 def connect(machine_a, machine_b, mac_a, mac_b):
     """pybaremetal.wire(): two machines' new NICs, or (machine_b None) a WirePort."""
     from . import Nic, _add, local_mac
     from ..errors import ArgumentError
-    from ..machine import Machine
-    if not isinstance(machine_a, Machine) or not (machine_b is None or isinstance(machine_b, Machine)):
+    if not _is_machine(machine_a) or not (machine_b is None or _is_machine(machine_b)):
         raise ArgumentError("wire(a, b=None): a and b must be Machines")
     mac_a = local_mac() if mac_a is None else mac_a
     mac_b = local_mac() if mac_b is None else mac_b
@@ -98,3 +105,6 @@ def connect(machine_a, machine_b, mac_a, mac_b):
         raise
     nic_b = _add(machine_b, Nic(machine_b, "wire", "wire", mac_b), end_b)
     return nic_a, nic_b
+
+
+register("wire", __name__, "wire", "an in-process loopback; pybaremetal.wire(a, b) links machines")

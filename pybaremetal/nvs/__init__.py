@@ -13,7 +13,7 @@ import os
 
 from .. import abi
 from .._native import lib
-from ..errors import AddressError, ArgumentError, BareMetalError, recorded_error
+from ..errors import AddressError, ArgumentError, BareMetalError, NoMachineError, recorded_error
 from ..memory import as_pointer
 from ..current import current_machine
 
@@ -105,7 +105,8 @@ def attach(machine, specs):
 
 
 def detach(machine):
-    """Forget the machine's drives (C flushed and closed them on halt)."""
+    """Mark the machine's drives halted (C flushed and closed them on halt, keeping their
+    final counters, which stay readable)."""
     for drive in getattr(machine, "_drives", ()):
         drive._detach()
 
@@ -130,8 +131,7 @@ def _request(c_call, call, writable, mem, start, num, drive):
     if done < num or num == 0:
         code, message = recorded_error()
         if code:
-            if code == 1:
-                from ..errors import NoMachineError
+            if code == lib.BM_ERR_NO_MACHINE:
                 raise NoMachineError(message)
             raise NvsError(message, done)
     return done
