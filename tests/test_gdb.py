@@ -254,6 +254,15 @@ def test_a_fault_under_gdb_stops_at_the_faulting_instruction(tmp_path):
     assert code == 1 and "#PF page fault" in err
 
 
+def test_detach_lets_the_binary_run_to_its_end(tmp_path):
+    if not cpu.BACKENDS["emu"].status()[0]:
+        pytest.skip("the emulated CPU is not available")
+    app = assemble(tmp_path, HELLO, "hello")
+    output, code, out, err = under_gdb(app, "emu", [f"break *{APP + 0x10:#x}", "continue", "detach"])
+    assert "Breakpoint 1," in output and "detached" in output, output
+    assert (code, out) == (9, "hi\n"), err
+
+
 def test_gdb_recipe_for_c_apps(tmp_path):
     """The README's recipe: a C app is native code of the baremetal process itself."""
     source = tmp_path / "recipe.c"
