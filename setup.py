@@ -8,6 +8,8 @@ from setuptools.command.build_py import build_py
 # native/ files an installed package needs at run time, and where they go in the package:
 # libBareMetal.h for `baremetal cc` and C apps, native/flat/ for flat C builds (cc -o x.app)
 PACKAGE_DATA_FROM_NATIVE = {"include": ["native/libBareMetal.h"],
+                            # a directory below it: `#include "../libBareMetal.h"` (apps/c.py)
+                            "include/src": ["native/libBareMetal.h"],
                             "flat": ["native/flat/app.ld", "native/flat/crt0.c",
                                      "native/flat/libBareMetal.c"]}
 

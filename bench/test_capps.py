@@ -68,3 +68,28 @@ def test_b_output_and_timecounter_from_a_c_app(benchmark, record, cache):
            unit="ns/call", peer_name="write(2) in the same app", target="ratio <= 1.2")
     record("b_system(TIMECOUNTER), from a C app", figures["timecounter"], figures["clock_gettime"],
            unit="ns/call", peer_name="clock_gettime in the same app", target="ratio <= 1.2")
+
+
+def test_call_heavy_kernel_hosted_vs_executable(benchmark, record, cache, tmp_path):
+    """Issue 17 item 1: a raytrace-shaped kernel of small global functions and its own rand():
+    hosted (the app's own symbols bind first, calls are direct) vs the same source as an
+    executable with the same flags; one core."""
+    source = os.path.join(HERE, "peers", "calls_kernel.c")
+    native = str(tmp_path / "calls_native")
+    subprocess.run([capps.compiler(), "-O2", "-falign-functions=16", "-pthread", *capps.WARNINGS,
+                    source, "-o", native, "-lm"], check=True)
+
+    def hosted():
+        return _baremetal(source, "--cores", "1", "--screen", "none", cache=cache)
+
+    def peer():
+        return subprocess.run([native], capture_output=True, text=True, check=True).stdout
+    first = hosted()                               # builds the app into the cache
+    assert first.split()[3:] == peer().split()[3:]  # the same checksum: the app's own rand()
+    benchmark.pedantic(hosted, rounds=1)
+    ours, theirs = [], []
+    for _ in range(RUNS):                          # interleaved, so both see the same noise
+        ours.append(_us(r"calls: (\d+) us", hosted()))
+        theirs.append(_us(r"calls: (\d+) us", peer()))
+    record("call-heavy kernel (raytrace-shaped), hosted", min(ours), min(theirs), unit="us",
+           peer_name="executable, same source and flags", target="ratio <= 1.03")

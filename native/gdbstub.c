@@ -701,7 +701,7 @@ int bm_gdb_serve(struct bm_gdb *s, struct bm_guest_cpu *c)
 			if (bm_guest_state(c, &state) != 0)
 				return BM_GUEST_FAULT;
 			if (faulted)
-				state.rip = g->fault_rip;
+				state.rip = g->fault.rip;
 		}
 		if (send_packet(s, reply ? reply : s->out) != 0)
 			break;

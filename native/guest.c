@@ -59,9 +59,6 @@
 #define STACK_OTHER  (256ull << 10)
 #define WAIT_SLICE_NS 10000000ull         /* DELAY/SLEEP look at must_stop this often */
 #define DELAY_MAX    (1ull << 40)         /* longer DELAYs (12 days) are cut to this (us) */
-#ifndef SLEEP
-#define SLEEP        0x73                 /* current upstream API (libBareMetal.h gets it from the spine) */
-#endif
 
 static void put64(struct bm_machine *m, u64 p, u64 v) { memcpy(m->mem + p, &v, 8); }
 
@@ -226,6 +223,7 @@ static int fault_signal(unsigned vector)
 int bm_guest_fault(struct bm_guest_cpu *c, unsigned vector, u64 error_code, u64 rip, u64 cr2)
 {
 	struct bm_machine *m = c->guest->m;
+	struct bm_guest *g = c->guest;
 	char bytes[64] = "", extra[96] = "";
 	const u8 *code = NULL;
 	int n = 15;
@@ -244,10 +242,8 @@ int bm_guest_fault(struct bm_guest_cpu *c, unsigned vector, u64 error_code, u64 
 	char number[32];
 	snprintf(number, sizeof number, "interrupt %u", vector);
 	const char *name = vector < 22 ? vector_names[vector] : vector == 255 ? "triple fault" : number;
-	struct bm_guest *g = c->guest;
 	struct bm_cpu_state state;
 	g->fault_signal = fault_signal(vector);
-	g->fault_rip = rip;
 	if (g->core_dir != NULL && bm_guest_state(c, &state) == 0) {   /* before bm_fail: it may fail */
 		state.rip = rip;
 		if (vector == 14)
@@ -256,6 +252,15 @@ int bm_guest_fault(struct bm_guest_cpu *c, unsigned vector, u64 error_code, u64 
 	}
 	bm_fail(BM_ERR_STATE, "the app crashed on core %u: %s at rip 0x%llx%s [%s]", c->core, name,
 		(unsigned long long)rip, extra, bytes[0] ? bytes : "no code there");
+	if (c->core == 0) {                          /* core 0's fault ends the run: its outcome */
+		g->fault.vector = vector < 255 ? (int)vector : -1;
+		g->fault.rip = rip;
+		g->fault.address = vector == 14 ? cr2 : 0;
+		g->fault.insn_len = code ? (u32)(n < 16 ? n : 16) : 0;
+		if (code)
+			memcpy(g->fault.insn, code, g->fault.insn_len);
+		g->faulted = 1;
+	}
 	return BM_GUEST_FAULT;
 }
 
@@ -361,8 +366,6 @@ static u64 guest_system(struct bm_guest_cpu *c, struct bm_guest_regs *r)
 	case CALLBACK_KEYBOARD: {
 		unsigned which = (unsigned)(function - CALLBACK_TIMER);
 		atomic_store(&g->callback[which], var1);
-		if (var1 != 0 && bm_service_start(m) != 0)
-			return 0;
 		b_system(function, var1 ? (u64)(uintptr_t)trampolines[which] : 0, 0);
 		return var1;
 	}
@@ -516,7 +519,7 @@ void bm_guest_task(u64 guest_code)
  * OUT:  nothing; a fault is reported on stderr and the callback is dropped */
 static void run_on_service(unsigned which)
 {
-	struct bm_machine *m = bm_self->machine;
+	struct bm_machine *m = bm_self_machine;
 	struct bm_guest *g = enter(m);
 	if (g == NULL)
 		return;
@@ -603,34 +606,10 @@ static void stop_cores(struct bm_guest *g)
  *  IN:  m (booted; the calling thread bound to it as core 0), ops = the CPU backend
  * OUT:  enum bm_guest_end; *rax = the app's RAX when it returned.  BM_GUEST_FAULT with the
  *       error recorded (where the app crashed, or what the backend refused) */
-int bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, u64 *rax)
+static int run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, u64 *rax, struct bm_guest *g)
 {
-	return bm_guest_run_debug(m, ops, NULL, NULL, NULL, rax);
-}
-
-/* bm_guest_run_debug -- bm_guest_run_app, with core 0 under a gdb stub (gdbstub.c: it waits for
- * gdb before the first instruction) and/or a core file written on a fault
- *  IN:  m, ops, gdb (bm_gdb_listen's, or NULL), core_dir (a directory, or NULL), core_path
- *       (NULL, or 256 bytes: the core file's path is put there, "" when none was written), rax
- * OUT:  as bm_guest_run_app */
-int bm_guest_run_debug(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_gdb *gdb,
-		       const char *core_dir, char *core_path, u64 *rax)
-{
-	bm_error_clear();
-	if (m->mem_size > MAX_MEMORY)
-		return bm_fail(BM_ERR_ARGUMENT, "binaries run on machines of at most 16 GiB"), BM_GUEST_FAULT;
-	if (atomic_load(&m->guest) != NULL)
-		return bm_fail(BM_ERR_STATE, "a binary is already running on this machine"), BM_GUEST_FAULT;
-	struct bm_guest *g = calloc(1, sizeof *g);
-	if (g == NULL)
-		return bm_fail(BM_ERR_FULL, "out of host memory"), BM_GUEST_FAULT;
 	g->m = m;
 	g->ops = ops;
-	g->gdb = gdb;
-	g->core_dir = core_dir;
-	g->core_path = core_path;
-	if (core_path != NULL)
-		core_path[0] = 0;
 	pthread_mutex_init(&g->lock, NULL);
 	u64 host_view[9];                                /* host pointers the guest must not see */
 	memcpy(host_view, m->mem + BM_CALL_TABLE, 64);
@@ -647,7 +626,8 @@ int bm_guest_run_debug(struct bm_machine *m, const struct bm_cpu_ops *ops, struc
 		end = run_code(g, 0, BM_APP_VIRTUAL, rax);
 	}
 	struct bm_error error = bm_error;                /* stopping the others must not lose it */
-	stop_cores(g);
+	if (opened)
+		stop_cores(g);
 	for (u32 i = 0; i <= BM_MAX_CORES; i++)
 		if (g->cpus[i] != NULL)
 			ops->cpu_free(g->cpus[i]);
@@ -656,9 +636,59 @@ int bm_guest_run_debug(struct bm_machine *m, const struct bm_cpu_ops *ops, struc
 	if (g->stacks)
 		bm_mem_free(m, g->stacks);
 	pthread_mutex_destroy(&g->lock);
-	free(g);
 	memcpy(m->mem + BM_CALL_TABLE, host_view, 64);   /* for C and Python apps after the run */
 	memcpy(m->mem + BM_INFOMAP_LFB_BASE, host_view + 8, 8);
 	bm_error = error;
 	return end;
+}
+
+/* bm_guest_run_app -- run the binary loaded at physical 0x200000 on the calling core (core 0)
+ * with CPU backend `ops`, and say how the run ended
+ *  IN:  m (booted; the calling thread bound to it as core 0), ops, out = the outcome to fill
+ * OUT:  out->how: BM_END_RETURNED (value = RAX), _SHUTDOWN, _REBOOT, BM_END_EXCEPTION (vector,
+ *       rip, CR2 in address, the instruction's bytes, the message) or BM_END_FAILED (what the
+ *       backend or the machine refused) */
+void bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_outcome *out)
+{
+	bm_guest_run_debug(m, ops, NULL, NULL, NULL, out);
+}
+
+/* bm_guest_run_debug -- bm_guest_run_app, with core 0 under a gdb stub (gdbstub.c: it waits for
+ * gdb's packets before the first instruction) and/or a core file written on a fault
+ *  IN:  m, ops, gdb (bm_gdb_open's, or NULL), core_dir (a directory, or NULL), core_path (NULL,
+ *       or 256 bytes: the core file's path is put there, "" when none was written), out
+ * OUT:  as bm_guest_run_app */
+void bm_guest_run_debug(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_gdb *gdb,
+			const char *core_dir, char *core_path, struct bm_outcome *out)
+{
+	bm_error_clear();
+	struct bm_guest *g = NULL;
+	u64 rax = 0;
+	int end = BM_GUEST_FAULT;
+	if (core_path != NULL)
+		core_path[0] = 0;
+	if (m->mem_size > MAX_MEMORY)
+		bm_fail(BM_ERR_ARGUMENT, "binaries run on machines of at most 16 GiB");
+	else if (atomic_load(&m->guest) != NULL)
+		bm_fail(BM_ERR_STATE, "a binary is already running on this machine");
+	else if ((g = calloc(1, sizeof *g)) == NULL)
+		bm_fail(BM_ERR_FULL, "out of host memory");
+	else {
+		g->gdb = gdb;
+		g->core_dir = core_dir;
+		g->core_path = core_path;
+		end = run_app(m, ops, &rax, g);
+	}
+	int how = end == BM_GUEST_RETURNED ? BM_END_RETURNED : end == BM_GUEST_SHUTDOWN ? BM_END_SHUTDOWN :
+		  end == BM_GUEST_REBOOT ? BM_END_REBOOT : g && g->faulted ? BM_END_EXCEPTION : BM_END_FAILED;
+	bm_outcome_set(out, how, 0, end == BM_GUEST_FAULT ? bm_error.message : NULL);
+	out->value = rax;
+	if (how == BM_END_EXCEPTION) {
+		out->vector = g->fault.vector;
+		out->rip = g->fault.rip;
+		out->address = g->fault.address;
+		out->insn_len = g->fault.insn_len;
+		memcpy(out->insn, g->fault.insn, sizeof out->insn);
+	}
+	free(g);
 }

@@ -117,8 +117,9 @@ struct bm_guest {
 	_Atomic int debug_break;              /* the debugger asks core 0 to stop (BM_GUEST_DEBUG) */
 	const char *core_dir;                 /* a fault writes a core file here (coredump.c), or NULL */
 	char *core_path;                      /* ...and its path here (256 bytes), if not NULL */
-	int fault_signal;                     /* the last fault's POSIX signal and rip (for gdb) */
-	u64 fault_rip;
+	int fault_signal;                     /* the last fault's POSIX signal (for gdb) */
+	int faulted;                          /* core 0 faulted: `fault` says how */
+	struct { int vector; u64 rip, address; u32 insn_len; u8 insn[16]; } fault;
 };
 
 /* for backends */
@@ -133,9 +134,9 @@ const struct bm_cpu_ops *bm_cpu_kvm_ops(void);
 const struct bm_cpu_ops *bm_cpu_emu_ops(void);
 
 /* for Python (guest.cdef) */
-int bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, u64 *rax);
-int bm_guest_run_debug(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_gdb *gdb,
-		       const char *core_dir, char *core_path, u64 *rax);
+void bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_outcome *out);
+void bm_guest_run_debug(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_gdb *gdb,
+			const char *core_dir, char *core_path, struct bm_outcome *out);
 void bm_guest_stop(struct bm_machine *m);
 void bm_guest_shutdown(struct bm_machine *m);
 u64 bm_guest_reserve_top(struct bm_machine *m, u64 nbytes);

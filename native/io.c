@@ -4,6 +4,11 @@
  * function when the app installed one with STDOUT_SET, else to the console fd (stdout, a
  * capture memfd, a file).  b_input never blocks: it polls the input fd with a zero timeout
  * and hands out bytes from a small buffer, 0 when nothing is waiting or input has ended.
+ *
+ * Keys arrive as upstream's kernel hands them to apps: its serial driver turns Enter (0x0D)
+ * into 0x1C and Backspace (0x7F) into 0x0E, the values its PS/2 layout gives those keys.
+ * Hosted input also comes from pipes and files, whose lines end in 0x0A: that is Enter too
+ * (0x1C), once per line (the 0x0A of a CR LF pair is dropped).  Every other byte is as read.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -13,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "machine.h"
+#include "lowmap.h"
 
 /* bm_console_init -- set up a console
  *  IN:  c = console, out_fd = where b_output writes, in_fd = where b_input reads (-1: none)
@@ -23,6 +29,7 @@ void bm_console_init(struct bm_console *c, int out_fd, int in_fd)
 	atomic_store(&c->output, NULL);
 	c->in_fd = in_fd;
 	c->in_eof = 0;
+	c->in_after_cr = 0;
 	c->in_pos = c->in_len = 0;
 	atomic_store(&c->lost_bytes, 0);
 	atomic_store(&c->lost_errno, 0);
@@ -74,6 +81,7 @@ void b_output(const char *str, u64 nbr)
 	struct bm_machine *m = bm_current();
 	if (m == NULL || nbr == 0)
 		return;
+	str = (const char *)(uintptr_t)bm_low_address(m, (u64)(uintptr_t)str, nbr);  /* system area */
 	bm_output_fn fn = atomic_load_explicit(&m->console.output, memory_order_acquire);
 	if (fn != NULL) {
 		fn(str, nbr);
@@ -84,9 +92,26 @@ void b_output(const char *str, u64 nbr)
 	console_write(&m->console, str, nbr);
 }
 
-/* b_input -- the next byte of input, never blocking
+/* upstream_key -- a byte read from the input as upstream's kernel hands it to apps
+ *  IN:  c = console (its CR state, updated), raw = the byte read
+ * OUT:  the key: 0x1C for Enter (0x0D, or 0x0A not after 0x0D), 0x0E for Backspace (0x7F),
+ *       0 for the 0x0A that follows a 0x0D (skipped), else raw */
+static u8 upstream_key(struct bm_console *c, u8 raw)
+{
+	int after_cr = c->in_after_cr;
+	c->in_after_cr = raw == 0x0D;
+	if (raw == 0x0D)
+		return 0x1C;
+	if (raw == 0x0A)
+		return after_cr ? 0 : 0x1C;
+	if (raw == 0x7F)
+		return 0x0E;
+	return raw;
+}
+
+/* b_input -- the next key of input, never blocking (keys mapped as upstream: see the top)
  *  IN:  nothing
- * OUT:  the byte; 0 when nothing is waiting, input has ended, or there is no machine */
+ * OUT:  the key; 0 when nothing is waiting, input has ended, or there is no machine */
 u8 b_input(void)
 {
 	bm_error_clear();
@@ -96,6 +121,7 @@ u8 b_input(void)
 	struct bm_console *c = &m->console;
 	u8 key = 0;
 	pthread_mutex_lock(&c->in_lock);
+again:
 	if (c->in_pos == c->in_len && !c->in_eof) {
 		struct pollfd p = { .fd = c->in_fd, .events = POLLIN };
 		if (poll(&p, 1, 0) > 0) {
@@ -108,8 +134,11 @@ u8 b_input(void)
 			}
 		}
 	}
-	if (c->in_pos < c->in_len)
-		key = c->in_buf[c->in_pos++];
+	if (c->in_pos < c->in_len) {
+		key = upstream_key(c, c->in_buf[c->in_pos++]);
+		if (key == 0)
+			goto again;                /* the LF of CR LF: take the next byte, if any */
+	}
 	pthread_mutex_unlock(&c->in_lock);
 	return key;
 }

@@ -13,6 +13,7 @@ struct bm_console {
 	int in_fd;                      /* source of b_input, -1 = none */
 	pthread_mutex_t in_lock;
 	int in_eof;
+	int in_after_cr;                /* the last byte read was 0x0D (its 0x0A is not a 2nd Enter) */
 	u32 in_pos, in_len;
 	u8 in_buf[4096];
 	_Atomic u64 lost_bytes;         /* bytes b_output could not write (a full disk, /dev/full) */

@@ -133,3 +133,19 @@ int bm_lowmap_owner(struct bm_machine *m)
 	pthread_mutex_unlock(&lowmap_lock);
 	return owns;
 }
+
+/* bm_low_address -- the memory an app means by an address it hands to a call.  Upstream apps
+ * name the system area by its physical address, page 0 included (raytrace locks address 0:
+ * on the real kernel that is the IDT, and the lock works).  A process has nothing mapped below
+ * 2 MiB but the low window, which is the same memory, so an address there (with the range
+ * inside the system area) is the machine's system area in flat memory; any other address is
+ * the app's own.  Host pointers into flat memory are never below 2 MiB, so this changes nothing
+ * for callers that pass them (Python apps, binaries through their guest translation).
+ *  IN:  m, address, length = bytes the call touches from there
+ * OUT:  the process address to use */
+u64 bm_low_address(struct bm_machine *m, u64 address, u64 length)
+{
+	if (address < BM_SYSTEM_SIZE && length <= BM_SYSTEM_SIZE - address)
+		return (u64)(uintptr_t)(m->mem + address);
+	return address;
+}

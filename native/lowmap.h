@@ -10,5 +10,6 @@ int bm_lowmap_claim(struct bm_machine *m);
 void bm_lowmap_release(struct bm_machine *m);
 void bm_lowmap_clear(struct bm_machine *m);
 int bm_lowmap_owner(struct bm_machine *m);
+u64 bm_low_address(struct bm_machine *m, u64 address, u64 length);
 
 #endif

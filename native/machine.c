@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include "machine.h"
 #include "lowmap.h"
+#include "kernel_data.h"
 
 /* ---- creation ------------------------------------------------------------------------------ */
 
@@ -71,6 +72,12 @@ void *bm_current_owner(void)
 	return m != NULL ? m->owner : NULL;
 }
 
+/* bm_user -- the call table's entry 0x100048 (upstream's b_user): returns at once, as the
+ * kernel's does (it is its `ret` stub)
+ *  IN:  nothing
+ * OUT:  nothing */
+void bm_user(void) { }
+
 /* bm_machine_set_cpu_mhz -- core speed for the InfoMap (0: unknown) */
 void bm_machine_set_cpu_mhz(struct bm_machine *m, u32 mhz) { m->cpu_mhz = mhz; }
 
@@ -112,10 +119,11 @@ static void write_system_area(struct bm_machine *m)
 	for (u32 i = 0; i < m->num_cores; i++)
 		put32(m, BM_INFOMAP_APIC_IDS + 4 * i, i);
 	const void *calls[8] = { (void *)b_input, (void *)b_output, (void *)b_net_tx, (void *)b_net_rx,
-				 (void *)b_nvs_read, (void *)b_nvs_write, (void *)b_system, NULL };
+				 (void *)b_nvs_read, (void *)b_nvs_write, (void *)b_system, (void *)bm_user };
 	for (int i = 0; i < 8; i++)
 		put64(m, BM_CALL_TABLE + 8 * i, (u64)(uintptr_t)calls[i]);
 	write_free_memory(m);
+	bm_kernel_data_write(m);                    /* PCI and NIC tables, accounting (kernel_data.c) */
 }
 
 /* bm_screen_configure -- describe the frame buffer; written into the InfoMap at boot, or at

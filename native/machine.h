@@ -102,6 +102,7 @@ void bm_machine_halt(struct bm_machine *m);
 void bm_machine_free(struct bm_machine *m);
 int bm_machine_state(struct bm_machine *m);
 void bm_machine_set_cpu_mhz(struct bm_machine *m, u32 mhz);
+void bm_user(void);
 int bm_machine_add_nic(struct bm_machine *m, struct bm_nic *nic);
 void bm_screen_configure(struct bm_machine *m, u64 lfb, u32 x, u32 y, u32 ppsl, u32 bpp);
 struct bm_core *bm_bind(struct bm_machine *m, u32 core_id);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <x86intrin.h>
 #include "machine.h"
+#include "lowmap.h"
 
 /* end_run -- SHUTDOWN / REBOOT: record it and, under a C main, unwind to bm_run_main */
 static u64 end_run(struct bm_machine *m, int state)
@@ -150,10 +151,10 @@ u64 b_system(u64 function, u64 var1, u64 var2)
 		return bm_smp_set(m, var1, var2);
 	case SMP_GET:
 		return bm_smp_get(m);
-	case SMP_LOCK:
-		return bm_smp_lock(var1);
+	case SMP_LOCK:                             /* below 2 MiB: the system area (lowmap.c) */
+		return bm_smp_lock(bm_low_address(m, var1, 2));
 	case SMP_UNLOCK:
-		return bm_smp_unlock(var1);
+		return bm_smp_unlock(bm_low_address(m, var1, 2));
 	case SMP_BUSY:
 		return bm_smp_busy(m);
 	case TSC:
@@ -193,7 +194,7 @@ u64 b_system(u64 function, u64 var1, u64 var2)
 	case WALLCLOCK:
 		return wallclock();
 	case DUMP_MEM:
-		return bm_dump_mem(var1, var1, var2);
+		return bm_dump_mem(bm_low_address(m, var1, var2), var1, var2);
 	case DUMP_RAX: {
 		char digits[16];
 		dump_hex(digits, var1, 8);

@@ -10,10 +10,23 @@ blocks from block 1 on.  Upstream's `bmfs` tool reserves in MiB rounded up to an
 so does ``create`` here, and disks written by either tool read the same with the other.
 
 Differences from upstream's tool, on purpose: every error is refused before anything is
-written and ends with a non-zero exit; names longer than 31 bytes are refused (upstream
-corrupts the record); ``write`` of a file without an entry creates one sized to fit; a file may
-use the disk's last block (upstream never allocates it); a damaged directory is reported as
-such instead of being read blindly.
+written and ends with a non-zero exit (1; 2 for a usage mistake: a bad size, a disk path that is
+a directory or cannot be a disk, a wrong command or argument count); names longer than 31 bytes
+are refused (upstream corrupts the record); ``write`` of a file without an entry creates one
+sized to fit; a file may use the disk's last block (upstream never allocates it).
+
+Upstream's safety is kept: ``format`` of a disk that holds a BMFS says "Format aborted!" unless
+given ``/force`` (or ``--force``); ``initialize`` over an existing non-empty file is refused
+without ``--force`` (and a failed initialize leaves the old file as it was: the new image is
+made beside it and renamed over it); ``create NAME`` without a size asks for it on a terminal.
+
+Damaged records, such as upstream's tool leaves them (a name of 32 characters or more, which
+overwrites the record's block numbers; two files whose blocks overlap after a delete and a
+create on a full disk; blocks outside the disk; a size larger than the reservation; a repeated
+name), do not make the disk unreadable: each is listed with a warning (``Entry.problem``,
+``Disk.warnings()``), the others work as usual, a damaged record can be deleted, and a file
+whose record is damaged is never written (reading it is allowed when its blocks lie inside the
+disk).  New files are placed clear of every block any record claims.
 
 A :class:`Disk` works over an image file or block device (``Disk.open(path)``) or over a drive
 of the running machine (``Disk.on_drive(0)``, through b_nvs_read/b_nvs_write); every access
@@ -21,7 +34,9 @@ is whole 4096-byte sectors, so both behave the same.
 """
 import math
 import os
+import stat
 import struct
+import tempfile
 import sys
 from dataclasses import dataclass
 
@@ -45,6 +60,13 @@ PROGRESS_MIN = 64 << 20                     # the CLI shows a progress bar above
 class BmfsError(BareMetalError):
     """A BMFS operation was refused (not a BMFS disk, bad name, no space, ...); nothing was
     written."""
+    exit_status = 1
+
+
+class BmfsUsageError(BmfsError):
+    """A mistake in how the tool was called (a bad size, a disk path that cannot be a disk, a
+    wrong command or argument count)."""
+    exit_status = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +78,7 @@ class Entry:
     reserved: int
     size: int
     index: int
+    problem: str = None                 # why the record is damaged (None: it is sound)
 
     @property
     def reserved_mib(self):
@@ -70,27 +93,45 @@ class ImageDevice:
     def __init__(self, path, writable=True):
         self.path = os.fspath(path)
         self.writable = writable
+        check_disk_path(self.path)
         try:
             self.fd = os.open(self.path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
         except OSError as error:
             raise BmfsError(f"{self.path}: cannot open it: {error.strerror}") from None
-        self.size = os.lseek(self.fd, 0, os.SEEK_END)
+        try:
+            self.size = os.lseek(self.fd, 0, os.SEEK_END)
+        except OSError as error:
+            os.close(self.fd)
+            raise BmfsUsageError(f"{self.path}: cannot be a disk (its size cannot be read: "
+                                 f"{error.strerror})") from None
+
+    def _failed(self, doing, offset, error):
+        return BmfsError(f"{self.path}: {doing} at byte {offset} failed: {error.strerror}")
 
     def read(self, offset, length):
-        data = os.pread(self.fd, length, offset)
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as error:
+            raise self._failed("reading", offset, error) from None
         if len(data) < length:
             raise BmfsError(f"{self.path}: the disk ends at byte {offset + len(data)}")
         return data
 
     def read_into(self, offset, view):
-        done = os.preadv(self.fd, [view], offset)
+        try:
+            done = os.preadv(self.fd, [view], offset)
+        except OSError as error:
+            raise self._failed("reading", offset, error) from None
         if done < len(view):
             raise BmfsError(f"{self.path}: the disk ends at byte {offset + done}")
 
     def write(self, offset, data):
         view = memoryview(data).cast("B")
         while view:
-            done = os.pwrite(self.fd, view, offset)
+            try:
+                done = os.pwrite(self.fd, view, offset)
+            except OSError as error:
+                raise self._failed("writing", offset, error) from None
             view, offset = view[done:], offset + done
 
     def close(self):
@@ -130,18 +171,37 @@ class DriveDevice:
         pass
 
 
+def check_disk_path(path):
+    """BmfsUsageError unless ``path`` is a regular file or a block device (or absent: open
+    then says so)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if stat.S_ISDIR(mode):
+        raise BmfsUsageError(f"{path}: is a directory, not a disk image (give an image file or a block device)")
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        raise BmfsUsageError(f"{path}: is not a regular file or a block device, so it cannot be a disk")
+
+
 # --- the file system --------------------------------------------------------------------------
 
-def _name_bytes(name):
-    """The on-disk name for ``name`` (str or bytes), or BmfsError."""
+def _name_bytes(name, lookup=False):
+    """The on-disk name for ``name`` (str or bytes), or BmfsError.  ``lookup``: a name to find,
+    which may be longer than a new file's (damaged records made by upstream's tool)."""
     raw = name.encode() if isinstance(name, str) else bytes(name)
     if not raw:
         raise BmfsError("the file name is empty")
-    if len(raw) > NAME_MAX:
+    if len(raw) > NAME_MAX and not lookup:
         raise BmfsError(f"the file name {name!r} is {len(raw)} bytes long; BMFS names hold at most {NAME_MAX}")
     if b"\0" in raw or raw[0] == 1 or b"/" in raw:
         raise BmfsError(f"the file name {name!r} holds a NUL, a leading 0x01 or a '/'")
     return raw
+
+
+def _printable(raw):
+    """A record's stored name (up to its NUL) as text."""
+    return (raw[:raw.index(b"\0")] if b"\0" in raw else raw).decode(errors="replace")
 
 
 def _pad(data, multiple):
@@ -197,14 +257,17 @@ class Disk:
         if tag[:4].upper() != TAG or tag[4] != 0:
             raise BmfsError(f"{self.device.path}: not a BMFS disk (no 'BMFS' tag at byte {TAG_OFFSET}; "
                             f"`format` makes one)")
-        self.entries()                                 # a damaged directory is reported now
 
     def _directory(self):
         return bytearray(self.device.read(DIRECTORY_OFFSET, SECTOR))
 
+    def _inside(self, start, reserved):
+        return start >= 1 and reserved <= self.blocks and start + reserved <= self.blocks
+
     def _parse(self, directory):
-        """(live entries, free record indexes, index of the end record or None)."""
-        live, free, end = [], [], None
+        """(records, free record indexes, index of the end record or None).  Every record in
+        use is in ``records``; a damaged one has its ``problem`` set."""
+        raws, free, end = [], [], None
         for index in range(ENTRIES):
             raw, start, reserved, size, _ = RECORD.unpack_from(directory, index * RECORD.size)
             if raw[0] == 0:
@@ -213,37 +276,53 @@ class Disk:
             if raw[0] == 1:
                 free.append(index)
                 continue
+            raws.append((index, raw, start, reserved, size))
+        problems, names = {}, {}
+        for index, raw, start, reserved, size in raws:
+            name = raw[:raw.index(b"\0")] if b"\0" in raw else raw
             if b"\0" not in raw:
-                raise self._corrupt(index, "its name is not NUL-terminated")
-            name = raw[:raw.index(b"\0")]
-            if start < 1 or start + reserved > self.blocks:
-                raise self._corrupt(index, f"blocks {start}..{start + reserved - 1} are outside "
-                                           f"the disk's data blocks 1..{self.blocks - 1}")
-            if size > reserved * BLOCK_SIZE:
-                raise self._corrupt(index, f"size {size} is larger than its {reserved} reserved blocks")
-            live.append(Entry(name.decode(errors="replace"), start, reserved, size, index))
-        by_start = sorted(live, key=lambda e: e.start)
-        for before, after in zip(by_start, by_start[1:]):
-            if before.start + before.reserved > after.start:
-                raise self._corrupt(after.index, f"its blocks overlap those of {before.name!r}")
-        names = [e.name for e in live]
-        if len(set(names)) != len(names):
-            raise self._corrupt(None, "two records hold the same name")
-        return live, free, end
+                problems[index] = ("its name fills all 32 bytes without an end (a longer name, as "
+                                   "upstream's tool writes it, overwrote the block numbers)")
+            elif not self._inside(start, reserved):
+                problems[index] = (f"blocks {start}..{start + reserved - 1} are outside the disk's "
+                                   f"data blocks 1..{self.blocks - 1}")
+            elif size > reserved * BLOCK_SIZE:
+                problems[index] = f"size {size} is larger than its {reserved} reserved blocks"
+            elif name in names:
+                problems[index] = f"its name is also record {names[name]}'s"
+            names.setdefault(name, index)
+        placed = sorted((r for r in raws if self._inside(r[2], r[3])), key=lambda r: r[2])
+        for i, (index, raw, start, reserved, _) in enumerate(placed):
+            for other in placed[i + 1:]:
+                if other[2] >= start + reserved:
+                    break
+                for this, that in ((index, other), (other[0], (index, raw))):
+                    problems.setdefault(this, f"its blocks overlap those of record {that[0]} "
+                                              f"({_printable(that[1])!r})")
+        records = [Entry(_printable(raw), start, reserved, size, index, problems.get(index))
+                   for index, raw, start, reserved, size in raws]
+        return records, free, end
 
-    def _corrupt(self, index, why):
-        where = f"record {index}: " if index is not None else ""
-        return BmfsError(f"{self.device.path}: corrupt directory: {where}{why}")
+    def _corrupt(self, entry, why):
+        return BmfsError(f"{self.device.path}: corrupt directory: record {entry.index} "
+                         f"({entry.name!r}): {entry.problem}; {why}")
 
     def entries(self):
-        """The files, in directory order."""
+        """The files, in directory order; a damaged record has its ``problem`` set."""
         return self._parse(self._directory())[0]
 
+    def warnings(self):
+        """One line per damaged record."""
+        return [f"{self.device.path}: warning: record {e.index} ({e.name!r}): {e.problem}"
+                for e in self.entries() if e.problem]
+
     def query(self, name):
-        """The Entry of ``name``.  Raises BmfsError if there is none."""
-        raw = _name_bytes(name)
+        """The Entry of ``name`` (a damaged record's too: a name of 32 bytes or more finds the
+        record whose 32 name bytes it starts with).  Raises BmfsError if there is none."""
+        raw = _name_bytes(name, lookup=True)
         for entry in self.entries():
-            if entry.name.encode(errors="replace") == raw:
+            stored = entry.name.encode(errors="replace")
+            if stored == raw or (len(stored) == 32 and raw[:32] == stored):
                 return entry
         raise BmfsError(f"{self.device.path}: no file {name!r}")
 
@@ -264,10 +343,14 @@ class Disk:
         self.device.write(0, first)
         self.device.write(DIRECTORY_OFFSET, bytes(SECTOR))
 
-    def _free_run(self, live, blocks):
-        """The first block of the first run of ``blocks`` free blocks, or None."""
+    def _claimed(self, records):
+        """Records whose blocks lie inside the disk (damaged ones too: never allocated over)."""
+        return [e for e in records if self._inside(e.start, e.reserved)]
+
+    def _free_run(self, records, blocks):
+        """The first block of the first run of ``blocks`` blocks no record claims, or None."""
         position = 1
-        for entry in sorted(live, key=lambda e: e.start):
+        for entry in sorted(self._claimed(records), key=lambda e: e.start):
             if entry.start - position >= blocks:
                 return position
             position = max(position, entry.start + entry.reserved)
@@ -283,7 +366,7 @@ class Disk:
         blocks = -(-mib // (BLOCK_SIZE >> 20))
         directory = self._directory()
         live, free, end = self._parse(directory)
-        if any(e.name.encode(errors="replace") == raw for e in live):
+        if any(e.name.encode(errors="replace") == raw for e in live):     # damaged ones too
             raise BmfsError(f"{self.device.path}: a file {name!r} already exists")
         index = free[0] if free else end
         if index is None:
@@ -298,7 +381,7 @@ class Disk:
         return Entry(raw.decode(errors="replace"), start, blocks, 0, index)
 
     def delete(self, name):
-        """Mark ``name``'s record deleted (its blocks become free)."""
+        """Mark ``name``'s record deleted (its blocks become free); damaged records too."""
         entry = self.query(name)
         directory = self._directory()
         directory[entry.index * RECORD.size] = 1
@@ -320,6 +403,8 @@ class Disk:
             entry = self.query(name) if self.exists(name) else None
             if entry is None:
                 entry = self.create(name, max(1, math.ceil(size / (1 << 20))))
+            if entry.problem:
+                raise self._corrupt(entry, "nothing was written")
             if size > entry.reserved * BLOCK_SIZE:
                 raise BmfsError(f"{self.device.path}: {size} bytes do not fit in the "
                                 f"{entry.reserved_mib} MiB reserved for {name!r}")
@@ -339,6 +424,9 @@ class Disk:
         returns the Entry), or a writable buffer of at least the file's size (filled; returns
         the Entry)."""
         entry = self.query(name)
+        if entry.problem and not (self._inside(entry.start, entry.reserved)
+                                  and entry.size <= entry.reserved * BLOCK_SIZE):
+            raise self._corrupt(entry, "it cannot be read")
         base, size = entry.start * BLOCK_SIZE, entry.size
         if destination is None:
             buf = bytearray(-(-size // SECTOR) * SECTOR)
@@ -371,7 +459,11 @@ class Disk:
                 progress(min(done + CHUNK, size), size)
 
     def free_blocks(self):
-        return self.blocks - 1 - sum(e.reserved for e in self.entries())
+        """Data blocks no record claims."""
+        used = set()
+        for e in self._claimed(self.entries()):
+            used.update(range(e.start, e.start + e.reserved))
+        return self.blocks - 1 - len(used)
 
 
 class _Source:
@@ -402,20 +494,73 @@ class _Source:
             self.file.close()
 
 
-def initialize(path, size):
+def initialize(path, size, force=False, progress=None):
     """Make a new BMFS image file of ``size`` (an int or "64M", "1G"; at least 6 MiB) at
-    ``path`` (replacing any file there) and format it.  Returns the open Disk."""
+    ``path`` and format it.  Returns the open Disk.  An existing non-empty file is replaced only
+    with ``force``; the new image is made beside it and renamed over it, so on any error the old
+    file is left as it was and no new file appears.  ``progress(done, total)`` is called as the
+    image is filled (with zeros, sparsely: at once).  Raises BmfsUsageError for a bad size or
+    path, BmfsError when the file exists or cannot be made."""
     try:
         nbytes = parse_size(size, "disk size")
     except ArgumentError as error:
-        raise BmfsError(str(error)) from None
+        raise BmfsUsageError(str(error)) from None
     if nbytes < MIN_DISK_SIZE:
-        raise BmfsError(f"a BMFS disk needs at least {MIN_DISK_SIZE >> 20} MiB, not {nbytes} bytes")
-    with open(path, "wb") as f:
-        f.truncate(nbytes)                             # zeros (sparse), as upstream's fill
-    disk = Disk.open(path, check=False)
-    disk.format()
+        raise BmfsUsageError(f"a BMFS disk needs at least {MIN_DISK_SIZE >> 20} MiB, not {nbytes} bytes")
+    path = os.fspath(path)
+    check_disk_path(path)
+    mode = 0o666 & ~_umask()
+    if os.path.exists(path):
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise BmfsUsageError(f"{path}: initialize makes image files; for a block device use `format`")
+        if info.st_size > 0 and not force:
+            raise BmfsError(f"{path}: {_what_is_there(path)}; initialize would replace it: add --force")
+        mode = stat.S_IMODE(info.st_mode)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, work = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".new")
+    except OSError as error:
+        raise BmfsError(f"{path}: cannot make the image in {directory}: {error.strerror}") from None
+    try:
+        try:
+            os.fchmod(fd, mode)
+            os.ftruncate(fd, nbytes)                   # zeros (sparse), as upstream's fill
+        except OSError as error:
+            raise BmfsError(f"{path}: cannot make an image of {nbytes} bytes here: {error.strerror}") from None
+        finally:
+            os.close(fd)
+        if progress:
+            progress(nbytes, nbytes)
+        disk = Disk.open(work, check=False)
+        try:
+            disk.format()
+            disk.device.path = path
+            os.fsync(disk.device.fd)
+            os.rename(work, path)
+        except BaseException:
+            disk.close()
+            raise
+    except BaseException:
+        if os.path.exists(work):
+            os.unlink(work)
+        raise
     return disk
+
+
+def _umask():
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def _what_is_there(path):
+    """'holds a BMFS disk with N files' or 'exists (N bytes)'."""
+    try:
+        with Disk.open(path, writable=False) as disk:
+            return f"holds a BMFS disk with {len(disk.entries())} file(s)"
+    except BmfsError:
+        return f"exists ({os.path.getsize(path)} bytes)"
 
 
 def load(name, drive=0):
@@ -438,10 +583,12 @@ def load(name, drive=0):
 
 USAGE = """baremetal bmfs DISK COMMAND [ARGS]
 commands:
-  initialize SIZE          make DISK a new, formatted image of SIZE (e.g. 64M; at least 6M)
-  format                   write an empty BMFS on DISK (files are lost)
+  initialize SIZE [--force]  make DISK a new, formatted image of SIZE (e.g. 64M; at least 6M);
+                           an existing file is replaced only with --force
+  format [/force]          write an empty BMFS on DISK; a disk with a BMFS needs /force (--force)
   list                     the files: name, size in bytes, reserved MiB
-  create NAME [MiB]        reserve space for a file (default 2 MiB; rounded up to even MiB)
+  create NAME [MiB]        reserve space for a file (rounded up to even MiB; asked for on a
+                           terminal when left out)
   read NAME [HOSTFILE]     copy a file out (default host file: NAME in the current directory)
   write NAME [HOSTFILE]    copy a host file in (default: NAME); creates the entry if missing
   delete NAME              delete a file
@@ -470,36 +617,87 @@ def _progress_bar(total, description):
 
 def _arguments(command, args, minimum, maximum):
     if not minimum <= len(args) <= maximum:
-        raise BmfsError(f"{command}: expected {minimum}{'' if minimum == maximum else f'..{maximum}'} "
+        raise BmfsUsageError(f"{command}: expected {minimum}{'' if minimum == maximum else f'..{maximum}'} "
                         f"argument(s), got {len(args)} (see `baremetal bmfs --help`)")
     return list(args) + [None] * (maximum - len(args))
 
 
-def run_command(disk_path, command, args, out=sys.stdout):
-    """One `baremetal bmfs` command.  Raises BmfsError; returns None."""
+FORCE = ("/force", "--force")
+
+
+def _force(args):
+    """(args without /force and --force, whether one was given)."""
+    rest = [a for a in args if a.lower() not in FORCE]
+    return rest, len(rest) != len(args)
+
+
+def _ask_size(name, out):
+    """create NAME without a size: ask on a terminal (as upstream), refuse otherwise."""
+    if not sys.stdin.isatty():
+        raise BmfsUsageError(f"create: give the size in MiB (create {name} MiB); without it the size "
+                             f"is asked for, which needs a terminal")
+    print("Maximum file size in MiB: ", end="", file=out, flush=True)
+    answer = sys.stdin.readline().strip()
+    if not answer.isdigit():
+        raise BmfsError(f"create: the size is a whole number of MiB, got {answer!r}")
+    return answer
+
+
+def _initialize_progress(out):
+    """upstream's fill report, on a terminal only."""
+    if not out.isatty():
+        return None
+    return lambda done, total: print(f"Formatting disk: {done} of {total} bytes "
+                                     f"({100 * done // total}%)", file=out)
+
+
+def run_command(disk_path, command, args, out=None, err=None):
+    """One `baremetal bmfs` command.  Raises BmfsError (BmfsUsageError for usage mistakes);
+    returns None.  Output goes to ``out`` (default stdout), warnings about damaged records to
+    ``err`` (default stderr)."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     command = command.lower()
     if command == "initialize":
+        args, force = _force(args)
         (size,) = _arguments(command, args, 1, 1)
-        initialize(disk_path, size).close()
+        initialize(disk_path, size, force=force, progress=_initialize_progress(out)).close()
         print(f"{disk_path}: a new BMFS disk of {parse_size(size) >> 20} MiB", file=out)
         return
     if command == "format":
-        _arguments(command, [a for a in args if a.lower() not in ("/force", "--force")], 0, 0)
+        args, force = _force(args)
+        _arguments(command, args, 0, 0)
         with Disk.open(disk_path, check=False) as disk:
+            if not force:
+                try:
+                    disk._check()
+                    count = len(disk.entries())
+                except BmfsError:
+                    count = None                       # no BMFS there: nothing to lose
+                if count is not None:
+                    raise BmfsError(f"Format aborted! {disk_path} holds a BMFS disk with {count} "
+                                    f"file(s); `format /force` (or --force) erases them")
             disk.format()
         return
     commands = ("list", "create", "read", "write", "delete", "query")
     if command not in commands:
-        raise BmfsError(f"unknown command {command!r} (commands: initialize, format, {', '.join(commands)})")
+        raise BmfsUsageError(f"unknown command {command!r} (commands: initialize, format, {', '.join(commands)})")
     with Disk.open(disk_path, writable=command in ("create", "write", "delete")) as disk:
+        for warning in disk.warnings():
+            print(warning, file=err)
         if command == "list":
             _arguments(command, args, 0, 0)
             print(_listing(disk), file=out)
         elif command == "create":
             name, mib = _arguments(command, args, 1, 2)
-            if mib is not None and not mib.isdigit():
+            if mib is None:
+                _name_bytes(name)
+                if disk.exists(name):
+                    raise BmfsError(f"{disk.device.path}: a file {name!r} already exists")
+                mib = _ask_size(name, out)
+            if not mib.isdigit():
                 raise BmfsError(f"create: the size is a whole number of MiB, got {mib!r}")
-            entry = disk.create(name, int(mib) if mib is not None else 2)
+            entry = disk.create(name, int(mib))
             print(f"{entry.name}: {entry.reserved_mib} MiB reserved at block {entry.start}", file=out)
         elif command == "read":
             name, host = _arguments(command, args, 1, 2)

@@ -73,7 +73,8 @@ def _add_machine_options(parser):
                             f"{nic_kinds()}; any of them ,mac=02:00:00:00:00:01")
     group.add_argument("--cpu", default=None, choices=("auto", "kvm", "emu"),
                        help="how flat binaries execute: kvm (hardware), emu (emulated CPU, runs "
-                            "anywhere) or auto (kvm where ring 0 runs in hardware, else emu; default: $BAREMETAL_CPU or auto)")
+                            "anywhere) or auto (kvm where ring 0 runs in hardware, else emu; "
+                            "default: $BAREMETAL_CPU or auto)")
     group.add_argument("--cmdline", default=None, metavar="TEXT",
                        help="the kernel command line, a NUL-terminated string at physical 0x5A00")
     group.add_argument("--gdb", default=None, metavar="PORT",
@@ -122,6 +123,12 @@ def build_parser():
     run.add_argument("app", metavar="APP",
                      help=f"the app: {app_kinds()}")
     _add_machine_options(run)
+    run.add_argument("--flat", action="store_true",
+                     help="build a C source as a flat binary for the real kernel and run that "
+                          "(for apps that use BareMetal's own addresses, 0xFFFF800000000000 and up)")
+    run.add_argument("--exit-status", choices=("zero", "rax"), default=None,
+                     help="flat binaries: the exit status when the app returns: zero (default "
+                          "for .app/.asm) or the low byte of RAX (default for C built with --flat)")
     monitor = commands.add_parser(
         "monitor", help="boot a machine into the Monitor (BareMetal's command line)",
         description="Boot a machine into the Monitor: dir, load and exec apps from the BMFS disk "
@@ -134,6 +141,8 @@ def build_parser():
     bmfs.add_argument("disk", metavar="DISK")
     bmfs.add_argument("bmfs_command", metavar="COMMAND")
     bmfs.add_argument("bmfs_args", nargs="*", metavar="ARGS")
+    bmfs.add_argument("--force", action="store_true",
+                      help="initialize: replace an existing file; format: erase a BMFS disk (also /force)")
     commands.add_parser(
         "doctor", help="say what this host offers (KVM, compilers, kernel settings, NIC "
                        "privileges) and how to fix what is missing",
@@ -193,7 +202,7 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
-CC_SUFFIXES = (".c", ".s", ".o", ".a")           # compared lower-case: .S too
+CC_SUFFIXES = (".c", ".s", ".o", ".a", ".cpp", ".cc", ".cxx")   # compared lower-case: .S too
 
 
 def check_output_path(path, option):
@@ -258,7 +267,7 @@ def cmd_cc(args, gcc_args):
             raise ArgumentError(f"cc: {source} is a Python app, which needs no build: "
                                 f"baremetal run {source}")
         if suffix not in CC_SUFFIXES:
-            raise ArgumentError(f"cc: {source} is not a C source; give .c files (or .s, .S, .o, .a)")
+            raise ArgumentError(f"cc: {source} is not a C source; give .c files (or .cpp, .s, .S, .o, .a)")
     output = args.output or os.path.splitext(os.path.basename(args.sources[0]))[0] + ".so"
     if output.lower().endswith(".app"):
         from .apps import binary
@@ -269,16 +278,22 @@ def cmd_cc(args, gcc_args):
 
 
 def cmd_run(args, app_argv):
-    from .apps import loader_for
+    from .apps import binary, c, loader_for
     loader = loader_for(args.app)
-    if (args.gdb, args.dumpcore) != (None, None) and not loader.__name__.endswith(".binary"):
+    if (args.gdb, args.dumpcore) != (None, None) and not (loader is binary or args.flat):
         raise ArgumentError("--gdb and --dumpcore are for flat binaries (.app, .asm); debug a C or "
                             "Python app with gdb --args python -m pybaremetal run APP (see README)")
-    if args.verbose and loader.__name__.endswith(".binary"):
+    if args.verbose and (loader is binary or args.flat):
         from . import cpu
         print(f"baremetal: cpu: {cpu.choose(args.cpu)[1]}", file=sys.stderr)
-    return boot_and_run(args, lambda machine: loader.run(machine, args.app, app_argv),
-                        default_screen=getattr(loader, "DEFAULT_SCREEN", None))
+    run = lambda machine: loader.run(machine, args.app, app_argv)            # noqa: E731
+    if args.flat:
+        run = lambda machine: c.run_flat(machine, args.app, app_argv, args.exit_status)  # noqa: E731
+        loader = binary
+    elif loader is binary:
+        run = lambda machine: binary.exit_status(loader.run(machine, args.app, app_argv),  # noqa: E731
+                                                 args.exit_status or "zero")
+    return boot_and_run(args, run, default_screen=getattr(loader, "DEFAULT_SCREEN", None))
 
 
 def cmd_monitor(args):
@@ -372,10 +387,11 @@ def main(argv=None):
         if args.command == "bmfs":
             from .bmfs import BmfsError, run_command
             try:
-                run_command(args.disk, args.bmfs_command, args.bmfs_args + app_argv)
+                run_command(args.disk, args.bmfs_command,
+                            args.bmfs_args + app_argv + ["--force"] * args.force)
             except BmfsError as error:
                 print(f"baremetal bmfs: error: {error}", file=sys.stderr)
-                return 1
+                return error.exit_status
         if args.command == "cc":
             return cmd_cc(args, app_argv)
         if args.command == "doctor":

@@ -68,9 +68,8 @@ class Screen:
     def reserve(self):
         """Allocate the buffer from flat memory and describe it to the C core, which writes
         the InfoMap's fields (at boot, or now if the machine runs) and keeps the buffer's pages
-        through a reboot.  It takes the highest free pages: a binary's image goes at 0x200000
-        and its heap grows up from there."""
-        physical = lib.bm_guest_reserve_top(self.machine._c, self.nbytes)
+        through a reboot."""
+        physical = lib.bm_guest_reserve_top(self.machine._c, self.nbytes)   # above a binary's heap
         if physical == 0:
             raise_recorded(OutOfMemory, prefix=f"screen {self.width}x{self.height}: ")
         self.physical = physical

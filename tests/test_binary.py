@@ -102,7 +102,7 @@ def test_cc_with_an_app_output_builds_a_flat_binary_that_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     with open(tmp_path / "exit.app", "rb") as f:
         assert f.read(4) != b"\x7fELF"                          # a flat image, not an ELF file
-    done = cli("run", str(tmp_path / "exit.app"), "--cores", "1")
+    done = cli("run", str(tmp_path / "exit.app"), "--cores", "1", "--exit-status", "rax")
     assert (done.returncode, done.stdout) == (42, b"flat\n"), done.stderr
     (tmp_path / "bad.c").write_text("int main(void) { return nope; }\n")
     done = cli("cc", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.app"))

@@ -28,6 +28,15 @@ def cli(*args, cwd=None):
     return done.returncode, done.stdout, done.stderr
 
 
+def cli_here(capsys, *args):
+    """The same, in this process (quicker): (exit code, stdout, stderr)."""
+    from pybaremetal.cli import main
+    capsys.readouterr()
+    code = main(["bmfs", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def records(path):
     """The directory as the contract describes it, parsed independently of bmfs.py."""
     raw = path.read_bytes()[4096:8192]
@@ -65,7 +74,7 @@ def test_initialize_makes_a_tagged_image_with_an_empty_directory(tmp_path):
 
 def test_initialize_smaller_than_6_mib_is_refused_and_creates_nothing(tmp_path):
     code, _, err = cli(tmp_path / "tiny.img", "initialize", "5M")
-    assert code == 1 and "at least 6 MiB" in err
+    assert code == 2 and "at least 6 MiB" in err
     assert not (tmp_path / "tiny.img").exists()
 
 
@@ -74,7 +83,7 @@ def test_format_keeps_the_boot_sector_and_empties_the_directory(disk):
         d.create("a.app", 2)
     with open(disk, "r+b") as f:
         f.write(b"\xeb\x3c" + b"B" * 510)                 # a boot sector
-    code, _, err = cli(disk, "format")
+    code, _, err = cli(disk, "format", "/force")
     assert code == 0, err
     data = disk.read_bytes()
     assert data[:512] == b"\xeb\x3c" + b"B" * 510
@@ -95,7 +104,7 @@ def test_format_makes_a_bmfs_disk_of_any_image(tmp_path):
 def test_create_reserves_even_mib_first_fit_as_upstream(disk):
     assert cli(disk, "create", "one", "1")[0] == 0        # 1 MiB -> 2 MiB: one block
     assert cli(disk, "create", "two", "3")[0] == 0        # 3 MiB -> 4 MiB: two blocks
-    assert cli(disk, "create", "three")[0] == 0           # default 2 MiB
+    assert cli(disk, "create", "three", "2")[0] == 0
     assert records(disk) == [(b"one", 1, 1, 0), (b"two", 2, 2, 0), (b"three", 4, 1, 0)]
     assert cli(disk, "delete", "two")[0] == 0
     assert disk.read_bytes()[4096 + 64] == 0x01           # deleted marker
@@ -171,16 +180,85 @@ def test_a_disk_laid_out_by_upstreams_tool_reads_the_same(tmp_path):
     (["write", "new", "NOFILE"], "cannot read it"),
     (["list", "extra"], "expected 0 argument(s)"),
     (["frobnicate"], "unknown command 'frobnicate'"),
+    (["create", "nosize"], "give the size in MiB"),
+    (["format"], "Format aborted! "),
+    (["initialize", "8M"], "holds a BMFS disk with 1 file(s); initialize would replace it: add --force"),
+    (["initialize", "100T"], "initialize would replace it"),
+    (["initialize", "100T", "--force"], "cannot make an image of 109951162777600 bytes here"),
+    (["initialize", "5M", "--force"], "at least 6 MiB"),
 ])
-def test_cli_errors_exit_non_zero_and_modify_nothing(disk, tmp_path, args, message):
+def test_cli_errors_exit_non_zero_and_modify_nothing(disk, tmp_path, capsys, args, message):
     with Disk.open(disk) as d:
         d.create("dup", 2)
     (tmp_path / "HOST").write_bytes(b"x" * (2 * MiB + 1))
     before = digest(disk)
     args = [str(tmp_path / a) if a in ("HOST", "NOFILE") else a for a in args]
-    code, _, err = cli(disk, *args)
-    assert code == 1 and message in err and err.startswith("baremetal bmfs: error:"), err
+    code, _, err = cli_here(capsys, disk, *args)
+    usage = any(s in message for s in ("argument(s)", "unknown command", "give the size", "6 MiB"))
+    assert code == (2 if usage else 1) and message in err and err.startswith("baremetal bmfs: error:"), err
+    assert len(err.splitlines()) == 1
     assert digest(disk) == before
+    assert sorted(os.listdir(disk.parent)) == ["HOST", "disk.img"]          # no work file left
+
+
+def test_initialize_of_a_new_file_that_fails_leaves_no_file(tmp_path, capsys):
+    code, _, err = cli_here(capsys, tmp_path / "new.img", "initialize", "100T")
+    assert code == 1 and "cannot make an image" in err and len(err.splitlines()) == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_initialize_with_force_replaces_an_existing_disk_keeping_its_mode(disk, capsys):
+    os.chmod(disk, 0o640)
+    assert cli_here(capsys, disk, "initialize", "8M", "--force")[0] == 0
+    assert disk.stat().st_size == 8 * MiB and records(disk) == []
+    assert disk.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("force", ["/force", "/FORCE", "--force"])
+def test_format_of_a_bmfs_disk_erases_it_only_when_forced(disk, capsys, force):
+    with Disk.open(disk) as d:
+        d.create("keep", 2)
+    assert cli_here(capsys, disk, "format")[0] == 1 and records(disk) == [(b"keep", 1, 1, 0)]
+    assert cli_here(capsys, disk, "format", force)[0] == 0 and records(disk) == []
+
+
+@pytest.mark.parametrize("path", ["DIR", "/proc/self/mem", "/dev/null"])
+def test_a_path_that_cannot_be_a_disk_is_one_line_exit_2(tmp_path, capsys, path):
+    code, out, err = cli_here(capsys, str(tmp_path) if path == "DIR" else path, "list")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "is a directory" in err or "cannot be a disk" in err
+
+
+def on_terminal(args, keys=b""):
+    """`baremetal bmfs ...` with stdin and stdout on a pseudo-terminal: (exit code, output)."""
+    import pty
+    controller, terminal = pty.openpty()
+    child = subprocess.Popen([sys.executable, "-m", "pybaremetal", "bmfs", *map(str, args)],
+                             stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    os.write(controller, keys)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:                                  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return child.wait(timeout=30), output.decode()
+
+
+def test_create_without_a_size_asks_for_it_on_a_terminal(disk):
+    code, output = on_terminal([disk, "create", "asked"], b"6\n")
+    assert code == 0 and "Maximum file size in MiB: " in output
+    assert records(disk) == [(b"asked", 1, 3, 0)]
+
+
+def test_initialize_on_a_terminal_reports_its_progress(tmp_path):
+    code, output = on_terminal([tmp_path / "t.img", "initialize", "8M"])
+    assert code == 0 and "Formatting disk: 8388608 of 8388608 bytes (100%)" in output
 
 
 def test_not_a_bmfs_disk_is_refused(tmp_path):
@@ -246,12 +324,66 @@ def test_fuzzed_block_0_never_crashes_the_tool(tmp_path, seed, keep_tag, structu
                                                  "already exists")), error
 
 
-def test_corrupt_directory_is_reported(disk):
+def test_a_record_outside_the_disk_is_listed_with_a_warning_and_never_read(disk):
     with open(disk, "r+b") as f:
         f.seek(4096)
         f.write(struct.pack("<32sQQQQ", b"bad", 7, 5, 0, 0))   # blocks 7..11 on an 8-block disk
-    code, _, err = cli(disk, "list")
-    assert code == 1 and "corrupt directory: record 0: blocks 7..11 are outside" in err
+    code, out, err = cli(disk, "list")
+    assert code == 0 and out.splitlines()[3].split() == ["bad", "0", "10"]
+    assert err == f"{disk}: warning: record 0 ('bad'): blocks 7..11 are outside the disk's data blocks 1..7\n"
+    code, _, err = cli(disk, "read", "bad", os.devnull)
+    assert code == 1 and "corrupt directory: record 0 ('bad')" in err
+
+
+def upstream_anomalies(path):
+    """A disk as upstream's tool leaves it after `create` with a 40-character name (strcpy runs
+    over the starting block and the low byte of the reserved blocks) and after delete + create
+    on a full disk (two records claiming block 3)."""
+    image = bytearray(16 * MiB)
+    image[1024:1028] = b"BMFS"
+    long_name = b"a_forty_character_name_for_a_file_.bin"[:40].ljust(40, b"x")
+    rows = [(b"first", 1, 2, 100), (b"\0", 0, 0, 0), (b"second", 3, 2, 5), (b"third", 3, 1, 7)]
+    for i, (name, start, reserved, size) in enumerate(rows):
+        struct.pack_into("<32sQQQQ", image, 4096 + 64 * i, name, start, reserved, size, 0)
+    record = bytearray(struct.pack("<32sQQQQ", b"", 5, 1, 0, 0))
+    record[:41] = long_name + b"\0"                       # strcpy: 40 characters and the NUL
+    image[4096 + 64:4096 + 128] = record
+    image[BLOCK_SIZE:BLOCK_SIZE + 100] = b"F" * 100
+    path.write_bytes(bytes(image))
+    return long_name
+
+
+def test_upstreams_anomalies_are_listed_with_a_warning_per_bad_record(tmp_path, capsys):
+    path = tmp_path / "odd.img"
+    long_name = upstream_anomalies(path)
+    code, out, err = cli_here(capsys, path, "list")
+    assert code == 0
+    names = [line[:32].rstrip() for line in out.splitlines()[3:]]
+    assert names == ["first", long_name[:32].decode(), "second", "third"]
+    warnings = err.splitlines()
+    assert len(warnings) == 3 and all(w.startswith(f"{path}: warning: record ") for w in warnings)
+    assert "record 1 " in warnings[0] and "fills all 32 bytes" in warnings[0]
+    assert "record 2 ('second'): its blocks overlap those of record 3 ('third')" in warnings[1]
+    assert "record 3 ('third'): its blocks overlap those of record 2 ('second')" in warnings[2]
+
+
+def test_writes_never_touch_an_overlapping_range_and_new_files_avoid_it(tmp_path, capsys):
+    path = tmp_path / "odd.img"
+    long_name = upstream_anomalies(path)
+    (tmp_path / "host").write_bytes(b"new data")
+    before = digest(path)
+    for name in ("second", "third"):
+        code, _, err = cli_here(capsys, path, "write", name, tmp_path / "host")
+        assert code == 1 and "corrupt directory" in err and "nothing was written" in err
+    assert digest(path) == before
+    assert cli_here(capsys, path, "read", "first", tmp_path / "back")[0] == 0           # sound files work
+    assert (tmp_path / "back").read_bytes() == b"F" * 100
+    assert cli_here(capsys, path, "read", "third", tmp_path / "back")[0] == 0           # reading is harmless
+    with Disk.open(path) as d:
+        entry = d.create("fresh", 2)                                          # clear of blocks 1..4
+        assert entry.start == 5 and entry.index == 4
+        d.delete(long_name.decode())                                          # by the name typed
+        assert [e.index for e in d.entries()] == [0, 2, 3, 4]
 
 
 def test_large_transfers_show_a_progress_bar(disk, tmp_path):

@@ -233,7 +233,7 @@ int main(void)
     done = baremetal("run", path, "--cores", "3", "--memory", "32M", "--screen", "320x200", "--no-pin", cache=cache)
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().splitlines() == [
-        "cores 3/3 ram 32 free 28/28", "ids 0 1 2", "lfb 1 320 200 320 32", "slots 1 0", "call table 1"]
+        "cores 3/3 ram 30 free 28/28", "ids 0 1 2", "lfb 1 320 200 320 32", "slots 1 0", "call table 1"]
 
 
 def test_low_window_is_shared_with_flat_memory_both_ways(tmp_path):

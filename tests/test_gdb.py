@@ -95,7 +95,7 @@ def assemble(tmp_path, source, name):
 
 def baremetal(app, backend, *options):
     return [sys.executable, "-m", "pybaremetal", "run", app, "--cpu", backend, "--memory", "16M",
-            "--cores", "1", *options]
+            "--cores", "1", "--exit-status", "rax", *options]
 
 
 def under_gdb(app, backend, gdb_commands, symbols=None, options=()):

@@ -91,7 +91,12 @@ def test_b_input_reads_bytes_in_order_then_zero_at_end_of_input():
     def main():
         return [bm.b_input() for _ in range(6)]
     keys, _ = run_captured(main, input=b"ab\x7fz")
-    assert keys == [ord("a"), ord("b"), 0x7F, ord("z"), 0, 0]
+    assert keys == [ord("a"), ord("b"), 0x0E, ord("z"), 0, 0]       # Backspace as upstream: 0x0E
+
+
+def test_b_input_gives_enter_and_backspace_upstreams_key_values():
+    keys, _ = run_captured(lambda: list(iter(bm.b_input, 0)), input=b"a\rb\r\nc\nd\x7f\x08")
+    assert keys == [ord("a"), 0x1C, ord("b"), 0x1C, ord("c"), 0x1C, ord("d"), 0x0E, 0x08]
 
 
 def test_b_input_from_a_pipe_never_blocks():

@@ -50,6 +50,13 @@ def image(directory, name="disk.img", sectors=64, seed=1):
     return path
 
 
+def unaligned_buffer(size):
+    """A writable view of `size` bytes that starts 1 byte past a 4096-aligned address."""
+    raw = np.zeros(size + 2 * SECTOR, dtype=np.uint8)
+    start = (-raw.ctypes.data) % SECTOR + 1
+    return memoryview(raw[start:start + size])
+
+
 @contextlib.contextmanager
 def machine_with(*drives, cores=1, memory="16M"):
     with bm.Machine(cores=cores, memory=memory, console="capture", drives=drives) as m:
@@ -271,11 +278,13 @@ def test_drive_spec_errors_are_clear(disk_dir):
 
 def test_machine_drives_list_geometry_and_counters(disk_dir):
     a, b = image(disk_dir, "a.img", 8), image(disk_dir, "b.img", 4)
-    with machine_with(str(a), bm.Drive(b, read_only=True)) as m:
+    # poll for up to 10 s: a loaded machine must not turn a polled completion into a slept one
+    with machine_with(bm.Drive(a, poll_us=10_000_000), bm.Drive(b, read_only=True)) as m:
         first, second = m.drives
         assert (first.number, first.sectors, second.number, second.sectors) == (0, 8, 1, 4)
-        assert bm.b_nvs_read(bytearray(3 * SECTOR), 0, 3) == 3
-        assert bm.b_nvs_write(bytes(2 * SECTOR), 6, 2) == 2
+        unaligned = unaligned_buffer(5 * SECTOR)              # never 4096-aligned: always bounced
+        assert bm.b_nvs_read(unaligned[:3 * SECTOR], 0, 3) == 3
+        assert bm.b_nvs_write(unaligned[:2 * SECTOR], 6, 2) == 2
         assert bm.b_nvs_read(bytearray(SECTOR), 3, 1, drive=1) == 1
         assert first.stats() == {"reads": 1, "writes": 1, "sectors_read": 3, "sectors_written": 2,
                                  "errors": 0, "bounced": 2, "polled": 2}

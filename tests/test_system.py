@@ -62,7 +62,7 @@ def test_dump_mem_prints_address_then_16_bytes_per_line():
     assert lines[3] == "" and len(lines) == 4
 
 
-@pytest.mark.parametrize("address", [0, 16, 0xFFFF_FFFF_FFFF_0000])
+@pytest.mark.parametrize("address", [0x200000, 0x200010, 0xFFFF_FFFF_FFFF_0000])
 def test_dump_mem_of_unreadable_memory_fails_cleanly_and_prints_nothing(address):
     def main():
         with pytest.raises(bm.AddressError, match="not readable"):
@@ -70,6 +70,11 @@ def test_dump_mem_of_unreadable_memory_fails_cleanly_and_prints_nothing(address)
         return "alive"
     result, out = run_captured(main)
     assert result == "alive" and out == b""
+
+
+def test_dump_mem_below_2_mib_shows_the_system_area_as_on_the_kernel():
+    _, out = run_captured(lambda: bm.b_system(bm.DUMP_MEM, 0x5012, 2), cores=2, pin=False)
+    assert out.decode().splitlines() == ["0x0000000000005012", " 02 00"]
 
 
 def test_dump_mem_of_a_range_running_off_the_end_of_memory_prints_nothing():

@@ -89,7 +89,7 @@ def test_the_installed_wheel_builds_a_flat_binary_and_runs_it(installed):
     assert done.returncode == 0 and (installed[1] / "flat.app").stat().st_size > 0, done.stderr
     if not kvm.available():
         pytest.skip("running a flat binary needs /dev/kvm")
-    done = run(installed, "baremetal", "run", "flat.app", "--cores", "1")
+    done = run(installed, "baremetal", "run", "flat.app", "--cores", "1", "--exit-status", "rax")
     assert done.returncode == 3 and done.stdout == "flat\n", done.stderr
 
 
@@ -100,3 +100,12 @@ def test_the_installed_wheel_runs_the_bmfs_tool(installed):
         assert done.returncode == 0, done.stderr
     done = run(installed, "baremetal", "bmfs", "disk.img", "list")
     assert done.returncode == 0 and "note.txt" in done.stdout
+
+
+def test_the_installed_wheel_finds_dotdot_libbaremetal_h(installed):
+    """An app in a subdirectory, as in upstream's tree, includes "../libBareMetal.h"."""
+    (installed[1] / "model").mkdir()
+    (installed[1] / "model" / "model.c").write_text(
+        '#include "../libBareMetal.h"\nint main(void) { b_output("found\\n", 6); return 0; }\n')
+    done = run(installed, "baremetal", "cc", "model/model.c", "-o", "model.so")
+    assert done.returncode == 0, done.stderr

@@ -7,7 +7,12 @@ BareMetal apps are linked), and entered at its first byte on core 0.  While it r
 the image occupies, plus 2 MiB for its .bss, are reserved so FREE_MEMORY and machine.alloc see
 them as used; the app's window [0xFFFF800000000000, + FREE_MEMORY MiB) is then free for its heap
 (the cores' stacks are at the top of memory, outside it: native/guest.c).  When the app returns,
-the run ends and the low 8 bits of RAX are the exit code (C apps: main's return value through crt0).
+the run ends and run() returns the low 8 bits of RAX (C apps: main's return value through crt0).
+
+The exit status of `baremetal run` (:func:`exit_status`): a flat binary that returns ends with
+status 0 whatever RAX holds (upstream's apps return to the Monitor, which ignores RAX: euler1
+leaves 208 there), unless asked with ``--exit-status rax`` (the low byte of RAX; the default for
+C sources run with ``--flat``, whose crt0 returns main's value).
 """
 import os
 import shutil
@@ -18,7 +23,7 @@ from .. import cpu
 from ..errors import ArgumentError, BareMetalError
 from . import register
 
-register(".app", __name__, "a flat binary built for BareMetal, run on --cpu (KVM or emulated)")
+register(".app", __name__, "a flat binary built for BareMetal, run on --cpu (kvm or emu)")
 register(".asm", __name__, "a NASM source of a flat binary, assembled with nasm -f bin, run on --cpu")
 
 APP_PHYSICAL = 0x200000
@@ -96,6 +101,14 @@ def execute(machine, image, backend=None):
         return cpu.run(machine, backend)
     finally:
         machine.free(machine.addr(APP_PHYSICAL))
+
+
+def exit_status(returned, policy="zero"):
+    """The exit status of a run that returned ``returned`` (run()'s value; None after SHUTDOWN):
+    policy "zero": 0; "rax": the low byte of RAX."""
+    if policy not in ("zero", "rax"):
+        raise ArgumentError(f"exit status policy {policy!r}: expected 'zero' or 'rax'")
+    return (returned or 0) & 0xFF if policy == "rax" else 0
 
 
 def read_image(path):

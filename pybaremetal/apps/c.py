@@ -2,6 +2,12 @@
 
 Building.  ``build()`` runs gcc as upstream builds apps (16-byte function alignment, so any
 function can be handed to SMP_SET) plus -shared -fPIC, warnings on, libm and pthreads linked.
+C++ sources (.cpp, .cc, .cxx) are built and linked with g++ ($CXX), so libstdc++ comes along.
+The app's own functions and data bind first, as in the executable upstream links: with
+-fno-semantic-interposition and -Wl,-Bsymbolic an app that defines rand() (raytrace) calls its
+own rand, not libc's, and calls between its functions are direct.  The include path holds
+libBareMetal.h, and a directory below it, so that ``#include "../libBareMetal.h"`` from an app
+in a subdirectory (upstream's tree: src/libBareMetal.h, src/NAME/NAME.c) finds it too.
 gcc's messages go straight to the terminal; a failure raises :class:`CompileError`.
 ``cached_build()`` (what ``baremetal run app.c`` uses) keeps built objects under the cache
 directory, keyed by a hash of the sources, the flags, libBareMetal.h and the compiler; the
@@ -65,12 +71,18 @@ from . import finish, register
 
 register(".c", __name__, "a C source including libBareMetal.h, built and cached")
 register(".so", __name__, "a C app built with `baremetal cc`")
+for _suffix in (".cpp", ".cc", ".cxx"):
+    register(_suffix, __name__, "a C++ source including libBareMetal.h, built with g++ and cached")
 
 DEFAULT_SCREEN = "1024x768"              # C apps get a screen unless --screen none
 WARNINGS = ("-Wall", "-Wextra")
 # as upstream builds apps (16-byte aligned functions), as a shared object of the hosted runtime;
 # exit() goes to the runtime's __wrap_exit (native/capps.c): it ends the run, not the process
-BASE_FLAGS = ("-shared", "-fPIC", "-falign-functions=16", "-pthread", "-g", "-Wl,--wrap=exit")
+BASE_FLAGS = ("-shared", "-fPIC", "-falign-functions=16", "-pthread", "-g", "-Wl,--wrap=exit",
+              "-fno-semantic-interposition", "-Wl,-Bsymbolic")      # the app's own symbols first
+CXX_SUFFIXES = (".cpp", ".cc", ".cxx", ".c++", ".C")
+SOURCE_SUFFIXES = (".c",) + CXX_SUFFIXES
+UPPER_HALF = 0xFFFF800000000000          # where flat binaries live; no process can map it
 LIBS = ("-lm",)
 
 
@@ -92,18 +104,33 @@ def include_dir():
     return native_data("include", "")
 
 
-def compiler():
-    """The C compiler: $CC or gcc."""
-    name = os.environ.get("CC", "gcc")
+def is_cxx(sources):
+    """True if any of ``sources`` is C++."""
+    return any(os.fspath(s).endswith(CXX_SUFFIXES) for s in sources)
+
+
+def compiler(cxx=False):
+    """The compiler driver: $CC or gcc; for C++ $CXX or g++."""
+    name = os.environ.get("CXX", "g++") if cxx else os.environ.get("CC", "gcc")
     path = shutil.which(name)
     if path is None:
-        raise CompileError(f"no C compiler: '{name}' is not on PATH (install gcc, or set CC)")
+        what, package, var = ("C++", "g++", "CXX") if cxx else ("C", "gcc", "CC")
+        raise CompileError(f"no {what} compiler: '{name}' is not on PATH (install {package}, or set {var})")
     return path
 
 
+def include_flags():
+    """-I for libBareMetal.h's directory, and for a directory below it, so that
+    ``../libBareMetal.h`` resolves there too (native/flat in a checkout; include/src, which
+    setup.py installs, in a package)."""
+    top = include_dir()
+    below = sorted(e.path for e in os.scandir(top) if e.is_dir() and not e.name.startswith(("_", ".")))
+    return ["-I", top] + (["-I", below[0]] if below else [])
+
+
 def gcc_command(sources, output, optimize="2", extra=()):
-    """The gcc command line that builds ``sources`` into the app ``output``."""
-    return [compiler(), *BASE_FLAGS, f"-O{optimize}", *WARNINGS, "-I", include_dir(),
+    """The gcc (g++ for C++) command line that builds ``sources`` into the app ``output``."""
+    return [compiler(is_cxx(sources)), *BASE_FLAGS, f"-O{optimize}", *WARNINGS, *include_flags(),
             *extra, "-o", output, *sources, *LIBS]
 
 
@@ -179,7 +206,7 @@ def _compiler_identity(path):
 def cache_key(sources, optimize="2", extra=()):
     """The hash naming a build: sources (names and contents), flags, libBareMetal.h, compiler."""
     h = hashlib.sha256()
-    for part in (_compiler_identity(compiler()), *BASE_FLAGS, optimize, *WARNINGS, *extra, *LIBS,
+    for part in (_compiler_identity(compiler(is_cxx(sources))), *BASE_FLAGS, optimize, *WARNINGS, *extra, *LIBS,
                  _digest(os.path.join(include_dir(), "libBareMetal.h"))):
         h.update(part.encode() + b"\0")
     for source in sources:
@@ -290,7 +317,7 @@ def run(machine, path, argv):
 
     argv[0] is ``path``; returns main's return value (None after SHUTDOWN).  REBOOT reloads
     the app and runs main again."""
-    app_path = cached_build([path]) if path.endswith(".c") else path
+    app_path = cached_build([path]) if path.endswith(SOURCE_SUFFIXES) else path
     args = [ffi.new("char[]", os.fsencode(a)) for a in [path, *argv]]
     c_argv = ffi.new("char *[]", args + [ffi.NULL])
     outcome = ffi.new("struct bm_outcome *")
@@ -306,9 +333,39 @@ def run(machine, path, argv):
             lib.bm_capp_run_main(machine._c, loaded[-1].main, len(args), c_argv, outcome)
         finally:
             _flush_c_stdio()
-        return finish(outcome)
+        try:
+            return finish(outcome)
+        except AppCrashed as crash:
+            raise _upper_half_hint(crash, path) from None
 
     _claim_low_window(machine)             # before boot: boot writes the system area into it
     machine.boot()
     lib.bm_console_set_flush_stdio(machine._c, 1)
     return machine.run(once)
+
+
+def _upper_half_hint(crash, path):
+    """``crash``, saying in the same line what to do when a C source touched BareMetal's
+    upper-half app addresses (0xFFFF800000000000 and up), which no process can map."""
+    outcome = crash.outcome
+    if (outcome is None or outcome.how != lib.BM_END_SIGNAL or outcome.address < UPPER_HALF
+            or not path.endswith(SOURCE_SUFFIXES)):
+        return crash
+    return AppCrashed(f"{crash}; it uses BareMetal's upper-half app addresses, which a process "
+                      f"cannot have: run it as a flat binary with `baremetal run {path} --flat`",
+                      crash.exit_status, outcome)
+
+
+def run_flat(machine, path, argv, exit_status=None):
+    """`baremetal run app.c --flat`: build the C source as a flat binary for the real kernel
+    (:func:`pybaremetal.apps.binary.build`) and run that on the machine's CPU backend, as an
+    app that needs BareMetal's own addresses (0xFFFF800000000000 and up) must run.  The exit
+    status is main's return value (its crt0 returns it in RAX), unless ``exit_status`` is
+    "zero"."""
+    from . import binary
+    if not path.endswith(".c"):
+        raise ArgumentError(f"{path}: --flat builds C sources (.c) as flat binaries")
+    with tempfile.TemporaryDirectory(prefix="baremetal-flat-") as work:
+        image = os.path.join(work, os.path.splitext(os.path.basename(path))[0] + ".app")
+        binary.build([path], image)
+        return binary.exit_status(binary.run(machine, image, argv), exit_status or "rax")

@@ -16,12 +16,11 @@ no --cpu).
 import os
 
 from .._native import ffi, lib
-from ..errors import AppCrashed, ArgumentError, Reboot, Shutdown, recorded_error  # noqa: F401 (cpu.AppCrashed)
+from ..errors import AppCrashed, ArgumentError
 from . import emu, kvm
 
 BACKENDS = {"kvm": kvm, "emu": emu}
 CHOICES = ("auto", *BACKENDS)
-RETURNED, SHUTDOWN, REBOOT, FAULT = 0, 1, 2, -1     # enum bm_guest_end (native/guest.h)
 
 
 def choose(name=None):
@@ -55,25 +54,24 @@ def run(machine, backend):
     ``backend`` module; under gdb if the machine has ``gdb`` (a port), writing a core file on a
     fault if it has ``dumpcore`` (a directory).  Returns the app's RAX; raises Shutdown/Reboot for those calls and
     AppCrashed (saying where) when it faults."""
-    rax = ffi.new("u64 *")
+    from ..apps import finish
+    outcome = ffi.new("struct bm_outcome *")
     port, core_dir = getattr(machine, "gdb", None), getattr(machine, "dumpcore", None)
     if port is None and core_dir is None:
-        end = lib.bm_guest_run_app(machine._c, backend.ops(), rax)
-    else:                                  # --gdb / --dumpcore (cpu/gdb.py, native/gdbstub.c)
-        from . import gdb
-        stub = gdb.wait_for_gdb(port) if port is not None else ffi.NULL
-        core_path = ffi.new("char[256]")
-        try:
-            end = lib.bm_guest_run_debug(machine._c, backend.ops(), stub,
-                                         core_dir.encode() if core_dir else ffi.NULL, core_path, rax)
-        finally:
-            lib.bm_gdb_close(stub)
-        if end == FAULT and core_path[0] != b"\0":
-            raise AppCrashed(f"{recorded_error()[1]}; core file: {ffi.string(core_path).decode()}")
-    if end == RETURNED:
-        return rax[0]
-    if end == SHUTDOWN:
-        raise Shutdown()
-    if end == REBOOT:
-        raise Reboot()
-    raise AppCrashed(recorded_error()[1])
+        lib.bm_guest_run_app(machine._c, backend.ops(), outcome)
+        return finish(outcome) & ((1 << 64) - 1)
+    from . import gdb                      # --gdb / --dumpcore (cpu/gdb.py, native/gdbstub.c)
+    stub = gdb.wait_for_gdb(port) if port is not None else ffi.NULL
+    core_path = ffi.new("char[256]")
+    try:
+        lib.bm_guest_run_debug(machine._c, backend.ops(), stub,
+                               core_dir.encode() if core_dir else ffi.NULL, core_path, outcome)
+    finally:
+        lib.bm_gdb_close(stub)
+    try:
+        return finish(outcome) & ((1 << 64) - 1)
+    except AppCrashed as crash:
+        if core_path[0] == b"\0":
+            raise
+        raise AppCrashed(f"{crash}; core file: {ffi.string(core_path).decode()}", crash.exit_status,
+                         crash.outcome) from None

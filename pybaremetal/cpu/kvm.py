@@ -38,8 +38,4 @@ def ops():
     return lib.bm_cpu_kvm_ops()
 
 
-def __getattr__(name):                     # kvm.AppCrashed, as before the backends split
-    if name == "AppCrashed":
-        from . import AppCrashed
-        return AppCrashed
-    raise AttributeError(name)
+from ..errors import AppCrashed  # noqa: E402,F401 (kvm.AppCrashed, as before the backends split)
