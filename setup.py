@@ -33,6 +33,8 @@ def long_description():
 
 
 TEST = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "pygame>=2.1"]
+CLUSTER = ["ray>=2.40"]             # pybaremetal.cluster; in the test extra so CI runs its tests
+TEST += CLUSTER
 
 setup(
     name="pybaremetal",
@@ -67,6 +69,7 @@ setup(
         "test": TEST,
         "window": ["pygame>=2.1"],
         "numba": ["numba>=0.59"],
+        "cluster": CLUSTER,
     },
     entry_points={"console_scripts": ["baremetal = pybaremetal.cli:main"]},
     cmdclass={"build_py": build_py_with_native_data},

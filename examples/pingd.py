@@ -5,7 +5,8 @@
     sudo .venv/bin/baremetal run examples/pingd.py --nic packet:bm0 -- 10.0.0.2
     ping 10.0.0.2                       # from another terminal
 
-Arguments: ADDRESS [--iid N] [--count N: stop after N echo replies] [--seconds S: stop after S].
+Arguments: ADDRESS [--iid N] [--count N: stop after N echo replies] [--seconds S: stop after S]
+[--quiet: no line per reply, only the total at the end].
 The MAC is the NIC's own (NET_STATUS).  Frames are built by hand, as a BareMetal app would.
 """
 import argparse
@@ -84,7 +85,10 @@ def main():
     parser.add_argument("--iid", type=int, default=0)
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(sys.argv[1:])
-    serve(args.address, args.iid, args.count, args.seconds,
-          log=lambda text: bm.b_output(text + "\n"))
+    say = lambda text: bm.b_output(text + "\n")
+    replies = serve(args.address, args.iid, args.count, args.seconds,
+                    log=(lambda text: None) if args.quiet else say)
+    say(f"pingd: {replies} echo replies")
     return 0

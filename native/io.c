@@ -72,14 +72,10 @@ void bm_default_output(const char *str, u64 nbr)
 		console_write(&m->console, str, nbr);
 }
 
-/* b_output -- write exactly nbr bytes (NUL bytes included) to the current output
- *  IN:  str = address of the bytes, nbr = number of bytes
- * OUT:  nothing.  No machine: nothing written, BM_ERR_NO_MACHINE recorded */
-void b_output(const char *str, u64 nbr)
+/* console_output -- b_output's body: nbr bytes to the app's output function or the console */
+static inline __attribute__((always_inline)) void console_output(struct bm_machine *m, const char *str, u64 nbr)
 {
-	bm_error_clear();
-	struct bm_machine *m = bm_current();
-	if (m == NULL || nbr == 0)
+	if (nbr == 0)
 		return;
 	str = (const char *)(uintptr_t)bm_low_address(m, (u64)(uintptr_t)str, nbr);  /* system area */
 	bm_output_fn fn = atomic_load_explicit(&m->console.output, memory_order_acquire);
@@ -90,6 +86,30 @@ void b_output(const char *str, u64 nbr)
 	if (m->console.flush_stdio && __fpending(stdout) != 0)   /* unlocked peek: no lock when empty */
 		fflush(stdout);
 	console_write(&m->console, str, nbr);
+}
+
+/* output_traced -- console_output and its trace line (trace.h) */
+BM_TRACED_PATH void output_traced(struct bm_machine *m, const char *str, u64 nbr)
+{
+	u64 t0 = bm_now_ns();
+	console_output(m, str, nbr);
+	const void *bytes = (const void *)(uintptr_t)bm_low_address(m, (u64)(uintptr_t)str, nbr);
+	bm_trace_call(m, BM_TRACE_OUTPUT, t0, (u64[]){ (u64)(uintptr_t)str, nbr }, 0, bytes);
+}
+
+/* b_output -- write exactly nbr bytes (NUL bytes included) to the current output
+ *  IN:  str = address of the bytes, nbr = number of bytes
+ * OUT:  nothing.  No machine: nothing written, BM_ERR_NO_MACHINE recorded */
+void b_output(const char *str, u64 nbr)
+{
+	bm_error_clear();
+	struct bm_machine *m = bm_current();
+	if (m == NULL)
+		return;
+	if (bm_traced(m))                                /* trace.h */
+		output_traced(m, str, nbr);
+	else
+		console_output(m, str, nbr);
 }
 
 /* upstream_key -- a byte read from the input as upstream's kernel hands it to apps
@@ -109,14 +129,10 @@ static u8 upstream_key(struct bm_console *c, u8 raw)
 	return raw;
 }
 
-/* b_input -- the next key of input, never blocking (keys mapped as upstream: see the top)
- *  IN:  nothing
- * OUT:  the key; 0 when nothing is waiting, input has ended, or there is no machine */
-u8 b_input(void)
+/* console_input -- b_input's body: the next key of m's input, 0 if none */
+static u8 console_input(struct bm_machine *m)
 {
-	bm_error_clear();
-	struct bm_machine *m = bm_current();
-	if (m == NULL || m->console.in_fd < 0)
+	if (m->console.in_fd < 0)
 		return 0;
 	struct bm_console *c = &m->console;
 	u8 key = 0;
@@ -141,6 +157,29 @@ again:
 	}
 	pthread_mutex_unlock(&c->in_lock);
 	return key;
+}
+
+/* input_traced -- console_input and its trace line (trace.h) */
+BM_TRACED_PATH u8 input_traced(struct bm_machine *m)
+{
+	u64 t0 = bm_now_ns();
+	u8 key = console_input(m);
+	bm_trace_call(m, BM_TRACE_INPUT, t0, NULL, key, NULL);
+	return key;
+}
+
+/* b_input -- the next key of input, never blocking (keys mapped as upstream: see the top)
+ *  IN:  nothing
+ * OUT:  the key; 0 when nothing is waiting, input has ended, or there is no machine */
+u8 b_input(void)
+{
+	bm_error_clear();
+	struct bm_machine *m = bm_current();
+	if (m == NULL)
+		return 0;
+	if (bm_traced(m))                                /* trace.h */
+		return input_traced(m);
+	return console_input(m);
 }
 
 /* bm_console_set_flush_stdio -- flush C stdio before each b_output (for C apps using printf) */

@@ -222,6 +222,7 @@ void bm_machine_free(struct bm_machine *m)
 		return;
 	bm_machine_halt(m);
 	bm_smp_free(m);
+	bm_trace_free(m);
 	free(m->page_run);
 	free(m->page_used);
 	free(m);

@@ -19,6 +19,7 @@
 #include "nvs.h"
 #include "net.h"
 #include "service.h"
+#include "trace.h"
 
 struct bm_guest;                /* the run of a flat binary (guest.c) */
 
@@ -79,6 +80,7 @@ struct bm_machine {
 	struct bm_net net;
 	struct bm_service service;
 	struct bm_screen screen;
+	struct bm_trace *trace;   /* the call trace (trace.c), NULL when off: the calls' one branch */
 };
 
 /* A process address for physical address p of machine m. */

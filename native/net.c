@@ -20,7 +20,9 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -72,6 +74,38 @@ int bm_nic_tx_gave_up(u64 *deadline, const char *what)
 	if (now <= *deadline)
 		return 0;
 	bm_fail(BM_ERR_FULL, "%s for %llu ms", what, BM_NET_TX_WAIT_NS / 1000000);
+	return 1;
+}
+
+/* bm_nic_tx_retry -- what a backend does after a send()/write() of one frame on its fd
+ *  IN:  done = the call's result (errno set when < 0), len = the frame's length, deadline (0
+ *       before the first try; kept by the caller), fd (polled for room), what ("tap: write")
+ * OUT:  0 sent; 1 try again (interrupted, or the fd was full: waited up to 1 ms for room);
+ *       -1 dropped with the reason recorded: a host error or short send (BM_ERR_IO), still
+ *       full after BM_NET_TX_WAIT_NS (BM_ERR_FULL) */
+int bm_nic_tx_retry(ssize_t done, u32 len, u64 *deadline, int fd, const char *what)
+{
+	if (done == (ssize_t)len)
+		return 0;
+	if (done >= 0) {
+		bm_fail(BM_ERR_IO, "%s: short (%zd of %u bytes)", what, done, len);
+		return -1;
+	}
+	if (errno == EINTR)
+		return 1;
+	if (errno != EAGAIN && errno != ENOBUFS) {
+		bm_fail(BM_ERR_IO, "%s: %s", what, strerror(errno));
+		return -1;
+	}
+	if (*deadline != 0 && bm_now_ns() > *deadline) {
+		char why[96];
+		snprintf(why, sizeof why, "%s: no room", what);
+		bm_nic_tx_gave_up(deadline, why);
+		return -1;
+	}
+	bm_nic_tx_gave_up(deadline, what);          /* starts the wait on the first call */
+	struct pollfd p = { .fd = fd, .events = POLLOUT };
+	poll(&p, 1, 1);
 	return 1;
 }
 
@@ -134,8 +168,10 @@ struct bm_nic *bm_net_nic(struct bm_machine *m, u32 iid) { return nic_of(m, iid)
 /* bm_nic_close -- close a NIC no machine owns (a wire's harness end) */
 void bm_nic_close(struct bm_nic *nic)
 {
-	if (nic != NULL)
+	if (nic != NULL) {
+		bm_pcap_close(nic->pcap);
 		nic->ops->close(nic);
+	}
 }
 
 /* nic_count -- count one frame of `bytes` sent (tx) or received in the calling core's counters
@@ -173,6 +209,8 @@ int bm_nic_send(struct bm_nic *nic, const void *frame, u64 len)
 		return -1;
 	}
 	nic_count(nic, 1, len);
+	if (__builtin_expect(nic->pcap != NULL, 0))
+		bm_pcap_frame(nic->pcap, frame, (u32)len);
 	return 0;
 }
 
@@ -184,6 +222,8 @@ u64 bm_nic_recv(struct bm_nic *nic, void *buf, u64 cap)
 	u32 len = nic->ops->rx(nic, buf, cap > 0xFFFFFFFFull ? 0xFFFFFFFFu : (u32)cap);
 	if (len)
 		nic_count(nic, 0, len);
+	if (len && __builtin_expect(nic->pcap != NULL, 0))
+		bm_pcap_frame(nic->pcap, buf, len);
 	return len;
 }
 
@@ -231,16 +271,12 @@ u64 bm_net_bad_iid_drops(struct bm_machine *m) { return atomic_load(&m->net.bad_
 
 /* ---- the calls ---------------------------------------------------------------------------- */
 
-/* b_net_tx -- send one Ethernet frame
- *  IN:  mem = frame (14-byte header included), len = its length (14..1522), iid = interface
+/* net_tx -- b_net_tx's body: send one Ethernet frame
+ *  IN:  m, mem = frame (14-byte header included), len = its length (14..1522), iid = interface
  * OUT:  nothing.  Dropped and counted, with the reason recorded, for a bad iid or length, a full
  *       ring after BM_NET_TX_WAIT_NS, or a host error (a vanished device) */
-void b_net_tx(void *mem, u64 len, u64 iid)
+static void net_tx(struct bm_machine *m, void *mem, u64 len, u64 iid)
 {
-	bm_error_clear();
-	struct bm_machine *m = bm_current();
-	if (m == NULL)
-		return;
 	struct bm_nic *nic = nic_of(m, iid);
 	if (nic == NULL) {
 		atomic_fetch_add_explicit(&m->net.bad_iid_drops, 1, memory_order_relaxed);
@@ -251,19 +287,38 @@ void b_net_tx(void *mem, u64 len, u64 iid)
 	bm_nic_send(nic, mem, len);
 }
 
-/* b_net_rx -- poll interface iid, never blocking
- *  IN:  mem = where to store the frame's address, iid = interface
+/* net_tx_traced -- net_tx and its trace line (trace.h) */
+BM_TRACED_PATH void net_tx_traced(struct bm_machine *m, void *mem, u64 len, u64 iid)
+{
+	u64 t0 = bm_now_ns();
+	net_tx(m, mem, len, iid);
+	bm_trace_call(m, BM_TRACE_NET_TX, t0, (u64[]){ (u64)(uintptr_t)mem, len, iid }, 0, NULL);
+}
+
+/* b_net_tx -- send one Ethernet frame (net_tx) on the calling core's machine
+ *  IN:  mem = frame, len = its length, iid = interface
+ * OUT:  nothing (drops counted and recorded, see net_tx) */
+void b_net_tx(void *mem, u64 len, u64 iid)
+{
+	bm_error_clear();
+	struct bm_machine *m = bm_current();
+	if (m == NULL)
+		return;
+	if (bm_traced(m))                                /* trace.h */
+		net_tx_traced(m, mem, len, iid);
+	else
+		net_tx(m, mem, len, iid);
+}
+
+/* net_rx -- b_net_rx's body: poll interface iid, never blocking
+ *  IN:  m, mem = where to store the frame's address, iid = interface
  * OUT:  the frame's length and *mem = its address (the NIC's buffer in the system area, valid
  *       until the next receive on that NIC); 0 if no frame (*mem untouched), or with the error
  *       recorded for a bad iid or a vanished device.
  * An empty poll on a packet NIC is: a %fs store (the error) and load (the core), the iid check,
  * one load of the ring slot's status word through rx_hint: no backend call, no system call. */
-u64 b_net_rx(void **mem, u64 iid)
+static inline __attribute__((always_inline)) u64 net_rx(struct bm_machine *m, void **mem, u64 iid)
 {
-	bm_error_clear();
-	struct bm_machine *m = bm_current();
-	if (m == NULL)
-		return 0;
 	struct bm_nic *nic = nic_of(m, iid);
 	if (nic == NULL)
 		return bm_fail(BM_ERR_ARGUMENT, "no interface %lu (the machine has %u)", iid,
@@ -276,8 +331,33 @@ u64 b_net_rx(void **mem, u64 iid)
 	if (len == 0)
 		return 0;
 	nic_count(nic, 0, len);
+	if (__builtin_expect(nic->pcap != NULL, 0))
+		bm_pcap_frame(nic->pcap, buf, len);
 	*mem = buf;
 	return len;
+}
+
+/* net_rx_traced -- net_rx and its trace line (trace.h) */
+BM_TRACED_PATH u64 net_rx_traced(struct bm_machine *m, void **mem, u64 iid)
+{
+	u64 t0 = bm_now_ns(), len = net_rx(m, mem, iid);
+	bm_trace_call(m, BM_TRACE_NET_RX, t0, (u64[]){ iid, len ? (u64)(uintptr_t)*mem : 0 }, len, NULL);
+	return len;
+}
+
+/* b_net_rx -- poll interface iid of the calling core's machine (net_rx), never blocking
+ *  IN:  mem = where to store the frame's address, iid = interface
+ * OUT:  the frame's length (*mem = its address), 0 if none or on error (see net_rx).  The empty
+ * poll adds the trace flag's test to net_rx's cost. */
+u64 b_net_rx(void **mem, u64 iid)
+{
+	bm_error_clear();
+	struct bm_machine *m = bm_current();
+	if (m == NULL)
+		return 0;
+	if (bm_traced(m))                                /* trace.h */
+		return net_rx_traced(m, mem, iid);
+	return net_rx(m, mem, iid);
 }
 
 /* bm_net_rx_face -- b_net_rx for the Python face (one call, no second one for the error)
@@ -329,6 +409,7 @@ void bm_net_close_all(struct bm_machine *m)
 		struct bm_nic *nic = m->net.nics[i];
 		m->net.nics[i] = NULL;
 		bm_nic_stats(nic, m->net.closed_stats[i]);
+		bm_pcap_close(nic->pcap);
 		nic->ops->close(nic);
 	}
 	pthread_mutex_unlock(&m->net.lock);

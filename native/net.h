@@ -12,6 +12,7 @@
 #define BM_NET_H
 
 #include "base.h"
+#include <sys/types.h>
 
 #define BM_MAX_NICS             16
 #define BM_NET_BUFFERS          0x1A0000ull
@@ -68,6 +69,7 @@ struct bm_nic {
 	u32 rx_hint_mask;
 	_Atomic int rx_lock;            /* taken only when a frame is there */
 	_Atomic int tx_lock;            /* b_net_tx is safe from several cores */
+	struct bm_pcap *pcap;           /* capture file (net_pcap.c), NULL when not capturing */
 	struct bm_nic_stats stats;
 };
 
@@ -87,6 +89,7 @@ void bm_net_close_all(struct bm_machine *m);
 /* net.c: the table, for the backends and the Python face */
 void *bm_nic_alloc(size_t size);
 int bm_nic_tx_gave_up(u64 *deadline, const char *what);
+int bm_nic_tx_retry(ssize_t done, u32 len, u64 *deadline, int fd, const char *what);
 void bm_nic_init(struct bm_nic *nic, const struct bm_nic_ops *ops, int fd, u64 mac);
 int bm_net_add(struct bm_machine *m, struct bm_nic *nic);
 u64 bm_net_rx_face(void **mem, u64 iid);
@@ -103,9 +106,20 @@ const char *bm_nic_kind(struct bm_nic *nic);
 int bm_nic_lock(_Atomic int *lock, u64 wait_ns);
 void bm_nic_unlock(_Atomic int *lock);
 
+/* net_pcap.c: packet capture (set before the NIC is added; closed with it) */
+struct bm_pcap;
+struct bm_pcap *bm_pcap_open(int fd);
+void bm_pcap_frame(struct bm_pcap *p, const void *frame, u32 len);
+void bm_pcap_flush(struct bm_pcap *p);
+void bm_pcap_close(struct bm_pcap *p);
+int bm_nic_capture(struct bm_nic *nic, int fd);
+void bm_nic_capture_flush(struct bm_nic *nic);
+
 /* the backends */
 struct bm_nic *bm_net_tap_open(int fd, u64 mac);
 struct bm_nic *bm_net_packet_open(int fd, int ifindex, u64 mac, int tx_ring);
 int bm_net_wire_new(u64 mac_a, u64 mac_b, int loopback, struct bm_nic **a, struct bm_nic **b);
+enum { BM_SOCKET_CONNECTED = 0, BM_SOCKET_LISTEN = 1, BM_SOCKET_HUB = 2 };   /* net_socket.c */
+struct bm_nic *bm_net_socket_open(int rx_fd, int tx_fd, int mode, u64 mac);
 
 #endif

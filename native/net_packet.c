@@ -13,6 +13,22 @@
  * slot or the buffer is dropped and counted in rx_dropped, as are the kernel's ring overruns
  * (PACKET_STATISTICS).
  *
+ * Checksums: a frame that a local sender (a veth peer, a bridge) handed over with its TCP/UDP
+ * checksum left for the hardware to finish (checksum offload: TP_STATUS_CSUMNOTREADY in the
+ * slot's status) is finished here before the app sees it (complete_checksum): an app's TCP
+ * stack would otherwise drop every such segment.  Over IPv4 and IPv6 (extension headers
+ * skipped), behind VLAN tags; fragments and other protocols (SCTP's CRC) are left as they are.
+ * Frames are then byte-exact and valid: what the wire would have carried.
+ *
+ * Segmentation offload: a local TCP sender whose device offloads segmentation (a veth peer:
+ * TSO/GSO, on by default) hands over TCP segments of up to 64 KiB, more than a slot.  The
+ * kernel then also queues the whole frame on the socket's ordinary queue (PACKET_COPY_THRESH)
+ * and marks the truncated slot TP_STATUS_COPY; the NIC reads it from there with recv() and
+ * cuts it into frames of at most 1514 bytes (payload of 1500 - IP and TCP headers: the MSS
+ * of a 1500-byte MTU, what the sender cut for), one per b_net_rx: the IP length and id, the
+ * TCP sequence number, FIN/PSH (last frame only) and CWR (first only) and both checksums are
+ * set per frame, as the hardware would.  Other frames longer than a slot are dropped, counted.
+ *
  * Transmit, by default: one send(fd, frame, len, MSG_DONTWAIT) per b_net_tx.  b_net_tx must
  * put exactly that frame on the wire before it returns, so a TX ring cannot batch, and with a
  * ring every send() goes through the kernel's heavier tpacket_snd: measured here, a per-frame
@@ -53,12 +69,21 @@
 /* where a TX slot's frame starts: after the aligned header (no PACKET_TX_HAS_OFF) */
 #define TX_DATA     TPACKET_ALIGN(sizeof(struct tpacket2_hdr))
 
+#define GSO_MAX     (65536u + 64u)     /* the largest frame the copy queue hands over */
+#define SEGMENT_MTU 1500u
+
 struct packet_nic {
 	struct bm_nic nic;
 	u8 *map;                        /* RX ring, then TX ring */
 	size_t map_size;
 	u8 *rx_ring, *tx_ring;
 	u32 rx_next, tx_next;
+	/* a large TCP segment being cut into frames (under the rx lock) */
+	u8 *gso;                        /* GSO_MAX bytes: the whole frame from the copy queue */
+	_Atomic u32 gso_left;           /* payload bytes still to deliver, 0 when none */
+	u32 gso_ip, gso_l4, gso_header; /* offsets: IP header, TCP header, payload */
+	u32 gso_done, gso_mss, gso_count;   /* payload sent, payload per frame, frames made */
+	u32 gso_always;                 /* rx_hint's target while cutting: always "a frame is there" */
 };
 
 static inline struct tpacket2_hdr *rx_slot(struct packet_nic *p, u32 i)
@@ -76,16 +101,183 @@ static inline void set_status(struct tpacket2_hdr *h, u32 status)
 	__atomic_store_n(&h->tp_status, status, __ATOMIC_RELEASE);
 }
 
+/* sum16 -- the ones' complement sum (not folded) of len bytes as big-endian 16-bit words */
+static u64 sum16(const u8 *p, u32 len, u64 sum)
+{
+	for (; len >= 2; p += 2, len -= 2)
+		sum += (u32)(p[0] << 8 | p[1]);
+	if (len)
+		sum += (u32)p[0] << 8;
+	return sum;
+}
+
+/* l4_of -- where the TCP/UDP segment of an unfragmented IPv4/IPv6 frame starts
+ *  IN:  f = frame (VLAN tags allowed), len
+ * OUT:  1 with *l4 (offset), *l4_len, *proto, *ip (offset of the IP header), *sum (the pseudo
+ *       header's unfolded sum); 0 for anything else or headers that do not fit in len */
+static int l4_of(const u8 *f, u32 len, u32 *ip_at, u32 *l4, u32 *l4_len, u8 *proto, u64 *sum)
+{
+	u32 at = 12;
+	u16 type = (u16)(f[12] << 8 | f[13]);
+	while ((type == 0x8100 || type == 0x88A8) && at + 6 <= len) {
+		at += 4;
+		type = (u16)(f[at] << 8 | f[at + 1]);
+	}
+	at += 2;                                       /* the IP header */
+	*ip_at = at;
+	const u8 *ip = f + at;
+	if (type == 0x0800) {
+		u32 ihl = (ip[0] & 0x0F) * 4u;
+		if (at + 20 > len || (ip[0] >> 4) != 4 || ihl < 20 || (((ip[6] << 8) | ip[7]) & 0x3FFF))
+			return 0;                          /* not IPv4, or a fragment */
+		u32 total = (u32)(ip[2] << 8 | ip[3]);
+		if (total < ihl || at + total > len)
+			return 0;
+		*proto = ip[9];
+		*l4 = at + ihl;
+		*l4_len = total - ihl;
+		*sum = sum16(ip + 12, 8, *proto + *l4_len);    /* addresses, protocol, length */
+		return 1;
+	}
+	if (type != 0x86DD || at + 40 > len || (ip[0] >> 4) != 6)
+		return 0;
+	u32 end = at + 40 + (u32)(ip[4] << 8 | ip[5]);
+	if (end > len)
+		return 0;
+	*proto = ip[6];
+	*l4 = at + 40;
+	while (*proto == 0 || *proto == 43 || *proto == 60 || *proto == 51) {   /* hop, routing, dest, AH */
+		if (*l4 + 8 > end)
+			return 0;
+		u32 ext = *proto == 51 ? (f[*l4 + 1] + 2u) * 4 : (f[*l4 + 1] + 1u) * 8;
+		*proto = f[*l4];
+		*l4 += ext;
+	}
+	if (*l4 > end)
+		return 0;
+	*l4_len = end - *l4;
+	*sum = sum16(ip + 8, 32, *proto + *l4_len);
+	return 1;
+}
+
+/* fold16 -- the Internet checksum of an unfolded sum */
+static u16 fold16(u64 sum)
+{
+	while (sum >> 16)
+		sum = (sum & 0xFFFF) + (sum >> 16);
+	return (u16)~sum;
+}
+
+/* complete_checksum -- finish the TCP/UDP checksum of a frame whose sender left it partial
+ *  IN:  f = frame (Ethernet header included, VLAN tags allowed), len
+ * OUT:  nothing; the checksum field is rewritten over the whole segment (pseudo header
+ *       included).  A frame that is not unfragmented TCP/UDP over IPv4/IPv6, or whose headers
+ *       do not fit in len, is left as it is. */
+static void complete_checksum(u8 *f, u32 len)
+{
+	u32 ip, l4, l4_len;
+	u8 proto;
+	u64 sum;
+	if (!l4_of(f, len, &ip, &l4, &l4_len, &proto, &sum))
+		return;
+	u32 field = proto == 6 ? 16 : proto == 17 ? 6 : 0;
+	if (field == 0 || l4_len < (proto == 6 ? 20u : 8u))
+		return;
+	f[l4 + field] = f[l4 + field + 1] = 0;
+	u16 check = fold16(sum16(f + l4, l4_len, sum));
+	if (check == 0 && proto == 17)
+		check = 0xFFFF;                        /* UDP: 0 means "no checksum" */
+	f[l4 + field] = (u8)(check >> 8);
+	f[l4 + field + 1] = (u8)check;
+}
+
+/* gso_start -- begin cutting the large frame in p->gso (len bytes) into frames
+ *  IN:  p, len
+ * OUT:  1 if it is TCP over IPv4/IPv6 and cutting began; 0 otherwise (drop it) */
+static int gso_start(struct packet_nic *p, u32 len)
+{
+	u32 ip, l4, l4_len;
+	u8 proto;
+	u64 sum;
+	if (!l4_of(p->gso, len, &ip, &l4, &l4_len, &proto, &sum) || proto != 6 || l4_len < 20)
+		return 0;
+	u32 tcp_header = (p->gso[l4 + 12] >> 4) * 4u;
+	if (tcp_header < 20 || tcp_header > l4_len || l4 + tcp_header - ip >= SEGMENT_MTU)
+		return 0;
+	p->gso_ip = ip;
+	p->gso_l4 = l4;
+	p->gso_header = l4 + tcp_header;
+	p->gso_mss = SEGMENT_MTU - (p->gso_header - ip);
+	p->gso_done = p->gso_count = 0;
+	if (l4_len == tcp_header)
+		return 0;                              /* no payload: nothing to cut */
+	atomic_store_explicit(&p->gso_left, l4_len - tcp_header, memory_order_relaxed);
+	p->gso_always = TP_STATUS_USER;
+	atomic_store_explicit(&p->nic.rx_hint, &p->gso_always, memory_order_relaxed);
+	return 1;
+}
+
+/* gso_next -- the next frame cut from p->gso into buf (rx lock held, gso_left > 0)
+ *  IN:  p, buf, cap
+ * OUT:  its length (0 and the rest dropped, counted, if buf is too small) */
+static u32 gso_next(struct packet_nic *p, u8 *buf, u32 cap)
+{
+	u32 left = atomic_load_explicit(&p->gso_left, memory_order_relaxed);
+	u32 chunk = left < p->gso_mss ? left : p->gso_mss, len = p->gso_header + chunk;
+	int last = chunk == left;
+	if (len > cap) {
+		atomic_fetch_add_explicit(&p->nic.stats.rx_dropped, 1, memory_order_relaxed);
+		chunk = left;
+		last = 1;
+		len = 0;
+	} else {
+		u32 ip = p->gso_ip;
+		u8 *h = buf + ip, *tcp = buf + p->gso_l4;
+		memcpy(buf, p->gso, p->gso_header);
+		memcpy(buf + p->gso_header, p->gso + p->gso_header + p->gso_done, chunk);
+		if ((h[0] >> 4) == 4) {
+			u32 total = len - ip, id = ((u32)(h[4] << 8 | h[5]) + p->gso_count) & 0xFFFF;
+			h[2] = (u8)(total >> 8); h[3] = (u8)total;
+			h[4] = (u8)(id >> 8); h[5] = (u8)id;
+			h[10] = h[11] = 0;
+			u16 check = fold16(sum16(h, (h[0] & 0x0F) * 4u, 0));
+			h[10] = (u8)(check >> 8); h[11] = (u8)check;
+		} else {
+			u32 payload = len - ip - 40;
+			h[4] = (u8)(payload >> 8); h[5] = (u8)payload;
+		}
+		u32 seq = ((u32)tcp[4] << 24 | (u32)tcp[5] << 16 | (u32)tcp[6] << 8 | tcp[7]) + p->gso_done;
+		tcp[4] = (u8)(seq >> 24); tcp[5] = (u8)(seq >> 16); tcp[6] = (u8)(seq >> 8); tcp[7] = (u8)seq;
+		if (!last)
+			tcp[13] &= (u8)~0x09;                  /* FIN, PSH: the last frame's */
+		if (p->gso_count > 0)
+			tcp[13] &= (u8)~0x80;                  /* CWR: the first frame's */
+		complete_checksum(buf, len);
+	}
+	p->gso_done += chunk;
+	p->gso_count++;
+	atomic_store_explicit(&p->gso_left, left - chunk, memory_order_relaxed);
+	if (last)
+		atomic_store_explicit(&p->nic.rx_hint, &rx_slot(p, p->rx_next)->tp_status, memory_order_relaxed);
+	return len;
+}
+
 /* packet_rx -- copy the next received frame into buf
  *  IN:  nic, buf, cap
  * OUT:  its length, 0 if none (the common case: one load, no lock) */
 static u32 packet_rx(struct bm_nic *nic, u8 *buf, u32 cap)
 {
 	struct packet_nic *p = (struct packet_nic *)nic;
-	if (__builtin_expect(!(status_of(rx_slot(p, p->rx_next)) & TP_STATUS_USER), 1))
+	if (__builtin_expect(!(status_of(rx_slot(p, p->rx_next)) & TP_STATUS_USER), 1) &&
+	    __builtin_expect(!atomic_load_explicit(&p->gso_left, memory_order_relaxed), 1))
 		return 0;
 	u32 len = 0;
 	bm_nic_lock(&nic->rx_lock, 0);
+	if (atomic_load_explicit(&p->gso_left, memory_order_relaxed)) {
+		len = gso_next(p, buf, cap);           /* the next frame of a large segment */
+		bm_nic_unlock(&nic->rx_lock);
+		return len;
+	}
 	for (;;) {
 		struct tpacket2_hdr *h = rx_slot(p, p->rx_next);
 		u32 status = status_of(h);
@@ -95,6 +287,22 @@ static u32 packet_rx(struct bm_nic *nic, u8 *buf, u32 cap)
 		const u8 *frame = (const u8 *)h + h->tp_mac;
 		u32 snap = h->tp_snaplen, vlan = (status & TP_STATUS_VLAN_VALID) ? 4 : 0;
 		int mine = sll->sll_pkttype != PACKET_OUTGOING;
+		if (status & TP_STATUS_COPY) {         /* longer than a slot: whole on the socket queue */
+			ssize_t whole = recv(nic->fd, p->gso, GSO_MAX, MSG_DONTWAIT | MSG_TRUNC);
+			set_status(h, TP_STATUS_KERNEL);
+			p->rx_next = (p->rx_next + 1) % RX_SLOTS;
+			atomic_store_explicit(&nic->rx_hint, &rx_slot(p, p->rx_next)->tp_status, memory_order_relaxed);
+			if (!mine)
+				continue;
+			if (!vlan && whole > 0 && whole <= (ssize_t)GSO_MAX && gso_start(p, (u32)whole)) {
+				len = gso_next(p, buf, cap);
+				if (len)
+					break;
+				continue;
+			}
+			atomic_fetch_add_explicit(&nic->stats.rx_dropped, 1, memory_order_relaxed);
+			continue;
+		}
 		if (mine && (snap < h->tp_len || snap + vlan > cap || snap < 12)) {
 			atomic_fetch_add_explicit(&nic->stats.rx_dropped, 1, memory_order_relaxed);
 			mine = 0;
@@ -112,6 +320,8 @@ static u32 packet_rx(struct bm_nic *nic, u8 *buf, u32 cap)
 				memcpy(buf, frame, snap);
 			}
 			len = snap + vlan;
+			if (status & TP_STATUS_CSUMNOTREADY)
+				complete_checksum(buf, len);
 		}
 		set_status(h, TP_STATUS_KERNEL);
 		p->rx_next = (p->rx_next + 1) % RX_SLOTS;
@@ -127,7 +337,7 @@ static u32 packet_rx(struct bm_nic *nic, u8 *buf, u32 cap)
 static int packet_pending(struct bm_nic *nic)
 {
 	struct packet_nic *p = (struct packet_nic *)nic;
-	return (status_of(rx_slot(p, p->rx_next)) & TP_STATUS_USER) != 0;
+	return (status_of(rx_slot(p, p->rx_next)) & TP_STATUS_USER) != 0 || atomic_load(&p->gso_left) != 0;
 }
 
 /* packet_send -- send one frame with send() (the front end holds the tx lock)
@@ -136,25 +346,11 @@ static int packet_pending(struct bm_nic *nic)
 static int packet_send(struct bm_nic *nic, const void *frame, u32 len)
 {
 	u64 deadline = 0;
-	for (;;) {
-		ssize_t done = send(nic->fd, frame, len, MSG_DONTWAIT);
-		if (done == (ssize_t)len)
-			return 0;
-		if (done >= 0) {
-			bm_fail(BM_ERR_IO, "packet: short send (%zd of %u bytes)", done, len);
-			return -1;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != ENOBUFS) {
-			bm_fail(BM_ERR_IO, "packet: send: %s", strerror(errno));
-			return -1;
-		}
-		if (bm_nic_tx_gave_up(&deadline, "packet: the socket stayed full"))
-			return -1;
-		struct pollfd p = { .fd = nic->fd, .events = POLLOUT };
-		poll(&p, 1, 1);
-	}
+	int r;
+	while ((r = bm_nic_tx_retry(send(nic->fd, frame, len, MSG_DONTWAIT), len, &deadline, nic->fd,
+				    "packet: send")) == 1)
+		;
+	return r;
 }
 
 /* packet_tx -- send one frame through the TX ring (the front end holds the tx lock)
@@ -210,6 +406,7 @@ static void packet_close(struct bm_nic *nic)
 		munmap(p->map, p->map_size);
 	if (nic->fd >= 0)
 		close(nic->fd);
+	free(p->gso);
 	free(p);
 }
 
@@ -237,7 +434,7 @@ struct bm_nic *bm_net_packet_open(int fd, int ifindex, u64 mac, int tx_ring)
 		return (void *)bm_fail(BM_ERR_FULL, "out of host memory");
 	}
 	bm_nic_init(&p->nic, tx_ring ? &packet_ring_ops : &packet_ops, fd, mac);
-	int version = TPACKET_V2, one = 1;
+	int version = TPACKET_V2, one = 1, room = 4 << 20;
 	struct tpacket_req rx = { BLOCK_SIZE, RX_SLOTS * SLOT_SIZE / BLOCK_SIZE, SLOT_SIZE, RX_SLOTS };
 	struct tpacket_req tx = { BLOCK_SIZE, TX_SLOTS * SLOT_SIZE / BLOCK_SIZE, SLOT_SIZE, TX_SLOTS };
 	const char *step = "PACKET_VERSION";
@@ -247,6 +444,16 @@ struct bm_nic *bm_net_packet_open(int fd, int ifindex, u64 mac, int tx_ring)
 	setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one);
 	if (tx_ring)
 		setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one);
+	/* frames longer than a slot (TCP segmentation offload) also go whole to the socket queue,
+	 * which needs room for a few of 64 KiB (SO_RCVBUFFORCE as root, else up to rmem_max) */
+	step = "PACKET_COPY_THRESH";
+	if (setsockopt(fd, SOL_PACKET, PACKET_COPY_THRESH, &one, sizeof one) != 0)
+		goto fail;
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &room, sizeof room) != 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &room, sizeof room);
+	step = "malloc";
+	if ((p->gso = malloc(GSO_MAX)) == NULL)
+		goto fail;
 	step = "PACKET_RX_RING";
 	if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &rx, sizeof rx) != 0)
 		goto fail;

@@ -20,25 +20,10 @@
 static int tap_tx(struct bm_nic *nic, const void *frame, u32 len)
 {
 	u64 deadline = 0;
-	for (;;) {
-		ssize_t done = write(nic->fd, frame, len);
-		if (done == (ssize_t)len)
-			return 0;
-		if (done >= 0) {
-			bm_fail(BM_ERR_IO, "tap: short write (%zd of %u bytes)", done, len);
-			return -1;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN) {
-			bm_fail(BM_ERR_IO, "tap: write: %s", strerror(errno));
-			return -1;
-		}
-		if (bm_nic_tx_gave_up(&deadline, "tap: the device stayed full"))
-			return -1;
-		struct pollfd p = { .fd = nic->fd, .events = POLLOUT };
-		poll(&p, 1, 1);
-	}
+	int r;
+	while ((r = bm_nic_tx_retry(write(nic->fd, frame, len), len, &deadline, nic->fd, "tap: write")) == 1)
+		;
+	return r;
 }
 
 /* tap_rx -- read the next frame into buf

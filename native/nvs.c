@@ -88,16 +88,12 @@ static u64 bounce(struct bm_drive *d, struct bm_nvs_scratch *s, int writing, u8 
 	return done;
 }
 
-/* nvs_request -- b_nvs_read / b_nvs_write: the checks, the transfer, the counters
- *  IN:  writing (0 read, 1 write), mem, start, num, drive as the calls take them
- * OUT:  sectors transferred; 0 with the error recorded for a missing machine or drive, a
- *       range past the end, a read-only drive, NULL mem; a prefix (error recorded) on I/O error */
-static u64 nvs_request(int writing, void *mem, u64 start, u64 num, u64 drive)
+/* nvs_transfer -- b_nvs_read / b_nvs_write: the checks, the transfer, the counters
+ *  IN:  m, writing (0 read, 1 write), mem, start, num, drive as the calls take them
+ * OUT:  sectors transferred; 0 with the error recorded for a missing drive, a range past the
+ *       end, a read-only drive, NULL mem; a prefix (error recorded) on I/O error */
+static u64 nvs_transfer(struct bm_machine *m, int writing, void *mem, u64 start, u64 num, u64 drive)
 {
-	bm_error_clear();
-	struct bm_machine *m = bm_current();
-	if (m == NULL)
-		return 0;
 	const char *call = writing ? "b_nvs_write" : "b_nvs_read";
 	struct bm_nvs *nvs = &m->nvs;
 	u32 count = atomic_load_explicit(&nvs->num_drives, memory_order_acquire);
@@ -143,6 +139,29 @@ static u64 nvs_request(int writing, void *mem, u64 start, u64 num, u64 drive)
 			d->name, start + sectors, strerror_r(err, text, sizeof text));
 	}
 	return sectors;
+}
+
+/* nvs_traced -- nvs_transfer and its trace line (trace.h) */
+BM_TRACED_PATH u64 nvs_traced(struct bm_machine *m, int writing, void *mem, u64 start, u64 num, u64 drive)
+{
+	u64 t0 = bm_now_ns(), sectors = nvs_transfer(m, writing, mem, start, num, drive);
+	bm_trace_call(m, writing ? BM_TRACE_NVS_WRITE : BM_TRACE_NVS_READ, t0,
+		      (u64[]){ (u64)(uintptr_t)mem, start, num, drive }, sectors, NULL);
+	return sectors;
+}
+
+/* nvs_request -- b_nvs_read / b_nvs_write on the calling core's machine, traced when asked
+ *  IN:  as nvs_transfer, without m
+ * OUT:  as nvs_transfer; 0 with BM_ERR_NO_MACHINE recorded outside a machine */
+static u64 nvs_request(int writing, void *mem, u64 start, u64 num, u64 drive)
+{
+	bm_error_clear();
+	struct bm_machine *m = bm_current();
+	if (m == NULL)
+		return 0;
+	if (bm_traced(m))                                /* trace.h */
+		return nvs_traced(m, writing, mem, start, num, drive);
+	return nvs_transfer(m, writing, mem, start, num, drive);
 }
 
 /* b_nvs_read -- read num 4096-byte sectors from sector start of drive into mem

@@ -129,15 +129,11 @@ static u64 timer_set(struct bm_machine *m, u64 ns)
 	return ns;
 }
 
-/* b_system -- everything else, by function code (baremetal-api.md section 2)
- *  IN:  function = code, var1, var2 = its arguments
+/* system_call -- b_system's body: one switch over the function codes
+ *  IN:  m, function = code, var1, var2 = its arguments
  * OUT:  the code's result; 0 for unknown codes, codes >= 0x80, and errors (recorded) */
-u64 b_system(u64 function, u64 var1, u64 var2)
+static inline __attribute__((always_inline)) u64 system_call(struct bm_machine *m, u64 function, u64 var1, u64 var2)
 {
-	bm_error_clear();
-	struct bm_machine *m = bm_current();
-	if (m == NULL)
-		return 0;
 	switch (function) {
 	case TIMECOUNTER:
 		return bm_now_ns() - m->boot_ns;
@@ -218,3 +214,33 @@ u64 b_system(u64 function, u64 var1, u64 var2)
 	}
 }
 
+/* system_traced -- system_call with its trace line (trace.h).  SHUTDOWN / REBOOT may unwind to
+ * a C main (end_run): their line is written first.  DUMP_*'s own b_output calls are quiet. */
+BM_TRACED_PATH u64 system_traced(struct bm_machine *m, u64 function, u64 var1, u64 var2)
+{
+	u64 t0 = bm_now_ns(), args[3] = { function, var1, var2 };
+	if (function == SHUTDOWN || function == REBOOT) {
+		bm_trace_call(m, BM_TRACE_SYSTEM, t0, args, 1, NULL);
+		return system_call(m, function, var1, var2);
+	}
+	u32 quiet = function == DUMP_MEM || function == DUMP_RAX;
+	bm_trace_quiet += quiet;
+	u64 result = system_call(m, function, var1, var2);
+	bm_trace_quiet -= quiet;
+	bm_trace_call(m, BM_TRACE_SYSTEM, t0, args, result, NULL);
+	return result;
+}
+
+/* b_system -- everything else, by function code (baremetal-api.md section 2)
+ *  IN:  function = code, var1, var2 = its arguments
+ * OUT:  the code's result; 0 for unknown codes, codes >= 0x80, and errors (recorded) */
+u64 b_system(u64 function, u64 var1, u64 var2)
+{
+	bm_error_clear();
+	struct bm_machine *m = bm_current();
+	if (m == NULL)
+		return 0;
+	if (bm_traced(m))                                /* trace.h */
+		return system_traced(m, function, var1, var2);
+	return system_call(m, function, var1, var2);
+}

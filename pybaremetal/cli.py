@@ -35,14 +35,27 @@ EPILOG = """examples:
   baremetal run app.py --cores 2 --memory 512M -- arg1 arg2
   baremetal run examples/ethtest.py --nic wire
   sudo baremetal run examples/pingd.py --nic packet:veth0 -- 10.0.0.2
+  baremetal run examples/pingd.py --nic socket:listen=127.0.0.1:7001 --pcap pingd.pcap -- 10.0.0.2
   baremetal run examples/helloc.c
   baremetal run examples/mandelbrot.c --screen 800x600 --screen-png mandel.png
   baremetal cc app.c -o app.so -O3 -- -DDEBUG
   baremetal run examples/hello.asm --cores 2
   baremetal cc app.c -o app.app          (a flat binary for the real kernel)
+  baremetal cluster examples/cluster_primes.c --nodes 2   (one machine per Ray node)
   baremetal run app.py -c machine.toml --stats-json stats.json
+  baremetal run examples/hello.asm --trace      (one line per call, on stderr)
   baremetal doctor                       (what this host offers, and fixes)
 """
+
+
+class _PcapOfLastNic(argparse.Action):
+    """--pcap FILE: add pcap=FILE to the --nic given just before."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        nics = getattr(namespace, "nic", None)
+        if not nics:
+            parser.error("--pcap FILE follows the --nic it captures")
+        nics[-1] = f"{nics[-1]},pcap={value}"
 
 
 def _add_machine_options(parser):
@@ -53,6 +66,9 @@ def _add_machine_options(parser):
     group.add_argument("--stats-json", default=None, metavar="FILE",
                        help="at exit, write the machine's counters (cores, drives, NICs) and "
                             "timings to FILE as JSON")
+    group.add_argument("--trace", nargs="?", const="stderr", default=None, metavar="FILE",
+                       help="write one line per call the app makes (core, call, arguments, "
+                            "result, duration) to stderr, or with --trace=FILE to FILE")
     group.add_argument("--cores", type=int, default=None, metavar="N",
                        help="number of cores (default: one per CPU this process may use)")
     group.add_argument("--memory", default=None, metavar="SIZE",
@@ -70,7 +86,10 @@ def _add_machine_options(parser):
                             "(repeatable; drive numbers follow the order; create=64 is 64 MiB)")
     group.add_argument("--nic", action="append", default=[], metavar="SPEC",
                        help="attach a NIC (repeatable; interface ids follow the order): "
-                            f"{nic_kinds()}; any of them ,mac=02:00:00:00:00:01")
+                            f"{nic_kinds()}; any of them ,mac=02:00:00:00:00:01 and ,pcap=FILE")
+    group.add_argument("--pcap", action=_PcapOfLastNic, metavar="FILE",
+                       help="capture every frame of the NIC given just before, in pcap format "
+                            "(same as --nic SPEC,pcap=FILE)")
     group.add_argument("--cpu", default=None, choices=("auto", "kvm", "emu"),
                        help="how flat binaries execute: kvm (hardware), emu (emulated CPU, runs "
                             "anywhere) or auto (kvm where ring 0 runs in hardware, else emu; "
@@ -164,11 +183,14 @@ def build_parser():
                     help="optimization level, as gcc's -O (default: -O2)")
     cc.add_argument("--print-include-dir", action="store_true",
                     help="print the directory holding libBareMetal.h and exit")
+    from .cluster.cli import add_parser as add_cluster_parser
+    add_cluster_parser(commands)
     return parser
 
 
 MACHINE_DEFAULTS = dict(cores=None, memory="256M", console="stdout", input=None, pin=True,
-                       queue_size=4096, screen=None, cpu=None, cmdline=None, gdb=None, dumpcore=None)
+                       queue_size=4096, screen=None, trace=None, cpu=None, cmdline=None, gdb=None,
+                       dumpcore=None)
 
 
 def machine_kwargs(args):
@@ -373,6 +395,7 @@ def main(argv=None):
     if "--" in argv:
         split = argv.index("--")
         argv, app_argv = argv[:split], argv[split + 1:]
+    argv = ["--trace=stderr" if arg == "--trace" else arg for arg in argv]   # never takes APP
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -394,6 +417,9 @@ def main(argv=None):
                 return error.exit_status
         if args.command == "cc":
             return cmd_cc(args, app_argv)
+        if args.command == "cluster":
+            from .cluster.cli import run as cmd_cluster
+            return cmd_cluster(args, app_argv)
         if args.command == "doctor":
             from . import doctor
             return doctor.main()

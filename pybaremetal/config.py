@@ -96,7 +96,7 @@ def load(path):
         if key not in allowed:
             raise ArgumentError(f"machine file {path}: unknown key {key!r} (top-level keys: "
                                 f"{', '.join(allowed)}; devices go in [drives.NAME] and [nics.NAME])")
-        if key in ("console", "input") and isinstance(value, str) and value not in ("stdout", "stderr"):
+        if key in ("console", "input", "trace") and isinstance(value, str) and value not in ("stdout", "stderr"):
             value = _relative_to(base, value)
         if key == "memory":
             value = _mib(value)

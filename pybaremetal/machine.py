@@ -15,6 +15,7 @@ from .errors import ArgumentError, OutOfMemory, Reboot, Shutdown, StateError, ra
 from .io import Console
 from .memory import FlatMemory, check_range, parse_size
 from .screen import Screen, parse as screen_parse
+from .trace import attach as trace_calls
 
 from .current import current_machine  # noqa: F401 (re-exported)
 
@@ -53,6 +54,9 @@ class Machine:
     ``screen``: a frame buffer in flat memory: "WxH" or (width, height); None (default) or
     "none" for no screen (a Python app may still ask for one with ``bm.screen()``, except
     with "none").  ``machine.screen`` is the :class:`pybaremetal.screen.Screen`, or None.
+    ``trace``: write one line per call the app makes (core, call, arguments, result,
+    duration; see :mod:`pybaremetal.trace`): True for stderr, or a file path; None (default)
+    for no trace.
     ``cpu``: how flat binaries execute: "auto", "kvm" or "emu" (pybaremetal.cpu); None (default):
     $BAREMETAL_CPU, else "auto".
     ``cmdline``: the kernel command line, a NUL-terminated string at physical 0x5A00.
@@ -62,8 +66,8 @@ class Machine:
     """
 
     def __init__(self, cores=None, memory="256M", console=None, input=None, pin=True,
-                 drives=(), nics=(), screen=None, queue_size=4096, cpu=None, cmdline=None,
-                 gdb=None, dumpcore=None):
+                 drives=(), nics=(), screen=None, queue_size=4096, trace=None, cpu=None,
+                 cmdline=None, gdb=None, dumpcore=None):
         if cores is None:
             cores = smp.host_cpus()
         if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= 256:
@@ -107,6 +111,7 @@ class Machine:
         lib.bm_machine_set_owner(self._c, self._handle)
         lib.bm_machine_set_cpu_mhz(self._c, _cpu_mhz())
         try:
+            trace_calls(self, trace)
             self.smp = smp.Smp(self, queue_size, pin)
             self.drives = nvs.attach(self, drives)
             self.nics = net.attach(self, nics)

@@ -112,3 +112,46 @@ def test_pingd_answers_ping_over_a_tap_moved_into_a_namespace():
     finally:
         netns.remove(namespace)                         # takes the TAP with it
     assert not link_exists(name)
+
+
+def test_tap_created_here_vanishes_when_the_process_is_killed():
+    """Not persistent: a `baremetal run` killed with SIGKILL leaves no device behind."""
+    import os
+    import subprocess
+    import sys
+    name = unique("k")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen([sys.executable, "-m", "pybaremetal", "run", "--no-pin",
+                                os.path.join(root, "examples", "pingd.py"), "--nic", f"tap:{name}",
+                                "--", "10.82.0.2", "--seconds", "30"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout.readline().startswith("pingd: answering")   # the NIC is open
+        assert link_exists(name)
+    finally:
+        process.kill()
+        process.wait(10)
+    assert not link_exists(name)
+
+
+def test_tap_keep_stays_after_halt_for_the_next_run():
+    name = unique("p")
+    try:
+        with bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=[f"tap:{name},keep"]):
+            pass
+        assert link_exists(name)
+        with bm.Machine(cores=1, memory="16M", console="capture", input=False, nics=[f"tap:{name}"]) as m:
+            bm.b_net_tx(abba(1))
+            assert m.nics[0].stats["tx_packets"] == 1
+        assert link_exists(name)                        # not ours to remove: it was there before
+    finally:
+        if link_exists(name):
+            with IPRoute() as ipr:
+                ipr.link("del", ifname=name)
+
+
+def test_tap_bad_options_are_refused():
+    with pytest.raises(bm.NetError, match="unknown option"):
+        bm.Machine(cores=1, memory="16M", nics=[f"tap:{unique('o')},persist"])
+    with pytest.raises(bm.NetError, match="keep is for devices"):
+        bm.Machine(cores=1, memory="16M", nics=["tap:@0,keep"])

@@ -3,17 +3,25 @@
 A NIC is chosen by a spec string (``Machine(nics=[...])``, ``baremetal run --nic SPEC``);
 interface ids follow the order:
 
-- ``tap:NAME``: a TAP device (created with pyroute2 and brought up when absent, removed on
-  halt; an existing one, e.g. made with ``ip tuntap add dev NAME mode tap user $USER``, is
-  attached and left in place); ``tap:@FD``: a TAP fd inherited from a privileged parent.
+- ``tap:NAME[,keep]``: a TAP device (created and brought up when absent; one created here
+  vanishes with the process, even killed, unless ``keep``; an existing one, e.g. made with
+  ``ip tuntap add dev NAME mode tap user $USER``, is attached and left in place); ``tap:@FD``: a TAP fd inherited from a privileged parent.
 - ``packet:IFACE``: an AF_PACKET socket on an existing interface (one end of a veth pair, a
   physical NIC) with mmap'd TPACKET_V2 rings; ``,promisc`` turns promiscuous mode on.
 - ``wire``: an in-process loopback (what is sent comes back); :func:`wire` links two machines
   or a machine and a Python harness.  Needs no privileges.
+- ``socket:listen=HOST:PORT``, ``socket:connect=HOST:PORT``, ``socket:mcast=GROUP:PORT``:
+  frames in UDP datagrams between processes or hosts (point-to-point, or a multicast hub that
+  N machines share).  Needs no privileges; the grammar is in pybaremetal/net/socket.py.
 
 Every spec takes ``,mac=02:00:00:00:00:01``: the MAC the app sees (NET_STATUS).  By default
-it is the device's own (TAP, packet) or a locally administered one (wire).  It does not
-change the Linux device's address.
+it is the device's own (TAP, packet), a locally administered one (wire) or a random locally
+administered one (socket).  It does not change the Linux device's address.
+
+Every spec takes ``,pcap=FILE``: every frame the NIC sends or receives (b_net_tx / b_net_rx)
+is written to FILE (created or truncated) in pcap format, timestamped (``tcpdump -r FILE``);
+``Nic.pcap`` is the path, ``Nic.flush_pcap()`` writes what is buffered.  Without it a frame
+costs one NULL check more.
 
 The calls: ``b_net_tx(frame, iid=0)`` sends any buffer of 14..1522 bytes; ``b_net_rx(iid=0)``
 returns a memoryview of the next frame (empty if none) inside the NIC's receive buffer in the
@@ -109,6 +117,7 @@ class Nic:
         self.name = name
         self.mac = mac
         self.iid = None
+        self.pcap = None                         # the capture file's path (pcap= option)
         self._cleanup = cleanup
 
     @property
@@ -119,8 +128,16 @@ class Nic:
             raise NetError(f"interface {self.iid} has no counters")
         return dict(zip(STATS, out))
 
+    def flush_pcap(self):
+        """Write the frames captured so far to the pcap file now (else: when its buffer fills,
+        100 ms after the last write, and on halt).  Nothing without ``pcap=`` or after halt."""
+        if self.pcap is not None and self.machine.running:
+            pointer = lib.bm_net_nic(self.machine._c, self.iid)
+            if pointer != ffi.NULL:
+                lib.bm_nic_capture_flush(pointer)
+
     def close(self):
-        """Remove what was created for this NIC (a TAP device); C closed the fd on halt."""
+        """Run the backend's cleanup, if it left one; C closed the fd on halt."""
         cleanup, self._cleanup = self._cleanup, None
         if cleanup is not None:
             cleanup()
@@ -163,9 +180,32 @@ def open_spec(machine, spec):
                             f"{', '.join(b.syntax for b in known.values())}")
     mac = options.pop("mac", None)
     mac = parse_mac(mac) if mac is not None else None
+    pcap = options.pop("pcap", None)
+    pcap_fd = _open_pcap(pcap, spec) if pcap is not None else None
     backend = importlib.import_module(known[kind].module)
-    nic, pointer = backend.open(machine, argument, mac, options, spec)
+    try:
+        nic, pointer = backend.open(machine, argument, mac, options, spec)
+    except BaseException:
+        if pcap_fd is not None:
+            os.close(pcap_fd)
+        raise
+    if pcap_fd is not None:
+        if lib.bm_nic_capture(pointer, pcap_fd) != 0:     # C owns (and closed) the fd
+            lib.bm_nic_close(pointer)
+            nic.close()
+            raise_recorded(NetError, f"{spec}: ")
+        nic.pcap = pcap
     return _add(machine, nic, pointer)
+
+
+def _open_pcap(path, spec):
+    """The fd of the capture file ``path`` (created or truncated).  Raises NetError."""
+    if path is True or not path:
+        raise NetError(f"{spec}: pcap= needs a file name (pcap=capture.pcap)")
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise NetError(f"{spec}: pcap={path}: {error.strerror}") from None
 
 
 def attach(machine, specs):
@@ -181,7 +221,7 @@ def attach(machine, specs):
 
 
 def detach(machine):
-    """Remove what attach created (TAP devices); C closed fds and sockets on halt."""
+    """Run the NICs' cleanups (none left by the built-in kinds); C closed fds and sockets on halt."""
     for nic in getattr(machine, "nics", []):
         try:
             nic.close()
@@ -291,9 +331,7 @@ def _callback_converter(code):
             var1 = ffi.callback("void(void)", run, onerror=_report_callback_error)
         if isinstance(var1, ffi.CData):
             machine._keepalive.setdefault("callbacks", []).append(var1)   # a running one may finish
-        value = int(ffi.cast("uintptr_t", var1)) if isinstance(var1, ffi.CData) else var1
-        if isinstance(value, int) and not isinstance(value, bool):
-            lib.b_system(code, value & ((1 << 64) - 1), 0)   # which wakes the service thread
+            var1 = int(ffi.cast("uintptr_t", var1))   # b_system then sets it: one call, one trace line
         return var1, var2
     return convert
 

@@ -42,7 +42,7 @@ def open(machine, argument, mac, options, spec):
     except PermissionError:
         raise NetError(f"{spec}: an AF_PACKET socket needs CAP_NET_RAW (root, or "
                        f"`setcap cap_net_raw+ep` on the Python binary); without it use a TAP "
-                       f"made for your user or a wire") from None
+                       f"made for your user, a wire, or a socket: NIC (UDP)") from None
     try:
         if promisc:
             sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
