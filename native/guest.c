@@ -378,28 +378,28 @@ static u64 guest_system(struct bm_guest_cpu *c, struct bm_guest_regs *r)
 /* bm_guest_call -- one call from the guest, upstream's register ABI (baremetal-api.md section 4)
  *  IN:  c = the calling vCPU, n = call number (call table order), r = its registers
  * OUT:  r updated with the call's results (r->rip changed only for a STDOUT_SET function) */
-static void guest_call(struct bm_guest_cpu *c, unsigned n, struct bm_guest_regs *r);
-
 void bm_guest_call(struct bm_guest_cpu *c, unsigned n, struct bm_guest_regs *r)
 {
 	struct bm_machine *m = c->guest->m;
+	void *p;
 	if (bm_traced(m)) {                              /* trace.h: the binary's call, once */
 		u64 t0 = bm_now_ns(), before[5] = { r->rax, r->rcx, r->rdx, r->rsi, r->rdi };
 		const void *data = n == 1 ? bm_guest_to_host(m, r->rsi, r->rcx) : NULL;
 		bm_trace_quiet++;                        /* the calls made for it: not traced */
-		guest_call(c, n, r);
+		bm_guest_call(c, n, r);
 		bm_trace_quiet--;
 		bm_trace_guest_call(m, n, t0, before, (u64[]){ r->rax, r->rcx, r->rdi }, data);
 		return;
 	}
-	guest_call(c, n, r);
-}
-
-/* guest_call -- bm_guest_call's work, untraced */
-static void guest_call(struct bm_guest_cpu *c, unsigned n, struct bm_guest_regs *r)
-{
-	struct bm_machine *m = c->guest->m;
-	void *p;
+	if (bm_traced(m)) {                              /* trace.h: the binary's call, once */
+		u64 t0 = bm_now_ns(), before[5] = { r->rax, r->rcx, r->rdx, r->rsi, r->rdi };
+		const void *data = n == 1 ? bm_guest_to_host(m, r->rsi, r->rcx) : NULL;
+		bm_trace_quiet++;                        /* the calls made for it: not traced */
+		bm_guest_call(c, n, r);
+		bm_trace_quiet--;
+		bm_trace_guest_call(m, n, t0, before, (u64[]){ r->rax, r->rcx, r->rdi }, data);
+		return;
+	}
 	switch (n) {
 	case 0:                                               /* b_input: AL */
 		r->rax = (r->rax & ~0xFFull) | b_input();
