@@ -32,7 +32,8 @@ def long_description():
     return open("README.md").read() if os.path.exists("README.md") else ""
 
 
-TEST = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "pygame>=2.1"]
+TEST = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "pygame>=2.1",
+        "hdrhistogram>=0.10", "matplotlib>=3.7"]                 # the lab's tests
 CLUSTER = ["ray>=2.40"]             # pybaremetal.cluster; in the test extra so CI runs its tests
 TEST += CLUSTER
 
@@ -69,6 +70,7 @@ setup(
         "test": TEST,
         "window": ["pygame>=2.1"],
         "numba": ["numba>=0.59"],
+        "lab": ["hdrhistogram>=0.10", "matplotlib>=3.7"],
         "cluster": CLUSTER,
     },
     entry_points={"console_scripts": ["baremetal = pybaremetal.cli:main"]},

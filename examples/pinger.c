@@ -4,11 +4,11 @@
  *   baremetal run examples/pinger.c --nic socket:connect=127.0.0.1:7001 -- 10.0.0.2 100000
  *
  * Arguments: TARGET [COUNT (default 10)] [SOURCE (our address; default TARGET with the last
- * byte 1, or 2 if that is TARGET)].  It resolves TARGET with ARP (asking every 200 ms for up to 10 s:
+ * byte 1, or 2 if that is TARGET)].  It resolves TARGET with ARP (asking every 200 ms for up to 20 s:
  * the other side may still be starting), then keeps WINDOW echo
  * requests in flight (a new one for each reply), so a receiver that keeps up never sees its
  * buffer overflow.  Each request carries a sequence number and a pattern that the reply must
- * give back unchanged.  Ends when every request was answered, or after 2 s without a reply.
+ * give back unchanged.  Ends when every request was answered, or after 5 s without a reply.
  * Prints one summary line; exit status 0 when every request got its reply, 1 otherwise, 2 for
  * bad arguments.  Frames are built by hand, as a BareMetal app would, on interface 0.
  */
@@ -22,8 +22,8 @@
 #define WINDOW          128
 #define PAYLOAD         56
 #define ICMP_ID         0x6270           /* "bp" */
-#define QUIET_NS        2000000000ull    /* give up after this long without a reply */
-#define ARP_NS          10000000000ull   /* and after this long without an ARP reply (start-up) */
+#define QUIET_NS        5000000000ull    /* give up after this long without a reply */
+#define ARP_NS          20000000000ull   /* and after this long without an ARP reply (start-up) */
 
 static unsigned char mac[6], peer_mac[6];
 static unsigned char source[4], target[4];

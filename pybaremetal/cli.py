@@ -183,6 +183,8 @@ def build_parser():
                     help="optimization level, as gcc's -O (default: -O2)")
     cc.add_argument("--print-include-dir", action="store_true",
                     help="print the directory holding libBareMetal.h and exit")
+    from .lab.cli import add_parser as add_lab_parser
+    add_lab_parser(commands)
     from .cluster.cli import add_parser as add_cluster_parser
     add_cluster_parser(commands)
     return parser
@@ -417,6 +419,9 @@ def main(argv=None):
                 return error.exit_status
         if args.command == "cc":
             return cmd_cc(args, app_argv)
+        if args.command == "lab":
+            from .lab.cli import run as cmd_lab
+            return cmd_lab(args)
         if args.command == "cluster":
             from .cluster.cli import run as cmd_cluster
             return cmd_cluster(args, app_argv)

@@ -205,9 +205,13 @@ def test_two_baremetal_processes_ping_each_other_100000_frames_counts_exact(tmp_
                                              "--nic", f"socket:connect=127.0.0.1:{port}", "--",
                                              "10.9.0.2", str(count)],
                                 capture_output=True, text=True, timeout=55, env=env)
-        out, err = pingd.communicate(timeout=10)
+        try:
+            out, err = pingd.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            pingd.kill()
+            out, err = pingd.communicate()
     finally:
         pingd.kill()
-    assert pinger.returncode == 0, pinger.stdout + pinger.stderr
+    assert pinger.returncode == 0, f"{pinger.stdout}{pinger.stderr}\npingd: {out}{err}"
     assert f"pinger: {count} sent, {count} replies, 0 lost, 0 bad" in pinger.stdout
     assert f"pingd: {count} echo replies" in out, out + err

@@ -5,7 +5,8 @@ interface ids follow the order:
 
 - ``tap:NAME[,keep]``: a TAP device (created and brought up when absent; one created here
   vanishes with the process, even killed, unless ``keep``; an existing one, e.g. made with
-  ``ip tuntap add dev NAME mode tap user $USER``, is attached and left in place); ``tap:@FD``: a TAP fd inherited from a privileged parent.
+  ``ip tuntap add dev NAME mode tap user $USER``, is attached and left in place);
+  ``tap:@FD``: a TAP fd inherited from a privileged parent.
 - ``packet:IFACE``: an AF_PACKET socket on an existing interface (one end of a veth pair, a
   physical NIC) with mmap'd TPACKET_V2 rings; ``,promisc`` turns promiscuous mode on.
 - ``wire``: an in-process loopback (what is sent comes back); :func:`wire` links two machines

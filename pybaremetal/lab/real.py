@@ -1,0 +1,141 @@
+"""Real runs: a schedule served by a policy on a machine's pinned cores (native/lab.c), or by
+the pthread-pool peer on the same CPUs.  Results come back as TSC stamps per request,
+converted here to µs after the run's time 0."""
+import resource
+import time
+
+import numpy as np
+
+from .._native import ffi, lib
+from ..errors import ArgumentError, raise_recorded
+
+#: policies that run for real (enum bm_lab_policy); the model each is compared with
+POLICIES = {"c-fcfs": 0, "d-fcfs": 1, "steal": 2, "pthread": 3, "executor": None}
+MODEL_OF = {"c-fcfs": "c-fcfs", "d-fcfs": "d-fcfs", "steal": "steal", "pthread": "c-fcfs",
+            "executor": "c-fcfs"}
+MODES = {"published": 0, "generator": 1}
+
+
+def tsc_hz():
+    """TSC ticks per second (measured once per process)."""
+    return lib.bm_lab_tsc_hz()
+
+
+def workers_of(cores, mode):
+    """How many cores serve: all of them published by time, all but the generator's else."""
+    return cores - (mode == "generator")
+
+
+class Stamps:
+    """Per-request results of one real run, µs after time 0: ``arrival``, ``publish``,
+    ``start``, ``end``; ``core`` (int); ``late`` (count); ``cpu_s`` (process CPU time);
+    ``cpu_share``: cpu_s over the run's wall time times its threads, the share of the CPUs the
+    run's threads got (all of them spin: below 1, other processes took CPU time from them)."""
+
+
+def _u64(array):
+    return ffi.cast("u64 *", array.ctypes.data)
+
+
+def run(policy, arrival_us, task, args=None, target=None, *, machine=None, cpus=None,
+        mode="published", late_us=1.0):
+    """Serve requests due at ``arrival_us`` with ``task`` under ``policy``.
+
+    c-fcfs, d-fcfs, steal run on ``machine``'s cores (the caller must be its core 0, e.g. the
+    thread that booted it); pthread runs threads pinned to ``cpus``.  ``args``: each request's
+    task argument (default: its index); ``target``: its worker (d-fcfs, steal).
+    Returns :class:`Stamps`."""
+    if policy not in POLICIES:
+        raise ArgumentError(f"no real policy {policy!r} (known: {', '.join(POLICIES)})")
+    if mode not in MODES:
+        raise ArgumentError(f"arrivals mode must be published or generator, got {mode!r}")
+    if policy == "executor":
+        return run_executor(arrival_us, task, args, threads=len(cpus) if cpus else 1, late_us=late_us)
+    hz = tsc_hz()
+    arrival = np.ascontiguousarray(np.round(np.asarray(arrival_us) * hz / 1e6), dtype=np.uint64)
+    count = len(arrival)
+    args = np.arange(count, dtype=np.uint64) if args is None else np.ascontiguousarray(args, dtype=np.uint64)
+    publish, start, end = (np.zeros(count, dtype=np.uint64) for _ in range(3))
+    core = np.zeros(count, dtype=np.uint32)
+    keep = []
+    r = ffi.new("struct bm_lab_run *")
+    r.policy, r.mode, r.count = POLICIES[policy], MODES[mode], count
+    r.arrival, r.arg = _u64(arrival), _u64(args)
+    if target is not None:
+        target = np.ascontiguousarray(target, dtype=np.uint32)
+        r.target = ffi.cast("const u32 *", target.ctypes.data)
+    elif policy in ("d-fcfs", "steal"):
+        raise ArgumentError(f"{policy} needs each request's worker (target)")
+    r.code = task.address
+    r.late_ticks = int(late_us * hz / 1e6)
+    r.publish, r.start, r.end = _u64(publish), _u64(start), _u64(end)
+    r.core = ffi.cast("u32 *", core.ctypes.data)
+    before, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    if policy == "pthread":
+        cpus = list(cpus) if cpus is not None else [-1]
+        cpu_array = ffi.new("int[]", cpus)
+        keep.append(cpu_array)
+        r.cpus, r.threads = cpu_array, len(cpus)
+        threads = len(cpus)
+        status = lib.bm_lab_pool_run(r)
+    else:
+        if machine is None:
+            raise ArgumentError(f"{policy} runs on a machine's cores: give machine=")
+        status = lib.bm_lab_run(machine._c, r)
+        threads = machine.num_cores
+    after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall
+    if status != 0:
+        raise_recorded()
+    stamps = Stamps()
+    scale = 1e6 / hz
+    stamps.arrival = arrival * scale
+    stamps.publish, stamps.start, stamps.end = publish * scale, start * scale, end * scale
+    stamps.core = core
+    stamps.late = int(r.late)
+    stamps.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    stamps.mode = mode
+    stamps.cpu_share = stamps.cpu_s / (wall * threads) if wall > 0 else None
+    return stamps
+
+
+def run_executor(arrival_us, task, args=None, *, threads=1, late_us=1.0):
+    """The Python peer: the calling thread submits each request to a ThreadPoolExecutor of
+    ``threads`` workers at its time (sleeping until then, so the workers get the GIL), the
+    workers run the Python task.  Only for Python tasks (``task.python``); stamps as run()."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    if not task.python:
+        raise ArgumentError("the executor peer runs Python tasks only (give a Python callable)")
+    function = task._keep[1]
+    arrival = np.asarray(arrival_us, dtype=np.float64)
+    count = len(arrival)
+    args = list(range(count)) if args is None else [int(a) for a in args]
+    publish, start, end = (np.zeros(count) for _ in range(3))
+    core = np.zeros(count, dtype=np.uint32)
+    names = {}
+    clock = time.perf_counter_ns
+
+    def serve(i, base):
+        start[i] = (clock() - base) / 1e3
+        function(args[i])
+        end[i] = (clock() - base) / 1e3
+        core[i] = names.setdefault(threading.get_ident(), len(names))
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        base = clock() + 2_000_000
+        for i in range(count):
+            wait = (arrival[i] - (clock() - base) / 1e3) / 1e6
+            if wait > 0:
+                time.sleep(wait)
+            publish[i] = (clock() - base) / 1e3
+            pool.submit(serve, i, base)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    stamps = Stamps()
+    stamps.arrival, stamps.publish, stamps.start, stamps.end, stamps.core = arrival, publish, start, end, core
+    stamps.late = int(np.sum(publish - arrival > late_us))
+    stamps.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    stamps.mode = "generator"
+    wall = (end.max() + 2000) / 1e6 if count else 0
+    stamps.cpu_share = stamps.cpu_s / (wall * (threads + 1)) if wall > 0 else None
+    return stamps
