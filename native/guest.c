@@ -391,15 +391,6 @@ void bm_guest_call(struct bm_guest_cpu *c, unsigned n, struct bm_guest_regs *r)
 		bm_trace_guest_call(m, n, t0, before, (u64[]){ r->rax, r->rcx, r->rdi }, data);
 		return;
 	}
-	if (bm_traced(m)) {                              /* trace.h: the binary's call, once */
-		u64 t0 = bm_now_ns(), before[5] = { r->rax, r->rcx, r->rdx, r->rsi, r->rdi };
-		const void *data = n == 1 ? bm_guest_to_host(m, r->rsi, r->rcx) : NULL;
-		bm_trace_quiet++;                        /* the calls made for it: not traced */
-		bm_guest_call(c, n, r);
-		bm_trace_quiet--;
-		bm_trace_guest_call(m, n, t0, before, (u64[]){ r->rax, r->rcx, r->rdi }, data);
-		return;
-	}
 	switch (n) {
 	case 0:                                               /* b_input: AL */
 		r->rax = (r->rax & ~0xFFull) | b_input();
