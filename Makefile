@@ -48,7 +48,7 @@ $(VENV)/.built: $(VENV)/.python $(NATIVE)
 
 # the test extra's packages, for make test and make bench only
 $(VENV)/.test: $(VENV)/.built setup.py
-	$(PY) -m pip install -q $$($(PY) -c '$(TEST_REQUIREMENTS)')
+	$(PY) -m pip install -q $$($(PY) -I -c '$(TEST_REQUIREMENTS)')
 	@touch $@
 
 clean:

@@ -57,7 +57,8 @@ enum bm_error_code {
 };
 
 /* A machine's life (m->state). */
-enum bm_machine_state { BM_STATE_NEW, BM_STATE_RUNNING, BM_STATE_SHUTDOWN, BM_STATE_REBOOT, BM_STATE_HALTED };
+enum bm_machine_state { BM_STATE_NEW, BM_STATE_RUNNING, BM_STATE_SHUTDOWN, BM_STATE_REBOOT, BM_STATE_HALTED,
+			BM_STATE_STOPPING /* a stop signal or the timeout came (signals.c) */ };
 
 struct bm_error {
 	int code;

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include "machine.h"
 #include "capps.h"
+#include "signals.h"
 
 static __thread int exit_called, exit_status;
 
@@ -69,8 +70,9 @@ static void call_main(void *ctx)
 /* bm_capp_run_main -- run main(argc, argv) on the calling core (bound to m, core 0)
  *  IN:  m, app_main, argc, argv, out = the outcome to fill
  * OUT:  out->how: BM_END_RETURNED (value = main's return value or exit's status),
- *       BM_END_SHUTDOWN, BM_END_REBOOT, or BM_END_SIGNAL when main or a C task faulted
- *       (reported on stderr when it happened; the first fault of the run is described) */
+ *       BM_END_SHUTDOWN, BM_END_REBOOT, BM_END_SIGNAL when main or a C task faulted
+ *       (reported on stderr when it happened; the first fault of the run is described), or
+ *       BM_END_TERMINATED (signal = the stop signal) when a stop signal unwound main */
 void bm_capp_run_main(struct bm_machine *m, int (*app_main)(int, char **), int argc, char **argv,
 		      struct bm_outcome *out)
 {
@@ -88,6 +90,11 @@ void bm_capp_run_main(struct bm_machine *m, int (*app_main)(int, char **), int a
 		out->signal = f.signal;
 		out->address = f.address;
 		out->code = f.code;
+		return;
+	}
+	if (c.state == BM_STATE_STOPPING) {       /* bm_stop_point unwound main (signals.c) */
+		bm_outcome_set(out, BM_END_TERMINATED, 0, NULL);
+		out->signal = bm_signals_received();
 		return;
 	}
 	int code = exit_called ? exit_status : c.exit_code;

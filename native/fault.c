@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include "machine.h"
 #include "fault.h"
+#include "signals.h"
 
 static const int fault_signals[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL };
 #define NUM_FAULT_SIGNALS (sizeof fault_signals / sizeof fault_signals[0])
@@ -120,6 +121,7 @@ static void on_fault(int sig, siginfo_t *info, void *context)
 		siglongjmp(*core->fault_jmp, sig);
 	}
 	bm_nvs_flush_all(core->machine);
+	bm_terminal_restore_all();      /* the process ends: give the terminal back first */
 	pass_on(sig, info, context);
 }
 

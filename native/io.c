@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include "machine.h"
 #include "lowmap.h"
+#include "signals.h"
 
 /* bm_console_init -- set up a console
  *  IN:  c = console, out_fd = where b_output writes, in_fd = where b_input reads (-1: none)
@@ -170,16 +171,18 @@ BM_TRACED_PATH u8 input_traced(struct bm_machine *m)
 
 /* b_input -- the next key of input, never blocking (keys mapped as upstream: see the top)
  *  IN:  nothing
- * OUT:  the key; 0 when nothing is waiting, input has ended, or there is no machine */
+ * OUT:  the key; 0 when nothing is waiting, input has ended, or there is no machine (a C main
+ *       polling for a key unwinds there when the machine stops: bm_stop_point) */
 u8 b_input(void)
 {
 	bm_error_clear();
 	struct bm_machine *m = bm_current();
 	if (m == NULL)
 		return 0;
-	if (bm_traced(m))                                /* trace.h */
-		return input_traced(m);
-	return console_input(m);
+	u8 key = bm_traced(m) ? input_traced(m) : console_input(m);     /* trace.h */
+	if (key == 0 && bm_stop_requested(m))
+		bm_stop_point(m);
+	return key;
 }
 
 /* bm_console_set_flush_stdio -- flush C stdio before each b_output (for C apps using printf) */

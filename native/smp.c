@@ -58,9 +58,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include "machine.h"
 #include "fault.h"
+#include "signals.h"
 
 #define BM_SPIN_NS 100000ull            /* an idle core polls this long before it sleeps */
 
@@ -613,23 +615,73 @@ u64 bm_smp_get(struct bm_machine *m)
 	return shown_slot(m, bm_self->id);
 }
 
+static BM_TLS uintptr_t lock_page_seen;       /* a page outside flat memory found mapped */
+
+/* lock_word_mapped -- the C face's cheap check of a lock word: in the calling core's flat
+ * memory, or on the page this thread last found mapped, or readable now (one
+ * process_vm_readv, only for a new page outside flat memory; a host that refuses the probe
+ * counts as mapped).  A mapped but read-only word still faults, as any bad store of the app.
+ *  IN:  address
+ * OUT:  1 if the word can be used, 0 for unmapped memory */
+static int lock_word_mapped(u64 address)
+{
+	struct bm_core *self = bm_self;
+	if (self != NULL && bm_in_memory(self->machine, (void *)(uintptr_t)address, 2))
+		return 1;
+	uintptr_t page = (uintptr_t)address & ~(uintptr_t)4095;
+	int one_page = (((uintptr_t)address + 1) & ~(uintptr_t)4095) == page;
+	if (page == lock_page_seen && one_page && page != 0)
+		return 1;
+	u8 probe[2];
+	struct iovec local = { probe, 2 }, remote = { (void *)(uintptr_t)address, 2 };
+	if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != 2)
+		return errno != EFAULT;
+	if (one_page)
+		lock_page_seen = page;
+	return 1;
+}
+
+/* lock_gives_up -- a wait for a lock when the caller's machine stops: a C main unwinds
+ * (bm_stop_point); core 0 outside a task (a Python app) gives up; tasks wait on, as nothing
+ * preempts them (a stop signal's watchdog ends the process if they never return)
+ * OUT: 1 to give up */
+static int lock_gives_up(void)
+{
+	struct bm_core *self = bm_self;
+	if (self == NULL || !bm_stop_requested(self->machine))
+		return 0;
+	bm_stop_point(self->machine);
+	return self->id == 0 && !self->in_task;
+}
+
 /* bm_smp_lock -- SMP_LOCK: spin until bit 0 of the 16-bit word at `address` is ours
- *  IN:  address of the lock word (any writable memory)
- * OUT:  1 */
+ *  IN:  address of the lock word (any writable memory of the process)
+ * OUT:  1; 0 with BM_ERR_RANGE (no memory there: nothing touched) or BM_ERR_STATE (the
+ *       machine stopped while core 0's app waited) recorded */
 u64 bm_smp_lock(u64 address)
 {
+	bm_error_clear();
+	if (__builtin_expect(!lock_word_mapped(address), 0))
+		return bm_fail(BM_ERR_RANGE, "SMP_LOCK: no memory at 0x%lx", address);
 	_Atomic u16 *word = (_Atomic u16 *)(uintptr_t)address;
+	u32 spins = 0;
 	while (atomic_fetch_or_explicit(word, 1, memory_order_acquire) & 1)
-		while (atomic_load_explicit(word, memory_order_relaxed) & 1)
+		while (atomic_load_explicit(word, memory_order_relaxed) & 1) {
+			if (__builtin_expect((++spins & 0xFFF) == 0, 0) && lock_gives_up())
+				return bm_fail(BM_ERR_STATE, "SMP_LOCK: the machine stopped while waiting for 0x%lx", address);
 			cpu_relax();
+		}
 	return 1;
 }
 
 /* bm_smp_unlock -- SMP_UNLOCK: clear bit 0 of the lock word
  *  IN:  address of the lock word
- * OUT:  1 */
+ * OUT:  1; 0 with BM_ERR_RANGE (no memory there: nothing touched) */
 u64 bm_smp_unlock(u64 address)
 {
+	bm_error_clear();
+	if (__builtin_expect(!lock_word_mapped(address), 0))
+		return bm_fail(BM_ERR_RANGE, "SMP_UNLOCK: no memory at 0x%lx", address);
 	atomic_fetch_and_explicit((_Atomic u16 *)(uintptr_t)address, (u16)~1u, memory_order_release);
 	return 1;
 }
@@ -877,14 +929,19 @@ u64 b_smp_enqueue(void *code, u64 arg)
 
 /* b_smp_dequeue -- take the oldest queued task without running it
  *  IN:  arg = where to store the task's argument
- * OUT:  the task's code address, 0 when the queue is empty */
+ * OUT:  the task's code address, 0 when the queue is empty (a C main polling an empty queue
+ *       unwinds there when the machine stops: bm_stop_point) */
 u64 b_smp_dequeue(u64 *arg)
 {
 	struct bm_core *self = bm_self;
 	u64 code;
 	if (self == NULL)
 		return bm_fail(BM_ERR_NO_MACHINE, "this thread is not a core of a running machine");
-	return queue_take(&self->machine->smp, 0, &code, arg) ? code : 0;
+	if (queue_take(&self->machine->smp, 0, &code, arg))
+		return code;
+	if (bm_stop_requested(self->machine))
+		bm_stop_point(self->machine);
+	return 0;
 }
 
 /* b_smp_run -- run code(arg) on the calling core, to completion
@@ -912,9 +969,7 @@ void b_smp_wait(void)
 		return;
 	}
 	bm_smp_wait(self->machine);
-	int state = atomic_load(&self->machine->state);
-	if ((state == BM_STATE_SHUTDOWN || state == BM_STATE_REBOOT) && self->exit_jmp != NULL)
-		longjmp(*self->exit_jmp, state);
+	bm_stop_point(self->machine);                  /* SHUTDOWN, REBOOT, a stop signal */
 }
 
 /* bm_py_task -- the code address of every Python task: run the task of `handle` on the

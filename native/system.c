@@ -21,6 +21,7 @@
 #include <x86intrin.h>
 #include "machine.h"
 #include "lowmap.h"
+#include "signals.h"
 
 /* end_run -- SHUTDOWN / REBOOT: record it and, under a C main, unwind to bm_run_main */
 static u64 end_run(struct bm_machine *m, int state)
@@ -80,18 +81,27 @@ u64 bm_dump_mem(u64 address, u64 shown, u64 length)
 	return length;
 }
 
-/* delay_us -- DELAY: busy-wait short delays (< 1 ms, for precision), sleep long ones */
-static void delay_us(u64 us)
+#define DELAY_MAX_US   (1ull << 40)        /* longer DELAYs (over 12 days) are cut to this */
+#define DELAY_SLICE_NS 10000000ull         /* a long DELAY looks at the machine this often */
+
+/* delay_us -- DELAY: busy-wait short delays (< 1 ms, for precision), sleep long ones in slices
+ * of 10 ms, ending early when the machine stops running (a stop signal, SHUTDOWN, halt)
+ *  IN:  m, us = microseconds, cut to DELAY_MAX_US */
+static void delay_us(struct bm_machine *m, u64 us)
 {
-	u64 end = bm_now_ns() + us * 1000ull;
-	if (us >= 1000) {
-		struct timespec ts = { .tv_sec = (time_t)(end / 1000000000ull), .tv_nsec = (long)(end % 1000000000ull) };
-		while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-			;
+	if (us > DELAY_MAX_US)
+		us = DELAY_MAX_US;
+	u64 now = bm_now_ns(), end = now + us * 1000ull;
+	if (us < 1000) {
+		while (bm_now_ns() < end)
+			__builtin_ia32_pause();
 		return;
 	}
-	while (bm_now_ns() < end)
-		__builtin_ia32_pause();
+	for (; now < end && !bm_stop_requested(m); now = bm_now_ns()) {
+		u64 until = end - now > DELAY_SLICE_NS ? now + DELAY_SLICE_NS : end;
+		struct timespec ts = { .tv_sec = (time_t)(until / 1000000000ull), .tv_nsec = (long)(until % 1000000000ull) };
+		clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+	}
 }
 
 /* sleep_ns -- SLEEP: sleep `ns` nanoseconds, in slices of at most 10 ms, ending early once the
@@ -198,10 +208,12 @@ static inline __attribute__((always_inline)) u64 system_call(struct bm_machine *
 		return var1;
 	}
 	case DELAY:
-		delay_us(var1);
+		delay_us(m, var1);
+		bm_stop_point(m);                  /* a C main stops here when the machine does */
 		return var1;
 	case SLEEP:
 		sleep_ns(m, var1);
+		bm_stop_point(m);                  /* as DELAY */
 		return var1;
 	case RESET:
 		return bm_smp_reset(m);

@@ -84,6 +84,8 @@ def _add_machine_options(parser):
     group.add_argument("--drive", action="append", default=[], metavar="SPEC",
                        help="attach a drive: PATH[,ro][,durable][,create=SIZE][,queue=N][,poll=US][,buffered] "
                             "(repeatable; drive numbers follow the order; create=64 is 64 MiB)")
+    group.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                       help="end the run after SECONDS, as a signal would (exit status 124)")
     group.add_argument("--nic", action="append", default=[], metavar="SPEC",
                        help="attach a NIC (repeatable; interface ids follow the order): "
                             f"{nic_kinds()}; any of them ,mac=02:00:00:00:00:01 and ,pcap=FILE")
@@ -331,6 +333,7 @@ def boot_and_run(args, runner, default_screen=None):
     when --screen is not given (C apps: 1024x768); --screen-png / --window imply 1024x768."""
     from .machine import Machine
     from .screen import Outputs
+    from . import signals
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _terminate)
     warnings.formatwarning = lambda message, *rest, **kw: f"baremetal: warning: {message}\n"
@@ -370,6 +373,7 @@ def boot_and_run(args, runner, default_screen=None):
                             outcome["status"])
 
         try:
+            signals.arm(machine, args.timeout)     # stop signals and --timeout end native code too
             with Outputs(machine, args.screen_png, args.screen_png_every, args.window,
                          keys[1] if keys else -1):
                 result = runner(machine)
@@ -384,7 +388,15 @@ def boot_and_run(args, runner, default_screen=None):
             traceback.print_exc()
             return 1
         finally:
-            finish()
+            stopped = signals.exit_status()        # a stop signal or the timeout sets the status
+            if stopped:
+                outcome["status"] = stopped
+            try:
+                finish()
+            finally:
+                signals.disarm(machine)
+            if stopped:
+                signals.end_process(stopped)       # halted: no interpreter teardown to wait for
         return report_lost_output(machine, kwargs["console"], outcome["status"])
     finally:
         for fd in keys or ():

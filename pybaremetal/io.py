@@ -5,19 +5,23 @@ Output goes to stdout by default, or to a capture buffer (a memfd, read back wit
 from stdin by default, or from bytes, a path, a descriptor or a file object.  When input is a
 terminal it is put in raw, non-echo mode (keys arrive one at a time, Ctrl-C still stops the
 machine) for the machine's lifetime and restored on halt, on exceptions, at exit and on
-SIGTERM/SIGHUP.
+SIGTERM/SIGHUP; from C by the fault handler and the signal watchdog (native/signals.c); and, when
+the process ends without running any code (SIGKILL, os._exit, abort), by a guard: a small
+process in its own session (so Ctrl-C does not reach it) that holds the read end of a pipe and
+restores the terminal when the pipe reports the process gone without having restored it.
 """
 import atexit
 import fcntl
 import os
 import signal
 import stat
+import subprocess
 import sys
 import termios
 
 from ._native import lib
 from .current import current_machine
-from .errors import ArgumentError
+from .errors import ArgumentError, HostError, recorded_error
 from .memory import as_pointer
 
 
@@ -82,6 +86,62 @@ def _open_input(source, kind):
     raise ArgumentError(f"input: expected bytes, a path, an fd or a file, got {source!r}")
 
 
+_GUARD = """
+import os, sys, termios
+pipe, saved = int(sys.argv[1]), sys.argv[2].split(",")
+while True:
+    try:
+        gone = not os.read(pipe, 1)
+        break
+    except InterruptedError:
+        pass
+    except OSError:
+        gone = True
+        break
+if gone:
+    try:
+        termios.tcsetattr(0, termios.TCSANOW, [int(v) for v in saved[:6]] + [list(bytes.fromhex(saved[6]))])
+    except termios.error:
+        pass
+"""
+
+
+class _TerminalGuard:
+    """The guard process of terminal ``fd`` (see the module doc): started before raw mode, told
+    to leave quietly by :meth:`release` once the terminal is restored."""
+
+    _leaving = []                              # released guards not reaped yet
+
+    def __init__(self, fd):
+        _TerminalGuard._leaving = [p for p in _TerminalGuard._leaving if p.poll() is None]
+        attrs = termios.tcgetattr(fd)
+        cc = bytes(c if isinstance(c, int) else c[0] for c in attrs[6])
+        saved = ",".join([*(str(v) for v in attrs[:6]), cc.hex()])
+        read_end, self._write_end = os.pipe()               # both close-on-exec
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _GUARD, str(read_end), saved], stdin=fd,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(read_end,),
+                start_new_session=True)
+        except OSError:
+            self._process = None                            # no guard: the other paths remain
+        finally:
+            os.close(read_end)
+
+    def release(self):
+        if self._write_end < 0:
+            return
+        try:
+            os.write(self._write_end, b"x")                 # restored: leave without touching it
+        except OSError:
+            pass
+        os.close(self._write_end)
+        self._write_end = -1
+        if self._process is not None and self._process.poll() is None:
+            _TerminalGuard._leaving.append(self._process)  # leaving: reaped later, never waited for
+        self._process = None
+
+
 class _Terminal:
     """Raw, non-echo mode on a terminal fd, restored however the process ends."""
 
@@ -90,22 +150,18 @@ class _Terminal:
 
     def __init__(self, fd):
         self.fd = fd
-        self.saved = termios.tcgetattr(fd)
-        attrs = termios.tcgetattr(fd)
-        attrs[3] &= ~(termios.ICANON | termios.ECHO)      # lflag: keys one at a time, no echo
-        attrs[6][termios.VMIN] = 1
-        attrs[6][termios.VTIME] = 0
-        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        self._guard = _TerminalGuard(fd)
+        if lib.bm_terminal_raw(fd) != 0:            # lflag: keys one at a time, no echo
+            self._guard.release()
+            raise HostError(recorded_error()[1])
         _Terminal._active.append(self)
         _Terminal._install_handlers()
 
     def restore(self):
         if self in _Terminal._active:
             _Terminal._active.remove(self)
-            try:
-                termios.tcsetattr(self.fd, termios.TCSANOW, self.saved)
-            except termios.error:
-                pass
+            lib.bm_terminal_restore(self.fd)
+            self._guard.release()
 
     @classmethod
     def _restore_all(cls):

@@ -35,7 +35,7 @@ import types
 import warnings
 import weakref
 
-from . import abi
+from . import abi, signals
 from ._native import ffi, lib
 from .current import current_machine, machine_of
 from .errors import ArgumentError, BareMetalError, Reboot, Shutdown, StateError, raise_recorded
@@ -156,6 +156,7 @@ class Smp:
         that meanwhile (see the module doc)."""
         self._running()
         lib.bm_smp_wait(self._c)
+        signals.raise_if_stopping(self._c)   # a stop signal ended the wait (SystemExit)
         state = lib.bm_machine_state(self._c)
         if state == lib.BM_STATE_SHUTDOWN:
             raise Shutdown()
@@ -295,6 +296,23 @@ def _reset(machine, var1, var2):
 
 # --- locks --------------------------------------------------------------------------------------
 
+def _lock_word(machine, var1, var2):
+    """b_system(SMP_LOCK / SMP_UNLOCK, address) from Python: the word must be inside the
+    machine's memory and 2-byte aligned (AddressError / ArgumentError; nothing touched)."""
+    if isinstance(var1, ffi.CData):
+        var1 = int(ffi.cast("uintptr_t", var1))               # a pointer to the word
+    if isinstance(var1, bool) or not isinstance(var1, int):
+        raise ArgumentError(f"SMP_LOCK/SMP_UNLOCK: the lock word's address must be an int, got {var1!r}")
+    machine.offset(var1, 2)                                    # AddressError outside memory
+    if var1 % 2:
+        raise ArgumentError(f"SMP_LOCK/SMP_UNLOCK: the lock word at 0x{var1:x} is not 2-byte aligned")
+    return var1, var2
+
+
+converts(abi.SMP_LOCK)(_lock_word)
+converts(abi.SMP_UNLOCK)(_lock_word)
+
+
 class Lock:
     """A spin lock over a 16-bit lock word, with SMP_LOCK / SMP_UNLOCK semantics (bit 0).
 
@@ -320,7 +338,8 @@ class Lock:
             self._word = None
 
     def acquire(self):
-        lib.bm_smp_lock(self.address)
+        if not lib.bm_smp_lock(self.address):
+            raise_recorded()                   # StateError: the machine stopped meanwhile
         return True
 
     def release(self):

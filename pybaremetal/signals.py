@@ -1,0 +1,94 @@
+"""Ending a run on SIGTERM, SIGINT, SIGHUP or a timeout, whatever code is running.
+
+``baremetal run`` arms its machine (:func:`arm`) before the app starts and disarms it after the
+halt.  While armed, a stop signal ends the run within 100 ms even while native code runs (a C
+main or task spinning, a flat binary, a Python app inside a long DELAY): Python ends it the
+ordinary way when it gets control (machine halted, drives flushed and closed, terminal
+restored); if it has not within 50 ms, the C watchdog flushes the drives, restores the terminal
+and ends the process itself.  Either way the exit status is 128 + the signal (SIGTERM 143,
+SIGINT 130, SIGHUP 129), or 124 after ``--timeout``, as timeout(1).  How it works:
+native/signals.c.
+
+``BAREMETAL_STOP_GRACE_MS`` (environment) sets the grace other than 50 ms: the tests make it
+long to show that code waiting in the runtime (DELAY, SMP_LOCK, wait) ends a run on its own.
+
+Not covered: SIGKILL (nothing runs; the terminal is still restored by the guard process of
+pybaremetal.io, and durable writes acknowledged before it are on the medium), and a Python
+handler an app installs itself after arming (it replaces the C one: that signal then ends the
+run only when Python gets control).
+"""
+import math
+import os
+import signal
+import sys
+
+from ._native import lib
+from .errors import ArgumentError, raise_recorded
+
+TIMEOUT_STATUS = 124                   # exit status after a timeout, as timeout(1)
+
+
+def _terminate(signum, frame):
+    """SIGTERM / SIGHUP end the run like an app's sys.exit: the machine halts (drives flushed)."""
+    raise SystemExit(128 + signum)
+
+
+def _timed_out(signum, frame):
+    print("baremetal: timeout: the run did not end in time", file=sys.stderr)
+    raise SystemExit(TIMEOUT_STATUS)
+
+
+def check_timeout(timeout):
+    """``timeout`` in seconds as a positive finite float (None: no timeout); ArgumentError."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
+            not math.isfinite(timeout) or timeout <= 0:
+        raise ArgumentError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def arm(machine, timeout=None):
+    """End ``machine``'s run on SIGTERM / SIGINT / SIGHUP (and after ``timeout`` seconds) even
+    while native code runs (see the module doc).  Call from the main thread before the app
+    runs; Python handlers for SIGTERM and SIGHUP (SystemExit(128 + signal)) and, with a
+    timeout, SIGALRM (SystemExit(124)) are set where none was.  Undo with :func:`disarm`."""
+    timeout = check_timeout(timeout)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) in (signal.SIG_DFL, None):
+            signal.signal(signum, _terminate)
+    if timeout is not None:
+        signal.signal(signal.SIGALRM, _timed_out)
+    grace = os.environ.get("BAREMETAL_STOP_GRACE_MS", "")
+    grace_ms = int(grace) if grace.isdigit() else 0
+    if lib.bm_signals_arm(machine._c, 0 if timeout is None else max(1, round(timeout * 1000)), grace_ms) != 0:
+        raise_recorded()
+
+
+def disarm(machine):
+    """``machine``'s run has ended (call after the halt): forget it."""
+    lib.bm_signals_disarm(machine._c)
+
+
+def exit_status():
+    """The exit status the stop signal asks for (128 + signal, 124 after the timeout), 0 if none."""
+    return lib.bm_signals_exit_status()
+
+
+def end_process(status):
+    """End the process now with ``status`` (after a stop signal, the run halted): Python's
+    output flushed, the interpreter's teardown skipped (as the signal's default action would),
+    so that the process is gone within the 100 ms a stop signal allows."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
+def raise_if_stopping(c_machine):
+    """Raise SystemExit with the stop's exit status if the machine (its C struct) is stopping
+    on a signal (a C main or a wait() in C returned because of it)."""
+    if lib.bm_machine_state(c_machine) == lib.BM_STATE_STOPPING:
+        raise SystemExit(exit_status() or 1)
