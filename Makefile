@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # gcc, binutils: the C core, C apps and flat binaries; nasm: assembly apps; iproute2/iputils-ping/curl: network tests; tcpdump: reading --pcap captures in tests; fio: the drive benchmark's
 # peer; util-linux: losetup for block-device tests; procps: ps/top for tests;
-# xvfb, xdotool, x11-apps, x11-utils: the screen window test (a virtual X server)
-DEBIAN_PACKAGES := gcc libc6-dev binutils make nasm iproute2 iputils-ping curl tcpdump fio util-linux procps xvfb xdotool x11-apps x11-utils
+# xvfb, xdotool, x11-apps, x11-utils: the screen window test (a virtual X server); gdb: the debugging tests
+DEBIAN_PACKAGES := gcc libc6-dev binutils make nasm iproute2 iputils-ping curl tcpdump fio util-linux procps xvfb xdotool x11-apps x11-utils gdb
 NATIVE := $(wildcard native/*.c native/*.h native/*.cdef) native/build.py setup.py pyproject.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

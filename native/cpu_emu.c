@@ -39,6 +39,15 @@
  * Stopping a vCPU from another thread (stop): uc_emu_stop on its engine, only to end its run
  * (never resumed, so the stale RIP does not matter); guest.c repeats it until the vCPU has left
  * (a stop just before uc_emu_start is lost by the engine).
+ *
+ * Under a debugger (gdbstub.c through get_state/set_state/debug): a single step is
+ * uc_emu_start with count 1; each breakpoint is a code hook bounded to its one address
+ * (unicorn only instruments the instructions inside a hook's range, so the rest runs at full
+ * speed) that stops the engine from inside, before the instruction executes, where its state
+ * is exact.  A stop the debugger asks for (Ctrl-C: g->debug_break) is taken the same way, by
+ * a block hook present while a debugger is attached; stop then leaves that engine alone, as
+ * the stale RIP of a stop from outside would make the resumed run repeat instructions.
+ * Translated code is flushed when breakpoints or memory change.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -54,7 +63,9 @@
 #define UC_PROT_ALL 7
 #define UC_HOOK_INTR 1
 #define UC_HOOK_INSN 2
+#define UC_HOOK_CODE 4
 #define UC_HOOK_BLOCK 8
+#define UC_CTL_TB_FLUSH_WRITE (10 | (1 << 30))                /* UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0) */
 #define UC_X86_INS_OUT 500
 #define UC_ERR_OK 0
 #define UC_ERR_READ_UNMAPPED 6
@@ -67,6 +78,8 @@ enum {
 	UCR_RAX = 35, UCR_RBP = 36, UCR_RBX = 37, UCR_RCX = 38, UCR_RDI = 39, UCR_RDX = 40,
 	UCR_RIP = 41, UCR_RSI = 43, UCR_RSP = 44, UCR_EFLAGS = 25, UCR_CR0 = 50, UCR_CR2 = 52,
 	UCR_CR3 = 53, UCR_CR4 = 54, UCR_GDTR = 243, UCR_MSR = 248,
+	UCR_CS = 11, UCR_DS = 17, UCR_ES = 28, UCR_FS = 32, UCR_GS = 33, UCR_SS = 49, UCR_R8 = 106,
+	UCR_XMM0 = 122, UCR_MXCSR = 249, UCR_FS_BASE = 250, UCR_GS_BASE = 251,
 };
 struct uc_x86_mmr { u16 selector; u64 base; u32 limit; u32 flags; };
 struct uc_x86_msr { u32 rid; u64 value; };
@@ -86,6 +99,7 @@ static struct {
 	int (*emu_stop)(uc_engine *uc);
 	int (*hook_add)(uc_engine *uc, uc_hook *hh, int type, void *callback, void *user_data,
 			u64 begin, u64 end, ...);
+	int (*hook_del)(uc_engine *uc, uc_hook hh);
 	const char *(*strerror)(int code);
 	unsigned (*version)(unsigned *major, unsigned *minor);
 } uc;
@@ -100,6 +114,12 @@ struct emu_cpu {
 	int faulted;                         /* the interrupt hook saw an exception: */
 	unsigned vector;
 	u64 fault_rip, cr2;
+	int stepping;                        /* under a debugger: run one instruction at a time */
+	int debugged;                        /* under a debugger: debug_hook stops for its requests */
+	uc_hook debug_hook;
+	int hit;                             /* a breakpoint hook stopped the engine */
+	unsigned breakpoints;                /* code hooks, one per breakpoint address */
+	uc_hook breakpoint_hooks[BM_CPU_BREAKPOINTS];
 };
 
 struct emu_vm {                              /* the machine's turn (see the top of this file) */
@@ -125,10 +145,10 @@ int bm_emu_load(const char *path)
 	void **slots[] = { (void **)&uc.open, (void **)&uc.close, (void **)&uc.ctl, (void **)&uc.mem_map_ptr,
 			   (void **)&uc.reg_read, (void **)&uc.reg_write, (void **)&uc.reg_read_batch,
 			   (void **)&uc.reg_write_batch, (void **)&uc.emu_start, (void **)&uc.emu_stop,
-			   (void **)&uc.hook_add, (void **)&uc.strerror, (void **)&uc.version };
+			   (void **)&uc.hook_add, (void **)&uc.strerror, (void **)&uc.version, (void **)&uc.hook_del };
 	const char *names[] = { "uc_open", "uc_close", "uc_ctl", "uc_mem_map_ptr", "uc_reg_read",
 				"uc_reg_write", "uc_reg_read_batch", "uc_reg_write_batch", "uc_emu_start",
-				"uc_emu_stop", "uc_hook_add", "uc_strerror", "uc_version" };
+				"uc_emu_stop", "uc_hook_add", "uc_strerror", "uc_version", "uc_hook_del" };
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
 		if ((*slots[i] = dlsym(lib, names[i])) == NULL)
 			return (int)bm_fail(BM_ERR_IO, "%s: no %s: not unicorn 2", path, names[i]) - 1;
@@ -241,6 +261,28 @@ static void on_interrupt(uc_engine *engine, u32 vector, void *user)
 	uc.reg_read(engine, UCR_RIP, &c->fault_rip);
 	uc.reg_read(engine, UCR_CR2, &c->cr2);
 	uc.emu_stop(engine);
+}
+
+/* on_breakpoint -- a breakpoint's address is about to execute: stop before it
+ *  IN:  engine, address, size, c */
+static void on_breakpoint(uc_engine *engine, u64 address, u32 size, void *user)
+{
+	(void)address;
+	(void)size;
+	((struct emu_cpu *)user)->hit = 1;
+	uc.emu_stop(engine);
+}
+
+/* on_debug_block -- before each block while a debugger is attached: stop (from inside, so the
+ * state is exact) when the debugger asked for it (Ctrl-C) or the vCPU must stop anyway
+ *  IN:  engine, address, size, c */
+static void on_debug_block(uc_engine *engine, u64 address, u32 size, void *user)
+{
+	(void)address;
+	(void)size;
+	struct emu_cpu *c = user;
+	if (__builtin_expect(bm_guest_must_stop(&c->base) != BM_GUEST_GO_ON, 0))
+		uc.emu_stop(engine);
 }
 
 /* ---- the ops --------------------------------------------------------------------------- */
@@ -360,7 +402,9 @@ static int emu_get_regs(struct bm_guest_cpu *c, struct bm_guest_regs *r)
  *  IN:  c */
 static void emu_stop(struct bm_guest_cpu *c)
 {
-	uc.emu_stop(((struct emu_cpu *)c)->engine);
+	struct emu_cpu *e = (struct emu_cpu *)c;
+	if (!e->debugged)                            /* else on_debug_block stops it, exactly */
+		uc.emu_stop(e->engine);
 }
 
 /* emu_run -- run until the code returns to the exit stub, must stop, or faults (the engine
@@ -377,7 +421,8 @@ static int emu_run(struct bm_guest_cpu *c)
 			return end;
 		take_turn(vm, e);
 		e->faulted = 0;
-		int err = uc.emu_start(e->engine, e->rip, BM_GUEST_EXIT_STUB, 0, 0);
+		e->hit = 0;
+		int err = uc.emu_start(e->engine, e->rip, BM_GUEST_EXIT_STUB, 0, e->stepping ? 1 : 0);
 		give_turn(vm);
 		uc.reg_read(e->engine, UCR_RIP, &e->rip);
 		if (e->faulted == 1)
@@ -395,7 +440,102 @@ static int emu_run(struct bm_guest_cpu *c)
 				       c->core, e->rip, uc.strerror(err)), BM_GUEST_FAULT;
 		if (e->rip == BM_GUEST_EXIT_STUB)
 			return BM_GUEST_RETURNED;
+		if (e->hit || e->stepping)
+			return BM_GUEST_DEBUG;
 	}
+}
+
+/* state_ids -- unicorn's ids for struct bm_cpu_state's registers, with where each goes */
+static int state_ids(struct bm_cpu_state *s, int *ids, void **values)
+{
+	static const int gpr[16] = { UCR_RAX, UCR_RBX, UCR_RCX, UCR_RDX, UCR_RSI, UCR_RDI, UCR_RBP,
+				     UCR_RSP, UCR_R8, UCR_R8 + 1, UCR_R8 + 2, UCR_R8 + 3, UCR_R8 + 4,
+				     UCR_R8 + 5, UCR_R8 + 6, UCR_R8 + 7 };
+	static const int seg[6] = { UCR_CS, UCR_SS, UCR_DS, UCR_ES, UCR_FS, UCR_GS };
+	int n = 0;
+	for (int i = 0; i < 16; i++, n++)
+		ids[n] = gpr[i], values[n] = &s->gpr[i];
+	for (int i = 0; i < 16; i++, n++)
+		ids[n] = UCR_XMM0 + i, values[n] = s->xmm[i];
+	int more[] = { UCR_RIP, UCR_EFLAGS, UCR_FS_BASE, UCR_GS_BASE, UCR_MXCSR };
+	void *where[] = { &s->rip, &s->rflags, &s->fs_base, &s->gs_base, &s->mxcsr };
+	for (int i = 0; i < 5; i++, n++)
+		ids[n] = more[i], values[n] = where[i];
+	for (int i = 0; i < 6; i++, n++)             /* read only from here on */
+		ids[n] = seg[i], values[n] = &s->seg[i];
+	int control[] = { UCR_CR0, UCR_CR2, UCR_CR3, UCR_CR4 };
+	void *to[] = { &s->cr0, &s->cr2, &s->cr3, &s->cr4 };
+	for (int i = 0; i < 4; i++, n++)
+		ids[n] = control[i], values[n] = to[i];
+	return n;
+}
+#define STATE_WRITABLE 37                    /* gprs, xmm, rip, rflags, bases, mxcsr */
+
+/* emu_get_state / emu_set_state -- every register of a vCPU that is not running
+ *  IN:  c, s
+ * OUT:  0 (and *s), or BM_GUEST_FAULT */
+static int emu_get_state(struct bm_guest_cpu *c, struct bm_cpu_state *s)
+{
+	struct emu_cpu *e = (struct emu_cpu *)c;
+	int ids[48];
+	void *values[48];
+	memset(s, 0, sizeof *s);
+	int n = state_ids(s, ids, values);
+	if (uc.reg_read_batch(e->engine, ids, values, n) != UC_ERR_OK)
+		return bm_fail(BM_ERR_STATE, "emulated CPU: cannot read the registers"), BM_GUEST_FAULT;
+	struct uc_x86_msr efer = { 0xC0000080, 0 };
+	uc.reg_read(e->engine, UCR_MSR, &efer);
+	s->efer = efer.value;
+	return 0;
+}
+
+static int emu_set_state(struct bm_guest_cpu *c, const struct bm_cpu_state *s)
+{
+	struct emu_cpu *e = (struct emu_cpu *)c;
+	struct bm_cpu_state copy = *s;
+	int ids[48];
+	void *values[48];
+	state_ids(&copy, ids, values);
+	if (uc.reg_write_batch(e->engine, ids, values, STATE_WRITABLE) != UC_ERR_OK)
+		return bm_fail(BM_ERR_STATE, "emulated CPU: cannot write the registers"), BM_GUEST_FAULT;
+	e->rip = s->rip;
+	return 0;
+}
+
+/* emu_debug -- what the next runs stop for: one code hook per breakpoint address; a step
+ *  IN:  c, d (NULL: nothing)
+ * OUT:  0, or BM_GUEST_FAULT */
+static int emu_debug(struct bm_guest_cpu *c, const struct bm_cpu_debug *d)
+{
+	struct emu_cpu *e = (struct emu_cpu *)c;
+	static const struct bm_cpu_debug none;
+	if (d == NULL)
+		d = &none;
+	e->stepping = d->step;
+	int attach = d != &none && !e->debugged, detach = d == &none && e->debugged;
+	if (attach) {
+		int err = uc.hook_add(e->engine, &e->debug_hook, UC_HOOK_BLOCK, (void *)on_debug_block, e, 1, 0);
+		if (err != UC_ERR_OK)
+			return fail_uc("debugger hook", err), BM_GUEST_FAULT;
+		e->debugged = 1;
+	} else if (detach) {
+		uc.hook_del(e->engine, e->debug_hook);
+		e->debugged = 0;
+	}
+	if (!attach && !detach && !d->code_changed && d->n == 0 && e->breakpoints == 0)
+		return 0;                                 /* else rebuild the hooks: cheap, rare */
+	for (unsigned i = 0; i < e->breakpoints; i++)
+		uc.hook_del(e->engine, e->breakpoint_hooks[i]);
+	e->breakpoints = 0;
+	for (unsigned i = 0; i < d->n && i < BM_CPU_BREAKPOINTS; i++) {
+		int err = uc.hook_add(e->engine, &e->breakpoint_hooks[i], UC_HOOK_CODE, (void *)on_breakpoint,
+				      e, d->at[i], d->at[i]);
+		if (err != UC_ERR_OK)
+			return fail_uc("breakpoint", err), BM_GUEST_FAULT;
+		e->breakpoints++;
+	}
+	uc.ctl(e->engine, UC_CTL_TB_FLUSH_WRITE);    /* code translated before has no hooks */
+	return 0;
 }
 
 static const struct bm_cpu_ops emu_ops = {
@@ -408,6 +548,9 @@ static const struct bm_cpu_ops emu_ops = {
 	.stop = emu_stop,
 	.cpu_free = emu_cpu_free,
 	.close = emu_close,
+	.get_state = emu_get_state,
+	.set_state = emu_set_state,
+	.debug = emu_debug,
 };
 
 /* bm_cpu_emu_ops -- the emulated CPU's table (for bm_guest_run_app) */

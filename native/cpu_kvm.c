@@ -13,6 +13,10 @@
  * signal can only end a KVM_RUN, never interrupt the host code of a call; immediate_exit ends
  * a KVM_RUN that starts just after the stop.
  *
+ * Under a debugger (gdbstub.c): KVM_SET_GUEST_DEBUG, single steps with KVM_GUESTDBG_SINGLESTEP
+ * and breakpoints in the 4 debug registers (KVM_GUESTDBG_USE_HW_BP); a KVM_EXIT_DEBUG ends the
+ * run with BM_GUEST_DEBUG.
+ *
  * KVM runs ring 0 natively only with VMX/SVM; under PVM (a guest kernel's KVM without them)
  * ring 0 is emulated instruction by instruction, slowly, and SSE fails: pybaremetal/cpu picks
  * the emulated CPU there (see cpu/__init__.py).
@@ -331,6 +335,8 @@ static int kvm_run(struct bm_guest_cpu *c)
 			return fault(v, r->rax & 0xFF, r);
 		if (run->exit_reason == KVM_EXIT_HLT && r->rip == BM_GUEST_EXIT_STUB + 1)
 			return BM_GUEST_RETURNED;
+		if (run->exit_reason == KVM_EXIT_DEBUG)
+			return BM_GUEST_DEBUG;
 		switch (run->exit_reason) {
 		case KVM_EXIT_SHUTDOWN:
 			return bm_guest_fault(c, 255, 0, r->rip, 0);
@@ -357,6 +363,84 @@ static int kvm_run(struct bm_guest_cpu *c)
 	}
 }
 
+/* kvm_get_state -- every register of a vCPU that is not running (KVM_GET_REGS, _SREGS, _FPU)
+ *  IN:  c
+ * OUT:  0 and *s, or BM_GUEST_FAULT */
+static int kvm_get_state(struct bm_guest_cpu *c, struct bm_cpu_state *s)
+{
+	struct kvm_cpu *v = (struct kvm_cpu *)c;
+	struct kvm_regs r;
+	struct kvm_sregs sr;
+	struct kvm_fpu fpu;
+	if (ioctl(v->fd, KVM_GET_REGS, &r) < 0 || ioctl(v->fd, KVM_GET_SREGS, &sr) < 0)
+		return fail_errno("KVM_GET_REGS");
+	memset(s, 0, sizeof *s);
+	u64 gpr[16] = { r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp,
+			r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15 };
+	memcpy(s->gpr, gpr, sizeof gpr);
+	s->rip = r.rip, s->rflags = r.rflags;
+	u64 seg[6] = { sr.cs.selector, sr.ss.selector, sr.ds.selector, sr.es.selector,
+		       sr.fs.selector, sr.gs.selector };
+	memcpy(s->seg, seg, sizeof seg);
+	s->fs_base = sr.fs.base, s->gs_base = sr.gs.base;
+	s->cr0 = sr.cr0, s->cr2 = sr.cr2, s->cr3 = sr.cr3, s->cr4 = sr.cr4, s->efer = sr.efer;
+	if (ioctl(v->fd, KVM_GET_FPU, &fpu) == 0) {
+		memcpy(s->xmm, fpu.xmm, sizeof s->xmm);
+		s->mxcsr = fpu.mxcsr;
+	}
+	return 0;
+}
+
+/* kvm_set_state -- gprs, rip, rflags, fs_base, gs_base, xmm, mxcsr of a vCPU that is not running
+ *  IN:  c, s
+ * OUT:  0, or BM_GUEST_FAULT */
+static int kvm_set_state(struct bm_guest_cpu *c, const struct bm_cpu_state *s)
+{
+	struct kvm_cpu *v = (struct kvm_cpu *)c;
+	struct kvm_regs r;
+	struct kvm_sregs sr;
+	struct kvm_fpu fpu;
+	if (ioctl(v->fd, KVM_GET_SREGS, &sr) < 0 || ioctl(v->fd, KVM_GET_FPU, &fpu) < 0)
+		return fail_errno("KVM_GET_SREGS");
+	const u64 *g = s->gpr;
+	r = (struct kvm_regs){ .rax = g[0], .rbx = g[1], .rcx = g[2], .rdx = g[3], .rsi = g[4],
+			       .rdi = g[5], .rbp = g[6], .rsp = g[7], .r8 = g[8], .r9 = g[9], .r10 = g[10],
+			       .r11 = g[11], .r12 = g[12], .r13 = g[13], .r14 = g[14], .r15 = g[15],
+			       .rip = s->rip, .rflags = s->rflags };
+	sr.fs.base = s->fs_base, sr.gs.base = s->gs_base;
+	memcpy(fpu.xmm, s->xmm, sizeof fpu.xmm);
+	fpu.mxcsr = s->mxcsr;
+	v->run->kvm_dirty_regs = 0;
+	if (ioctl(v->fd, KVM_SET_REGS, &r) < 0 || ioctl(v->fd, KVM_SET_SREGS, &sr) < 0 ||
+	    ioctl(v->fd, KVM_SET_FPU, &fpu) < 0)
+		return fail_errno("KVM_SET_REGS");
+	return 0;
+}
+
+/* kvm_debug -- KVM_SET_GUEST_DEBUG: a single step, breakpoints in the debug registers
+ *  IN:  c, d (NULL: nothing; at most 4 breakpoints)
+ * OUT:  0, or BM_GUEST_FAULT (too many breakpoints, or KVM refused) */
+static int kvm_debug(struct bm_guest_cpu *c, const struct bm_cpu_debug *d)
+{
+	struct kvm_cpu *v = (struct kvm_cpu *)c;
+	struct kvm_guest_debug debug;
+	memset(&debug, 0, sizeof debug);
+	if (d != NULL && d->n > 4)
+		return bm_fail(BM_ERR_FULL, "KVM: at most 4 breakpoints (debug registers)"), BM_GUEST_FAULT;
+	if (d != NULL && (d->step || d->n)) {
+		debug.control = KVM_GUESTDBG_ENABLE | (d->step ? KVM_GUESTDBG_SINGLESTEP : 0) |
+				(d->n ? KVM_GUESTDBG_USE_HW_BP : 0);
+		debug.arch.debugreg[7] = 0x400;              /* bit 10 is always 1 */
+		for (unsigned i = 0; i < d->n; i++) {        /* execute breakpoints: RW=00, LEN=00 */
+			debug.arch.debugreg[i] = d->at[i];
+			debug.arch.debugreg[7] |= 1ull << (2 * i);
+		}
+	}
+	if (ioctl(v->fd, KVM_SET_GUEST_DEBUG, &debug) < 0)
+		return fail_errno("KVM_SET_GUEST_DEBUG");
+	return 0;
+}
+
 static const struct bm_cpu_ops kvm_ops = {
 	.name = "kvm",
 	.open = kvm_open,
@@ -367,6 +451,9 @@ static const struct bm_cpu_ops kvm_ops = {
 	.stop = kvm_stop,
 	.cpu_free = kvm_cpu_free,
 	.close = kvm_close,
+	.get_state = kvm_get_state,
+	.set_state = kvm_set_state,
+	.debug = kvm_debug,
 };
 
 /* bm_cpu_kvm_ops -- the KVM backend's table (for bm_guest_run_app) */

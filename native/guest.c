@@ -41,6 +41,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "coredump.h"
+#include "gdbstub.h"
 #include "guest.h"
 #include "trace.h"
 
@@ -164,6 +166,8 @@ int bm_guest_must_stop(struct bm_guest_cpu *c)
 		return BM_GUEST_SHUTDOWN;
 	if (state == BM_STATE_REBOOT)
 		return BM_GUEST_REBOOT;
+	if (c->core == 0 && atomic_load(&c->guest->debug_break))
+		return BM_GUEST_DEBUG;
 	return c->core != 0 && atomic_load(&c->guest->ending) ? BM_GUEST_RETURNED : BM_GUEST_GO_ON;
 }
 
@@ -176,6 +180,42 @@ static const char *const vector_names[BM_GUEST_VECTORS] = {
 	"#PF page fault", "vector 15", "#MF x87 error", "#AC alignment check", "#MC machine check",
 	"#XM SIMD error", "#VE virtualization", "#CP control protection",
 };
+
+/* bm_guest_state -- every register of a vCPU that is not running, as the code that faulted
+ * or was stopped sees them: when the vCPU sits in one of guest.c's exception stubs (KVM
+ * delivers exceptions through the IDT), rip, rflags and rsp come from the exception frame
+ * (rax's low byte is the stub's vector)
+ *  IN:  c
+ * OUT:  0 and *s; BM_GUEST_FAULT (error recorded) */
+int bm_guest_state(struct bm_guest_cpu *c, struct bm_cpu_state *s)
+{
+	if (c->guest->ops->get_state(c, s) != 0)
+		return BM_GUEST_FAULT;
+	u64 stub = s->rip - BM_GUEST_FAULTS;
+	if (s->rip >= BM_GUEST_FAULTS && stub < 8 * BM_GUEST_VECTORS) {
+		unsigned vector = (unsigned)(stub / 8);
+		int code = vector == 8 || (vector >= 10 && vector <= 14) || vector == 17 || vector == 21;
+		const u64 *frame = bm_guest_to_host(c->guest->m, s->gpr[7], 8 * 5 + 8);
+		if (frame != NULL) {             /* [error code] rip cs rflags rsp ss */
+			s->rip = frame[code];
+			s->rflags = frame[code + 2];
+			s->gpr[7] = frame[code + 3];
+		}
+	}
+	return 0;
+}
+
+/* fault_signal -- the POSIX signal a process would get for exception `vector` */
+static int fault_signal(unsigned vector)
+{
+	switch (vector) {
+	case 0: case 16: case 19: return 8;          /* SIGFPE */
+	case 6: return 4;                            /* SIGILL */
+	case 1: case 3: return 5;                    /* SIGTRAP */
+	case 17: return 7;                           /* SIGBUS */
+	default: return 11;                          /* SIGSEGV */
+	}
+}
 
 /* bm_guest_fault -- record what a fault was: vector, core, rip, instruction bytes (+ CR2 for #PF,
  * + a note for AVX, which an emulated CPU lacks)
@@ -203,6 +243,14 @@ int bm_guest_fault(struct bm_guest_cpu *c, unsigned vector, u64 error_code, u64 
 	char number[32];
 	snprintf(number, sizeof number, "interrupt %u", vector);
 	const char *name = vector < 22 ? vector_names[vector] : vector == 255 ? "triple fault" : number;
+	struct bm_cpu_state state;
+	g->fault_signal = fault_signal(vector);
+	if (g->core_dir != NULL && bm_guest_state(c, &state) == 0) {   /* before bm_fail: it may fail */
+		state.rip = rip;
+		if (vector == 14)
+			state.cr2 = cr2;
+		bm_core_write(m, g->core_dir, c->core, &state, g->fault_signal, g->core_path);
+	}
 	bm_fail(BM_ERR_STATE, "the app crashed on core %u: %s at rip 0x%llx%s [%s]", c->core, name,
 		(unsigned long long)rip, extra, bytes[0] ? bytes : "no code there");
 	if (c->core == 0) {                          /* core 0's fault ends the run: its outcome */
@@ -423,7 +471,7 @@ static int run_code(struct bm_guest *g, u32 index, u64 code, u64 *rax)
 		return BM_GUEST_FAULT;
 	if (index == 0)
 		atomic_store(&g->core0_running, 1);
-	int end = g->ops->run(c);
+	int end = index == 0 && g->gdb != NULL ? bm_gdb_serve(g->gdb, c) : g->ops->run(c);
 	if (index == 0)
 		atomic_store(&g->core0_running, 0);
 	if (end == BM_GUEST_RETURNED && rax != NULL) {
@@ -625,18 +673,35 @@ static int run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, u64 *rax,
  *       backend or the machine refused) */
 void bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_outcome *out)
 {
+	bm_guest_run_debug(m, ops, NULL, NULL, NULL, out);
+}
+
+/* bm_guest_run_debug -- bm_guest_run_app, with core 0 under a gdb stub (gdbstub.c: it waits for
+ * gdb's packets before the first instruction) and/or a core file written on a fault
+ *  IN:  m, ops, gdb (bm_gdb_open's, or NULL), core_dir (a directory, or NULL), core_path (NULL,
+ *       or 256 bytes: the core file's path is put there, "" when none was written), out
+ * OUT:  as bm_guest_run_app */
+void bm_guest_run_debug(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_gdb *gdb,
+			const char *core_dir, char *core_path, struct bm_outcome *out)
+{
 	bm_error_clear();
 	struct bm_guest *g = NULL;
 	u64 rax = 0;
 	int end = BM_GUEST_FAULT;
+	if (core_path != NULL)
+		core_path[0] = 0;
 	if (m->mem_size > MAX_MEMORY)
 		bm_fail(BM_ERR_ARGUMENT, "binaries run on machines of at most 16 GiB");
 	else if (atomic_load(&m->guest) != NULL)
 		bm_fail(BM_ERR_STATE, "a binary is already running on this machine");
 	else if ((g = calloc(1, sizeof *g)) == NULL)
 		bm_fail(BM_ERR_FULL, "out of host memory");
-	else
+	else {
+		g->gdb = gdb;
+		g->core_dir = core_dir;
+		g->core_path = core_path;
 		end = run_app(m, ops, &rax, g);
+	}
 	int how = end == BM_GUEST_RETURNED ? BM_END_RETURNED : end == BM_GUEST_SHUTDOWN ? BM_END_SHUTDOWN :
 		  end == BM_GUEST_REBOOT ? BM_END_REBOOT : g && g->faulted ? BM_END_EXCEPTION : BM_END_FAILED;
 	if (how == BM_END_SHUTDOWN && atomic_load(&m->state) == BM_STATE_STOPPING)

@@ -33,6 +33,7 @@ enum bm_guest_end {
 	BM_GUEST_SHUTDOWN = 1,  /* b_system(SHUTDOWN), or the machine was stopped from outside */
 	BM_GUEST_REBOOT = 2,    /* b_system(REBOOT) */
 	BM_GUEST_GO_ON = 3,     /* bm_guest_must_stop: nothing to stop for */
+	BM_GUEST_DEBUG = 4,     /* under a debugger: a step, a breakpoint or an interrupt stopped it */
 	BM_GUEST_FAULT = -1,    /* the app crashed or the backend failed: the error says which */
 };
 
@@ -41,7 +42,28 @@ struct bm_guest_regs {
 	u64 rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp, rip, rflags;
 };
 
+/* The whole register state a debugger or a core file shows (gdb's amd64 order). */
+struct bm_cpu_state {
+	u64 gpr[16];            /* rax rbx rcx rdx rsi rdi rbp rsp r8 .. r15 */
+	u64 rip, rflags;
+	u64 seg[6];             /* selectors: cs ss ds es fs gs */
+	u64 fs_base, gs_base;
+	u64 cr0, cr2, cr3, cr4, efer;
+	u8 xmm[16][16];
+	u32 mxcsr;
+};
+
+/* What the next run stops for, under a debugger (ops->debug). */
+#define BM_CPU_BREAKPOINTS 64
+struct bm_cpu_debug {
+	int step;                        /* run one instruction, then BM_GUEST_DEBUG */
+	int code_changed;                /* the debugger wrote guest memory: forget translated code */
+	unsigned n;                      /* breakpoints: stop (BM_GUEST_DEBUG) before executing... */
+	u64 at[BM_CPU_BREAKPOINTS];      /* ...an instruction at one of these virtual addresses */
+};
+
 struct bm_guest;
+struct bm_gdb;
 
 /* One vCPU: the backend's own struct starts with this one. */
 struct bm_guest_cpu {
@@ -58,7 +80,12 @@ struct bm_guest_cpu {
  *                    bm_guest_must_stop says to stop (its value), or a fault (bm_guest_fault's
  *                    value).  Calls go to bm_guest_call(c, n, regs) as they happen.
  *  stop(c)           from any thread: make run look at bm_guest_must_stop soon (< 100 ms)
- *  cpu_free(c), close(g) */
+ *  cpu_free(c), close(g)
+ * For a debugger (gdbstub.c) and core files, on a vCPU that is not running:
+ *  get_state/set_state  every register of struct bm_cpu_state (set: gprs, rip, rflags,
+ *                    fs_base, gs_base); 0, or BM_GUEST_FAULT
+ *  debug(c, d)       what the next runs stop for (d: NULL or all zero = nothing): run then
+ *                    returns BM_GUEST_DEBUG; 0, or BM_GUEST_FAULT (error recorded: unsupported) */
 struct bm_cpu_ops {
 	const char *name;
 	int (*open)(struct bm_guest *g);
@@ -69,6 +96,9 @@ struct bm_cpu_ops {
 	void (*stop)(struct bm_guest_cpu *c);
 	void (*cpu_free)(struct bm_guest_cpu *c);
 	void (*close)(struct bm_guest *g);
+	int (*get_state)(struct bm_guest_cpu *c, struct bm_cpu_state *s);
+	int (*set_state)(struct bm_guest_cpu *c, const struct bm_cpu_state *s);
+	int (*debug)(struct bm_guest_cpu *c, const struct bm_cpu_debug *d);
 };
 
 /* One run of a binary on a machine (guest.c owns it; m->guest points at it while it runs). */
@@ -83,6 +113,11 @@ struct bm_guest {
 	_Atomic u64 callback[3];              /* guest functions of CALLBACK_TIMER/_NETWORK/_KEYBOARD */
 	_Atomic u64 output;                   /* guest function of STDOUT_SET, 0 = the console */
 	struct bm_guest_cpu *_Atomic cpus[BM_MAX_CORES + 1];   /* [num_cores]: the service thread's */
+	struct bm_gdb *gdb;                   /* core 0 runs under this debugger (gdbstub.c), or NULL */
+	_Atomic int debug_break;              /* the debugger asks core 0 to stop (BM_GUEST_DEBUG) */
+	const char *core_dir;                 /* a fault writes a core file here (coredump.c), or NULL */
+	char *core_path;                      /* ...and its path here (256 bytes), if not NULL */
+	int fault_signal;                     /* the last fault's POSIX signal (for gdb) */
 	int faulted;                          /* core 0 faulted: `fault` says how */
 	struct { int vector; u64 rip, address; u32 insn_len; u8 insn[16]; } fault;
 };
@@ -92,6 +127,7 @@ void bm_guest_call(struct bm_guest_cpu *c, unsigned n, struct bm_guest_regs *r);
 int bm_guest_must_stop(struct bm_guest_cpu *c);
 int bm_guest_fault(struct bm_guest_cpu *c, unsigned vector, u64 error_code, u64 rip, u64 cr2);
 void *bm_guest_to_host(struct bm_machine *m, u64 va, u64 len);
+int bm_guest_state(struct bm_guest_cpu *c, struct bm_cpu_state *s);
 
 /* the backends (cpu_kvm.c, cpu_emu.c) */
 const struct bm_cpu_ops *bm_cpu_kvm_ops(void);
@@ -99,6 +135,8 @@ const struct bm_cpu_ops *bm_cpu_emu_ops(void);
 
 /* for Python (guest.cdef) */
 void bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_outcome *out);
+void bm_guest_run_debug(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_gdb *gdb,
+			const char *core_dir, char *core_path, struct bm_outcome *out);
 void bm_guest_kick(struct bm_machine *m);
 void bm_guest_stop(struct bm_machine *m);
 void bm_guest_shutdown(struct bm_machine *m);

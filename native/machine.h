@@ -21,6 +21,8 @@
 #include "service.h"
 #include "trace.h"
 
+struct bm_guest;                /* the run of a flat binary (guest.c) */
+
 /* The linear frame buffer, described to the app by SCREEN_* and the InfoMap. */
 struct bm_screen {
 	u64 lfb;                /* physical address in flat memory, 0 when there is no screen */

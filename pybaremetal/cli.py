@@ -98,6 +98,11 @@ def _add_machine_options(parser):
                             "default: $BAREMETAL_CPU or auto)")
     group.add_argument("--cmdline", default=None, metavar="TEXT",
                        help="the kernel command line, a NUL-terminated string at physical 0x5A00")
+    group.add_argument("--gdb", default=None, metavar="PORT",
+                       help="a flat binary waits for gdb on 127.0.0.1:PORT before its first "
+                            "instruction (0: any free port, printed); then gdb -ex 'target remote :PORT'")
+    group.add_argument("--dumpcore", default=None, metavar="DIR",
+                       help="a flat binary that crashes writes an ELF core file for gdb into DIR")
     group.add_argument("-v", "--verbose", action="store_true",
                        help="say which CPU backend runs a flat binary, and why")
     screen = parser.add_argument_group("the screen")
@@ -188,7 +193,8 @@ def build_parser():
 
 
 MACHINE_DEFAULTS = dict(cores=None, memory="256M", console="stdout", input=None, pin=True,
-                       queue_size=4096, screen=None, trace=None, cpu=None, cmdline=None)
+                       queue_size=4096, screen=None, trace=None, cpu=None, cmdline=None, gdb=None,
+                       dumpcore=None)
 
 
 def machine_kwargs(args):
@@ -300,6 +306,9 @@ def cmd_cc(args, gcc_args):
 def cmd_run(args, app_argv):
     from .apps import binary, c, loader_for
     loader = loader_for(args.app)
+    if (args.gdb, args.dumpcore) != (None, None) and not (loader is binary or args.flat):
+        raise ArgumentError("--gdb and --dumpcore are for flat binaries (.app, .asm); debug a C or "
+                            "Python app with gdb --args python -m pybaremetal run APP (see README)")
     if args.verbose and (loader is binary or args.flat):
         from . import cpu
         print(f"baremetal: cpu: {cpu.choose(args.cpu)[1]}", file=sys.stderr)

@@ -4,6 +4,7 @@ A Machine is an object, not a global: several can live in one process.  The call
 *current* machine of the calling thread: core 0 (the BSP) is the thread that boots the machine
 or calls :meth:`Machine.run`; other cores are threads the machine starts itself.
 """
+import os
 import threading
 import warnings
 import weakref
@@ -59,10 +60,14 @@ class Machine:
     ``cpu``: how flat binaries execute: "auto", "kvm" or "emu" (pybaremetal.cpu); None (default):
     $BAREMETAL_CPU, else "auto".
     ``cmdline``: the kernel command line, a NUL-terminated string at physical 0x5A00.
+    ``gdb``: a TCP port: a flat binary waits for gdb there (127.0.0.1; 0 picks a port, printed)
+    and runs under its control (pybaremetal.cpu.gdb).  ``dumpcore``: a directory: a flat
+    binary that faults writes an ELF core file there for gdb.
     """
 
     def __init__(self, cores=None, memory="256M", console=None, input=None, pin=True,
-                 drives=(), nics=(), screen=None, queue_size=4096, trace=None, cpu=None, cmdline=None):
+                 drives=(), nics=(), screen=None, queue_size=4096, trace=None, cpu=None,
+                 cmdline=None, gdb=None, dumpcore=None):
         if cores is None:
             cores = smp.host_cpus()
         if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= 256:
@@ -78,6 +83,11 @@ class Machine:
                                     or len(cmdline.encode()) >= 0x600):
             raise ArgumentError("cmdline must be a str without NUL of at most 1535 bytes")
         self.cpu, self.cmdline = cpu, cmdline
+        if gdb is not None or dumpcore is not None:
+            from .cpu import gdb as debugging
+            gdb = None if gdb is None else debugging.check_port(gdb)
+            dumpcore = None if dumpcore is None else debugging.check_core_dir(os.fspath(dumpcore))
+        self.gdb, self.dumpcore = gdb, dumpcore
         self.num_cores = cores
         self.memory_size = size
         self.pin = pin

@@ -40,7 +40,9 @@ class BuildError(BareMetalError):
 def build(sources, output, optimize="-O2", extra_flags=()):
     """Compile C ``sources`` into a flat binary ``output`` for the real kernel (and for
     ``baremetal run``): crt0 + the call-table libBareMetal + the app, linked at
-    0xFFFF800000000000 by native/flat/app.ld.  Raises BuildError when gcc or ld fails."""
+    0xFFFF800000000000 by native/flat/app.ld.  With -g among ``extra_flags``, also NAME.elf:
+    the same link as an ELF file with symbols, for gdb (``--gdb``).  Raises BuildError when
+    gcc or ld fails."""
     for source in sources:
         if not os.path.exists(source):
             raise ArgumentError(f"{source}: no such file")
@@ -59,6 +61,11 @@ def build(sources, output, optimize="-O2", extra_flags=()):
         command = ["ld", "-nostdlib", "-T", os.path.join(flat, "app.ld"), "-o", output, *objects]
         if subprocess.run(command).returncode != 0:
             raise BuildError(f"linking {output} failed")
+        if "-g" in extra_flags:            # symbols for gdb (--gdb): the same link as an ELF file
+            symbols = os.path.splitext(output)[0] + ".elf"
+            if subprocess.run(command[:-len(objects) - 2] + ["--oformat", "elf64-x86-64", "--no-warn-rwx-segments", "-o", symbols,
+                                                             *objects]).returncode != 0:
+                raise BuildError(f"linking {symbols} failed")
     return output
 
 

@@ -51,9 +51,27 @@ def choose(name=None):
 
 def run(machine, backend):
     """Run the image loaded at 0xFFFF800000000000 on core 0 (the calling thread) with the
-    ``backend`` module.  Returns the app's RAX; raises Shutdown/Reboot for those calls and
+    ``backend`` module; under gdb if the machine has ``gdb`` (a port), writing a core file on a
+    fault if it has ``dumpcore`` (a directory).  Returns the app's RAX; raises Shutdown/Reboot for those calls and
     AppCrashed (saying where) when it faults."""
     from ..apps import finish
     outcome = ffi.new("struct bm_outcome *")
-    lib.bm_guest_run_app(machine._c, backend.ops(), outcome)
-    return finish(outcome) & ((1 << 64) - 1)
+    port, core_dir = getattr(machine, "gdb", None), getattr(machine, "dumpcore", None)
+    if port is None and core_dir is None:
+        lib.bm_guest_run_app(machine._c, backend.ops(), outcome)
+        return finish(outcome) & ((1 << 64) - 1)
+    from . import gdb                      # --gdb / --dumpcore (cpu/gdb.py, native/gdbstub.c)
+    stub = gdb.wait_for_gdb(port) if port is not None else ffi.NULL
+    core_path = ffi.new("char[256]")
+    try:
+        lib.bm_guest_run_debug(machine._c, backend.ops(), stub,
+                               core_dir.encode() if core_dir else ffi.NULL, core_path, outcome)
+    finally:
+        lib.bm_gdb_close(stub)
+    try:
+        return finish(outcome) & ((1 << 64) - 1)
+    except AppCrashed as crash:
+        if core_path[0] == b"\0":
+            raise
+        raise AppCrashed(f"{crash}; core file: {ffi.string(core_path).decode()}", crash.exit_status,
+                         crash.outcome) from None
