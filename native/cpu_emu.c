@@ -36,6 +36,10 @@
  * instructions are thereby atomic with respect to other cores, at the cost of not running
  * guest code on two cores at once.
  *
+ * A guest `hlt` makes the engine return (its RIP after the hlt; nothing stopped it): the run
+ * waits in bm_guest_halt without the turn, then goes on.  CPUID answers the engine's model
+ * (Nehalem) except the brand string, which is the host CPU's (on_cpuid).
+ *
  * Stopping a vCPU from another thread (stop): uc_emu_stop on its engine, only to end its run
  * (never resumed, so the stale RIP does not matter); guest.c repeats it until the vCPU has left
  * (a stop just before uc_emu_start is lost by the engine).
@@ -50,6 +54,7 @@
  * Translated code is flushed when breakpoints or memory change.
  */
 #define _GNU_SOURCE
+#include <cpuid.h>
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +72,7 @@
 #define UC_HOOK_BLOCK 8
 #define UC_CTL_TB_FLUSH_WRITE (10 | (1 << 30))                /* UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0) */
 #define UC_X86_INS_OUT 500
+#define UC_X86_INS_CPUID 113
 #define UC_ERR_OK 0
 #define UC_ERR_READ_UNMAPPED 6
 #define UC_ERR_WRITE_UNMAPPED 7
@@ -120,6 +126,7 @@ struct emu_cpu {
 	int hit;                             /* a breakpoint hook stopped the engine */
 	unsigned breakpoints;                /* code hooks, one per breakpoint address */
 	uc_hook breakpoint_hooks[BM_CPU_BREAKPOINTS];
+	_Atomic int stopped;                 /* emu_stop was called: an early return is not a hlt */
 };
 
 struct emu_vm {                              /* the machine's turn (see the top of this file) */
@@ -221,6 +228,8 @@ static void on_out(uc_engine *engine, u32 port, int size, u32 value, void *user)
 	struct bm_guest_regs r;
 	void *values[8] = { &r.rax, &r.rbx, &r.rcx, &r.rdx, &r.rsi, &r.rdi, &r.rbp, &r.rsp };
 	uc.reg_read_batch(engine, abi_regs, values, 8);
+	uc.reg_read(engine, UCR_EFLAGS, &r.rflags);
+	u64 flags = r.rflags;
 	unsigned n = port - BM_GUEST_CALL_PORT;
 	u64 next = (n < 8 ? BM_GUEST_STUBS + 8 * n : BM_GUEST_OUTPUT_STUB) + 2;   /* the stub's ret */
 	r.rip = next;
@@ -229,6 +238,8 @@ static void on_out(uc_engine *engine, u32 port, int size, u32 value, void *user)
 	bm_guest_call(&c->base, n, &r);
 	take_turn(vm, c);
 	uc.reg_write_batch(engine, abi_regs, values, 8);
+	if (r.rflags != flags)
+		uc.reg_write(engine, UCR_EFLAGS, &r.rflags);
 	if (r.rip != next)
 		uc.reg_write(engine, UCR_RIP, &r.rip);
 	if (bm_guest_must_stop(&c->base) != BM_GUEST_GO_ON)     /* SHUTDOWN, REBOOT */
@@ -249,6 +260,44 @@ static void on_block(uc_engine *engine, u64 address, u32 size, void *user)
 		give_turn(vm);
 		take_turn(vm, c);
 	}
+}
+
+/* host_brand -- the host CPU's brand string (CPUID 0x80000002..4), 12 words; 0 if it has none */
+static u32 host_brand[12];
+static int host_brand_read;
+
+static int read_host_brand(void)
+{
+	if (!host_brand_read) {
+		unsigned a, b, c, d;
+		if (__get_cpuid(0x80000000u, &a, &b, &c, &d) && a >= 0x80000004u)
+			for (unsigned i = 0; i < 3; i++)
+				__get_cpuid(0x80000002u + i, &host_brand[4 * i], &host_brand[4 * i + 1],
+					    &host_brand[4 * i + 2], &host_brand[4 * i + 3]);
+		host_brand_read = 1;
+	}
+	return host_brand[0] != 0;
+}
+
+/* on_cpuid -- a CPUID: the brand string leaves (0x80000002..4) answer what the host's CPU says,
+ * so apps printing the CPU's name show the machine they run on; the rest is the engine's model
+ *  IN:  engine, c
+ * OUT:  1 (answered here) or 0 (the engine's answer) */
+static int on_cpuid(uc_engine *engine, void *user)
+{
+	(void)user;
+	u64 leaf = 0;
+	uc.reg_read(engine, UCR_RAX, &leaf);
+	leaf &= 0xFFFFFFFFull;
+	if (leaf < 0x80000002ull || leaf > 0x80000004ull || !host_brand[0])
+		return 0;
+	const u32 *w = &host_brand[4 * (leaf - 0x80000002ull)];
+	u64 rax = w[0], rbx = w[1], rcx = w[2], rdx = w[3];
+	uc.reg_write(engine, UCR_RAX, &rax);
+	uc.reg_write(engine, UCR_RBX, &rbx);
+	uc.reg_write(engine, UCR_RCX, &rcx);
+	uc.reg_write(engine, UCR_RDX, &rdx);
+	return 1;
 }
 
 /* on_interrupt -- an exception (or `int n`): record it and stop
@@ -350,7 +399,8 @@ static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
 		return fail_uc("uc_open", err);
 	}
 	uc.ctl(e->engine, UC_CTL_CPU_MODEL_WRITE, UC_CPU_X86_NEHALEM);
-	uc_hook out_hook, interrupt_hook, block_hook;
+	uc_hook out_hook, interrupt_hook, block_hook, cpuid_hook;
+	read_host_brand();
 	int turns = g->m->num_cores > 1 || id == g->m->num_cores;     /* several engines may run */
 	u64 cr0 = 0x80050033, cr3 = 0x2000, cr4 = 0x20 | 0x200 | 0x400;  /* PG..PE; PAE, OSFXSR, OSXMMEXCPT */
 	struct uc_x86_msr efer = { 0xC0000080, 0x500 };                     /* LME, LMA */
@@ -366,6 +416,7 @@ static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
 	    (step = "hooks",
 	     (err = uc.hook_add(e->engine, &out_hook, UC_HOOK_INSN, (void *)on_out, e, 1, 0, UC_X86_INS_OUT)) != UC_ERR_OK ||
 	     (err = uc.hook_add(e->engine, &interrupt_hook, UC_HOOK_INTR, (void *)on_interrupt, e, 1, 0)) != UC_ERR_OK ||
+	     (err = uc.hook_add(e->engine, &cpuid_hook, UC_HOOK_INSN, (void *)on_cpuid, e, 1, 0, UC_X86_INS_CPUID)) != UC_ERR_OK ||
 	     (turns && (err = uc.hook_add(e->engine, &block_hook, UC_HOOK_BLOCK, (void *)on_block, e, 1, 0)) != UC_ERR_OK))) {
 		emu_cpu_free(&e->base);
 		return fail_uc(step, err);
@@ -403,8 +454,16 @@ static int emu_get_regs(struct bm_guest_cpu *c, struct bm_guest_regs *r)
 static void emu_stop(struct bm_guest_cpu *c)
 {
 	struct emu_cpu *e = (struct emu_cpu *)c;
+	atomic_store(&e->stopped, 1);
 	if (!e->debugged)                            /* else on_debug_block stops it, exactly */
 		uc.emu_stop(e->engine);
+}
+
+/* is_hlt_before -- 1 when the instruction before rip is a hlt (the engine returned after one) */
+static int is_hlt_before(struct bm_machine *m, u64 rip)
+{
+	const u8 *p = rip ? bm_guest_to_host(m, rip - 1, 1) : NULL;
+	return p != NULL && *p == 0xF4;
 }
 
 /* emu_run -- run until the code returns to the exit stub, must stop, or faults (the engine
@@ -422,6 +481,7 @@ static int emu_run(struct bm_guest_cpu *c)
 		take_turn(vm, e);
 		e->faulted = 0;
 		e->hit = 0;
+		atomic_store(&e->stopped, 0);
 		int err = uc.emu_start(e->engine, e->rip, BM_GUEST_EXIT_STUB, 0, e->stepping ? 1 : 0);
 		give_turn(vm);
 		uc.reg_read(e->engine, UCR_RIP, &e->rip);
@@ -442,6 +502,11 @@ static int emu_run(struct bm_guest_cpu *c)
 			return BM_GUEST_RETURNED;
 		if (e->hit || e->stepping)
 			return BM_GUEST_DEBUG;
+		if (!atomic_load(&e->stopped) && is_hlt_before(c->guest->m, e->rip)) {
+			end = bm_guest_halt(c);          /* the engine stops after a hlt */
+			if (end != BM_GUEST_GO_ON)
+				return end;
+		}
 	}
 }
 

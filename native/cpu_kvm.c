@@ -337,15 +337,18 @@ static int kvm_run(struct bm_guest_cpu *c)
 			return BM_GUEST_RETURNED;
 		if (run->exit_reason == KVM_EXIT_DEBUG)
 			return BM_GUEST_DEBUG;
+		if (run->exit_reason == KVM_EXIT_HLT) {          /* the guest's own: wait, go on after it */
+			end = bm_guest_halt(c);
+			if (end != BM_GUEST_GO_ON)
+				return end;
+			continue;
+		}
 		switch (run->exit_reason) {
 		case KVM_EXIT_SHUTDOWN:
 			return bm_guest_fault(c, 255, 0, r->rip, 0);
 		case KVM_EXIT_MMIO:
 			bm_fail(BM_ERR_RANGE, "the app touched 0x%llx on core %u, outside the machine's memory "
 				"(rip 0x%llx)", (unsigned long long)run->mmio.phys_addr, c->core, r->rip);
-			break;
-		case KVM_EXIT_HLT:
-			bm_fail(BM_ERR_STATE, "the app halted the CPU (hlt) on core %u at rip 0x%llx", c->core, r->rip);
 			break;
 		case KVM_EXIT_IO:
 			bm_fail(BM_ERR_STATE, "the app used I/O port 0x%x on core %u (rip 0x%llx): no device there",

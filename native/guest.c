@@ -60,6 +60,9 @@
 #define STACK_OTHER  (256ull << 10)
 #define WAIT_SLICE_NS 10000000ull         /* DELAY/SLEEP look at must_stop this often */
 #define DELAY_MAX    (1ull << 40)         /* longer DELAYs (12 days) are cut to this (us) */
+#define RFLAGS_ZF    0x40ull
+#define HALT_SLICE_MS 10                  /* a halted vCPU looks at must_stop this often */
+#define HALT_TICK_MS 1                    /* ...and at the callbacks' counters this often */
 
 static void put64(struct bm_machine *m, u64 p, u64 v) { memcpy(m->mem + p, &v, 8); }
 
@@ -302,6 +305,44 @@ static void guest_wait(struct bm_guest_cpu *c, u64 ns, int busy)
 	}
 }
 
+/* bm_guest_halt -- a guest `hlt` (not the exit stub's): wait for the next interrupt, that is
+ * until a key arrives on the console, the service thread delivers a timer tick or a frame (its
+ * counters move), or the vCPU must stop.  On core 0, with no input left (a closed pipe, no
+ * input) and no callback set, nothing can wake it: the machine shuts down (SHUTDOWN), as a
+ * hosted run must not hang forever.  Keys wake core 0 only (upstream's keyboard interrupt goes
+ * to the BSP); other cores wait for a tick, a frame or the end of core 0's run; a guest
+ * callback's `hlt` (on the service thread, which delivers the ticks) goes on at once.
+ *  IN:  c (the calling vCPU's thread, not holding any backend turn)
+ * OUT:  BM_GUEST_GO_ON (go on after the hlt), or what bm_guest_must_stop says */
+int bm_guest_halt(struct bm_guest_cpu *c)
+{
+	struct bm_machine *m = c->guest->m;
+	if (c->core == m->num_cores)
+		return bm_guest_must_stop(c);
+	u64 ticks = atomic_load(&m->service.timer_ticks), frames = atomic_load(&m->service.network_calls);
+	for (;;) {
+		int end = bm_guest_must_stop(c);
+		if (end != BM_GUEST_GO_ON)
+			return end;
+		if (atomic_load(&m->service.timer_ticks) != ticks || atomic_load(&m->service.network_calls) != frames)
+			return BM_GUEST_GO_ON;
+		int callbacks = atomic_load(&m->callback[0]) != 0 || atomic_load(&m->callback[1]) != 0;
+		int slice_ms = callbacks ? HALT_TICK_MS : HALT_SLICE_MS;
+		int key = c->core == 0 ? bm_console_wait_input(m, slice_ms) : -1;
+		if (key > 0)
+			return BM_GUEST_GO_ON;
+		if (key < 0 && !callbacks && c->core == 0) {
+			int running = BM_STATE_RUNNING;
+			atomic_compare_exchange_strong(&m->state, &running, BM_STATE_SHUTDOWN);
+			return bm_guest_must_stop(c);
+		}
+		if (key < 0) {
+			struct timespec pause = { 0, slice_ms * 1000000L };
+			nanosleep(&pause, NULL);
+		}
+	}
+}
+
 /* callback_trampoline -- a guest callback, called by the service thread: run the guest
  * function kept in the run's struct on the service thread's own vCPU */
 static void run_on_service(unsigned which);
@@ -392,9 +433,12 @@ void bm_guest_call(struct bm_guest_cpu *c, unsigned n, struct bm_guest_regs *r)
 		return;
 	}
 	switch (n) {
-	case 0:                                               /* b_input: AL */
-		r->rax = (r->rax & ~0xFFull) | b_input();
+	case 0: {                                             /* b_input: AL, ZF (test al, al) */
+		u8 key = b_input();
+		r->rax = (r->rax & ~0xFFull) | key;
+		r->rflags = key ? r->rflags & ~RFLAGS_ZF : r->rflags | RFLAGS_ZF;
 		break;
+	}
 	case 1: {                                             /* b_output: RSI, RCX */
 		u64 fn = atomic_load(&c->guest->output);
 		if (fn != 0)
@@ -629,7 +673,7 @@ static void stop_cores(struct bm_guest *g)
  *  IN:  m (booted; the calling thread bound to it as core 0), ops = the CPU backend
  * OUT:  enum bm_guest_end; *rax = the app's RAX when it returned.  BM_GUEST_FAULT with the
  *       error recorded (where the app crashed, or what the backend refused) */
-static int run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, u64 *rax, struct bm_guest *g)
+static int run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, u64 entry, u64 *rax, struct bm_guest *g)
 {
 	g->m = m;
 	g->ops = ops;
@@ -646,7 +690,7 @@ static int run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, u64 *rax,
 	int opened = end == 0;
 	if (end == 0) {
 		atomic_store(&m->guest, g);
-		end = run_code(g, 0, BM_APP_VIRTUAL, rax);
+		end = run_code(g, 0, entry, rax);
 	}
 	struct bm_error error = bm_error;                /* stopping the others must not lose it */
 	if (opened)
@@ -684,6 +728,17 @@ void bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, struct
 void bm_guest_run_debug(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_gdb *gdb,
 			const char *core_dir, char *core_path, struct bm_outcome *out)
 {
+	bm_guest_run_entry(m, ops, BM_APP_VIRTUAL, gdb, core_dir, core_path, out);
+}
+
+/* bm_guest_run_entry -- bm_guest_run_debug, entering the code at `entry` instead of the app
+ * address (upstream's Monitor, built with ORG 0x1E0000, runs where the kernel loads it)
+ *  IN:  m, ops, entry (a guest address inside memory, already holding the code), gdb, core_dir,
+ *       core_path, out
+ * OUT:  as bm_guest_run_app; BM_END_FAILED (BM_ERR_RANGE) for an entry outside memory */
+void bm_guest_run_entry(struct bm_machine *m, const struct bm_cpu_ops *ops, u64 entry, struct bm_gdb *gdb,
+			const char *core_dir, char *core_path, struct bm_outcome *out)
+{
 	bm_error_clear();
 	struct bm_guest *g = NULL;
 	u64 rax = 0;
@@ -692,6 +747,8 @@ void bm_guest_run_debug(struct bm_machine *m, const struct bm_cpu_ops *ops, stru
 		core_path[0] = 0;
 	if (m->mem_size > MAX_MEMORY)
 		bm_fail(BM_ERR_ARGUMENT, "binaries run on machines of at most 16 GiB");
+	else if (bm_guest_to_host(m, entry, 1) == NULL)
+		bm_fail(BM_ERR_RANGE, "entry address 0x%lx is outside the machine's memory", entry);
 	else if (atomic_load(&m->guest) != NULL)
 		bm_fail(BM_ERR_STATE, "a binary is already running on this machine");
 	else if ((g = calloc(1, sizeof *g)) == NULL)
@@ -700,7 +757,7 @@ void bm_guest_run_debug(struct bm_machine *m, const struct bm_cpu_ops *ops, stru
 		g->gdb = gdb;
 		g->core_dir = core_dir;
 		g->core_path = core_path;
-		end = run_app(m, ops, &rax, g);
+		end = run_app(m, ops, entry, &rax, g);
 	}
 	int how = end == BM_GUEST_RETURNED ? BM_END_RETURNED : end == BM_GUEST_SHUTDOWN ? BM_END_SHUTDOWN :
 		  end == BM_GUEST_REBOOT ? BM_END_REBOOT : g && g->faulted ? BM_END_EXCEPTION : BM_END_FAILED;

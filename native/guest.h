@@ -78,7 +78,10 @@ struct bm_guest_cpu {
  *  set_regs/get_regs the ABI registers; 0, or BM_GUEST_FAULT
  *  run(c)            run until the code returns to BM_GUEST_EXIT_STUB (RETURNED), until
  *                    bm_guest_must_stop says to stop (its value), or a fault (bm_guest_fault's
- *                    value).  Calls go to bm_guest_call(c, n, regs) as they happen.
+ *                    value).  Calls go to bm_guest_call(c, n, regs) as they happen (RFLAGS
+ *                    in and out: b_input sets ZF).  A guest `hlt` anywhere but the exit
+ *                    stub calls bm_guest_halt(c) (without the turn, for emu), then goes on
+ *                    after it, or returns what it says.
  *  stop(c)           from any thread: make run look at bm_guest_must_stop soon (< 100 ms)
  *  cpu_free(c), close(g)
  * For a debugger (gdbstub.c) and core files, on a vCPU that is not running:
@@ -125,6 +128,7 @@ struct bm_guest {
 /* for backends */
 void bm_guest_call(struct bm_guest_cpu *c, unsigned n, struct bm_guest_regs *r);
 int bm_guest_must_stop(struct bm_guest_cpu *c);
+int bm_guest_halt(struct bm_guest_cpu *c);
 int bm_guest_fault(struct bm_guest_cpu *c, unsigned vector, u64 error_code, u64 rip, u64 cr2);
 void *bm_guest_to_host(struct bm_machine *m, u64 va, u64 len);
 int bm_guest_state(struct bm_guest_cpu *c, struct bm_cpu_state *s);
@@ -136,6 +140,8 @@ const struct bm_cpu_ops *bm_cpu_emu_ops(void);
 /* for Python (guest.cdef) */
 void bm_guest_run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_outcome *out);
 void bm_guest_run_debug(struct bm_machine *m, const struct bm_cpu_ops *ops, struct bm_gdb *gdb,
+			const char *core_dir, char *core_path, struct bm_outcome *out);
+void bm_guest_run_entry(struct bm_machine *m, const struct bm_cpu_ops *ops, u64 entry, struct bm_gdb *gdb,
 			const char *core_dir, char *core_path, struct bm_outcome *out);
 void bm_guest_kick(struct bm_machine *m);
 void bm_guest_stop(struct bm_machine *m);

@@ -130,6 +130,25 @@ static u8 upstream_key(struct bm_console *c, u8 raw)
 	return raw;
 }
 
+/* fill -- with the buffer empty, read what is waiting on the input without blocking (or see
+ * its end)
+ *  IN:  c (in_lock held, in_fd valid) */
+static void fill(struct bm_console *c)
+{
+	if (c->in_pos != c->in_len || c->in_eof)
+		return;
+	struct pollfd p = { .fd = c->in_fd, .events = POLLIN };
+	if (poll(&p, 1, 0) > 0) {
+		ssize_t got = read(c->in_fd, c->in_buf, sizeof c->in_buf);
+		if (got > 0) {
+			c->in_pos = 0;
+			c->in_len = (u32)got;
+		} else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
+			c->in_eof = 1;
+		}
+	}
+}
+
 /* console_input -- b_input's body: the next key of m's input, 0 if none */
 static u8 console_input(struct bm_machine *m)
 {
@@ -139,18 +158,7 @@ static u8 console_input(struct bm_machine *m)
 	u8 key = 0;
 	pthread_mutex_lock(&c->in_lock);
 again:
-	if (c->in_pos == c->in_len && !c->in_eof) {
-		struct pollfd p = { .fd = c->in_fd, .events = POLLIN };
-		if (poll(&p, 1, 0) > 0) {
-			ssize_t got = read(c->in_fd, c->in_buf, sizeof c->in_buf);
-			if (got > 0) {
-				c->in_pos = 0;
-				c->in_len = (u32)got;
-			} else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
-				c->in_eof = 1;
-			}
-		}
-	}
+	fill(c);
 	if (c->in_pos < c->in_len) {
 		key = upstream_key(c, c->in_buf[c->in_pos++]);
 		if (key == 0)
@@ -208,4 +216,30 @@ int bm_console_input_ended(struct bm_machine *m)
 	int ended = c->in_fd < 0 || (c->in_eof && c->in_pos == c->in_len);
 	pthread_mutex_unlock(&c->in_lock);
 	return ended;
+}
+
+/* bm_console_wait_input -- wait up to timeout_ms for a key on m's input (a guest `hlt`)
+ *  IN:  m, timeout_ms
+ * OUT:  1 a key may be waiting (read it with b_input), 0 none yet, -1 the input has ended (or
+ *       there is none): no key will come */
+int bm_console_wait_input(struct bm_machine *m, int timeout_ms)
+{
+	struct bm_console *c = &m->console;
+	for (int round = 0;; round++) {
+		int state = 0;
+		pthread_mutex_lock(&c->in_lock);
+		if (c->in_fd >= 0)
+			fill(c);                           /* readable: the bytes, or the end */
+		if (c->in_pos < c->in_len)
+			state = 1;
+		else if (c->in_fd < 0 || c->in_eof)
+			state = -1;
+		int fd = c->in_fd;
+		pthread_mutex_unlock(&c->in_lock);
+		if (state != 0 || round == 1)
+			return state;
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		if (poll(&p, 1, timeout_ms) <= 0)
+			return 0;
+	}
 }

@@ -24,6 +24,7 @@ void bm_console_init(struct bm_console *c, int out_fd, int in_fd);
 void bm_default_output(const char *str, u64 nbr);
 void bm_console_set_flush_stdio(struct bm_machine *m, int on);
 int bm_console_input_ended(struct bm_machine *m);
+int bm_console_wait_input(struct bm_machine *m, int timeout_ms);
 u64 bm_console_lost(struct bm_machine *m, int *err);
 
 #endif

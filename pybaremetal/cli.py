@@ -150,6 +150,10 @@ def build_parser():
     run.add_argument("--exit-status", choices=("zero", "rax"), default=None,
                      help="flat binaries: the exit status when the app returns: zero (default "
                           "for .app/.asm) or the low byte of RAX (default for C built with --flat)")
+    run.add_argument("--load-at", type=_address, default=None, metavar="ADDRESS",
+                     help="flat binaries: where the image is loaded and entered: 0x1E0000 for "
+                          "BareMetal's own Monitor (built with ORG 0x1E0000); default: the app "
+                          "address 0xFFFF800000000000")
     monitor = commands.add_parser(
         "monitor", help="boot a machine into the Monitor (BareMetal's command line)",
         description="Boot a machine into the Monitor: dir, load and exec apps from the BMFS disk "
@@ -303,6 +307,14 @@ def cmd_cc(args, gcc_args):
     return 0
 
 
+def _address(text):
+    """An address option's value: decimal or 0x hex."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an address: {text!r} (give e.g. 0x1E0000)") from None
+
+
 def cmd_run(args, app_argv):
     from .apps import binary, c, loader_for
     loader = loader_for(args.app)
@@ -312,12 +324,14 @@ def cmd_run(args, app_argv):
     if args.verbose and (loader is binary or args.flat):
         from . import cpu
         print(f"baremetal: cpu: {cpu.choose(args.cpu)[1]}", file=sys.stderr)
+    if args.load_at is not None and (loader is not binary or args.flat):
+        raise ArgumentError("--load-at is for flat binaries (.app, .bin, .asm)")
     run = lambda machine: loader.run(machine, args.app, app_argv)            # noqa: E731
     if args.flat:
         run = lambda machine: c.run_flat(machine, args.app, app_argv, args.exit_status)  # noqa: E731
         loader = binary
     elif loader is binary:
-        run = lambda machine: binary.exit_status(loader.run(machine, args.app, app_argv),  # noqa: E731
+        run = lambda machine: binary.exit_status(loader.run(machine, args.app, app_argv, args.load_at),  # noqa: E731
                                                  args.exit_status or "zero")
     return boot_and_run(args, run, default_screen=getattr(loader, "DEFAULT_SCREEN", None))
 

@@ -24,9 +24,12 @@ from ..errors import ArgumentError, BareMetalError
 from . import register
 
 register(".app", __name__, "a flat binary built for BareMetal, run on --cpu (kvm or emu)")
+register(".bin", __name__, "a flat binary (upstream's Monitor build: with --load-at 0x1E0000), run on --cpu")
 register(".asm", __name__, "a NASM source of a flat binary, assembled with nasm -f bin, run on --cpu")
 
 APP_PHYSICAL = 0x200000
+APP_VIRTUAL = cpu.APP_VIRTUAL
+MONITOR_AREA = (0x1E0000, 0x200000)   # where the kernel loads its Monitor (ORG 0x1E0000)
 HEAP_MARGIN = 2 << 20
 # freestanding, no red zone (calls through the call table push below RSP), any address
 FLAT_CFLAGS = ["-ffreestanding", "-fno-pic", "-mcmodel=large", "-mno-red-zone", "-fno-stack-protector",
@@ -82,15 +85,35 @@ def assemble(source, output):
     return output
 
 
-def execute(machine, image, backend=None):
-    """Load ``image`` at 0x200000, run it on core 0 (the calling thread) with the CPU
-    ``backend`` (a pybaremetal.cpu module; default: the machine's ``cpu`` choice) and give its
-    memory back.  Returns the app's RAX; raises Shutdown/Reboot for those calls, AppCrashed if
-    it faults or no backend can run it, ArgumentError if it does not fit."""
+def check_load_at(load_at, size):
+    """``load_at`` (None: the app address) as the entry address for an image of ``size``
+    bytes; ArgumentError unless it is the app address or inside the Monitor's area
+    0x1E0000..0x1FFFFF (the image ending below 0x200000)."""
+    if load_at is None or load_at == APP_VIRTUAL:
+        return None
+    low, high = MONITOR_AREA
+    if not low <= load_at < high:
+        raise ArgumentError(f"--load-at 0x{load_at:X}: a binary runs at 0x{APP_VIRTUAL:X} (apps) or "
+                            f"in 0x{low:X}..0x{high - 1:X} (the Monitor's place in the kernel's area)")
+    if load_at + size > high:
+        raise ArgumentError(f"--load-at 0x{load_at:X}: the image ({size} bytes) does not fit below 0x{high:X}")
+    return load_at
+
+
+def execute(machine, image, backend=None, load_at=None):
+    """Load ``image`` at 0x200000 (or at physical ``load_at`` in the Monitor's area, see
+    check_load_at: the app memory at 0x200000 stays reserved for the programs it loads), run it
+    on core 0 (the calling thread) with the CPU ``backend`` (a pybaremetal.cpu module; default:
+    the machine's ``cpu`` choice) and give its memory back.  Returns the app's RAX; raises
+    Shutdown/Reboot for those calls, AppCrashed if it faults or no backend can run it,
+    ArgumentError if it does not fit."""
     from .._native import lib
     from ..errors import raise_recorded
     if backend is None:
         backend, _ = cpu.choose(getattr(machine, "cpu", None))
+    entry = check_load_at(load_at, len(image))
+    if entry is not None:
+        return _execute_at(machine, image, backend, entry)
     size = len(image) + HEAP_MARGIN
     if APP_PHYSICAL + size > machine.memory_size:
         raise ArgumentError(f"the app ({len(image)} bytes) does not fit in {machine.memory_size >> 20} MiB")
@@ -100,6 +123,23 @@ def execute(machine, image, backend=None):
         machine.memory[APP_PHYSICAL:APP_PHYSICAL + len(image)] = memoryview(image)
         return cpu.run(machine, backend)
     finally:
+        machine.free(machine.addr(APP_PHYSICAL))
+
+
+def _execute_at(machine, image, backend, entry):
+    """execute() for an image entered at ``entry`` in the Monitor's area (identity-mapped)."""
+    from .._native import lib
+    from ..errors import raise_recorded
+    if APP_PHYSICAL + HEAP_MARGIN > machine.memory_size:
+        raise ArgumentError(f"the Monitor needs more than {machine.memory_size >> 20} MiB")
+    if lib.bm_mem_reserve(machine._c, APP_PHYSICAL, HEAP_MARGIN) == 0:
+        raise_recorded()
+    before = bytes(machine.memory[entry:entry + len(image)])
+    try:
+        machine.memory[entry:entry + len(image)] = memoryview(image)
+        return cpu.run(machine, backend, entry)
+    finally:
+        machine.memory[entry:entry + len(image)] = memoryview(before)
         machine.free(machine.addr(APP_PHYSICAL))
 
 
@@ -120,13 +160,14 @@ def read_image(path):
     return image
 
 
-def run(machine, path, argv):
-    """Run the binary at ``path`` (.app, or .asm assembled first) on ``machine``; returns its
-    exit code (RAX & 0xFF)."""
+def run(machine, path, argv, load_at=None):
+    """Run the binary at ``path`` (.app or .bin, or .asm assembled first) on ``machine``,
+    loaded at ``load_at`` (see check_load_at); returns its exit code (RAX & 0xFF)."""
     if path.lower().endswith(".asm"):
         with tempfile.TemporaryDirectory(prefix="baremetal-asm-") as work:
             image = read_image(assemble(path, os.path.join(work, "app.app")))
     else:
         image = read_image(path)
     backend, _ = cpu.choose(getattr(machine, "cpu", None))
-    return machine.run(lambda: execute(machine, image, backend) & 0xFF)
+    check_load_at(load_at, len(image))
+    return machine.run(lambda: execute(machine, image, backend, load_at) & 0xFF)

@@ -21,6 +21,7 @@ from . import emu, kvm
 
 BACKENDS = {"kvm": kvm, "emu": emu}
 CHOICES = ("auto", *BACKENDS)
+APP_VIRTUAL = 0xFFFF800000000000          # where apps are entered (native/guest.h BM_APP_VIRTUAL)
 
 
 def choose(name=None):
@@ -49,22 +50,22 @@ def choose(name=None):
     raise AppCrashed(f"no CPU backend can run flat binaries here: {kvm_why}; {emu_why}")
 
 
-def run(machine, backend):
-    """Run the image loaded at 0xFFFF800000000000 on core 0 (the calling thread) with the
-    ``backend`` module; under gdb if the machine has ``gdb`` (a port), writing a core file on a
+def run(machine, backend, entry=None):
+    """Run the image loaded at 0xFFFF800000000000 (or at guest address ``entry``: upstream's
+    Monitor at 0x1E0000) on core 0 (the calling thread) with the ``backend`` module; under gdb if the machine has ``gdb`` (a port), writing a core file on a
     fault if it has ``dumpcore`` (a directory).  Returns the app's RAX; raises Shutdown/Reboot for those calls and
     AppCrashed (saying where) when it faults."""
     from ..apps import finish
     outcome = ffi.new("struct bm_outcome *")
     port, core_dir = getattr(machine, "gdb", None), getattr(machine, "dumpcore", None)
-    if port is None and core_dir is None:
+    if port is None and core_dir is None and entry is None:
         lib.bm_guest_run_app(machine._c, backend.ops(), outcome)
         return finish(outcome) & ((1 << 64) - 1)
     from . import gdb                      # --gdb / --dumpcore (cpu/gdb.py, native/gdbstub.c)
     stub = gdb.wait_for_gdb(port) if port is not None else ffi.NULL
     core_path = ffi.new("char[256]")
     try:
-        lib.bm_guest_run_debug(machine._c, backend.ops(), stub,
+        lib.bm_guest_run_entry(machine._c, backend.ops(), APP_VIRTUAL if entry is None else entry, stub,
                                core_dir.encode() if core_dir else ffi.NULL, core_path, outcome)
     finally:
         lib.bm_gdb_close(stub)
