@@ -54,7 +54,6 @@
  * Translated code is flushed when breakpoints or memory change.
  */
 #define _GNU_SOURCE
-#include <cpuid.h>
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -262,23 +261,6 @@ static void on_block(uc_engine *engine, u64 address, u32 size, void *user)
 	}
 }
 
-/* host_brand -- the host CPU's brand string (CPUID 0x80000002..4), 12 words; 0 if it has none */
-static u32 host_brand[12];
-static int host_brand_read;
-
-static int read_host_brand(void)
-{
-	if (!host_brand_read) {
-		unsigned a, b, c, d;
-		if (__get_cpuid(0x80000000u, &a, &b, &c, &d) && a >= 0x80000004u)
-			for (unsigned i = 0; i < 3; i++)
-				__get_cpuid(0x80000002u + i, &host_brand[4 * i], &host_brand[4 * i + 1],
-					    &host_brand[4 * i + 2], &host_brand[4 * i + 3]);
-		host_brand_read = 1;
-	}
-	return host_brand[0] != 0;
-}
-
 /* on_cpuid -- a CPUID: the brand string leaves (0x80000002..4) answer what the host's CPU says,
  * so apps printing the CPU's name show the machine they run on; the rest is the engine's model
  *  IN:  engine, c
@@ -289,9 +271,10 @@ static int on_cpuid(uc_engine *engine, void *user)
 	u64 leaf = 0;
 	uc.reg_read(engine, UCR_RAX, &leaf);
 	leaf &= 0xFFFFFFFFull;
-	if (leaf < 0x80000002ull || leaf > 0x80000004ull || !host_brand[0])
+	const u32 *brand = bm_guest_host_brand();
+	if (leaf < 0x80000002ull || leaf > 0x80000004ull || brand == NULL)
 		return 0;
-	const u32 *w = &host_brand[4 * (leaf - 0x80000002ull)];
+	const u32 *w = &brand[4 * (leaf - 0x80000002ull)];
 	u64 rax = w[0], rbx = w[1], rcx = w[2], rdx = w[3];
 	uc.reg_write(engine, UCR_RAX, &rax);
 	uc.reg_write(engine, UCR_RBX, &rbx);
@@ -400,7 +383,6 @@ static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
 	}
 	uc.ctl(e->engine, UC_CTL_CPU_MODEL_WRITE, UC_CPU_X86_NEHALEM);
 	uc_hook out_hook, interrupt_hook, block_hook, cpuid_hook;
-	read_host_brand();
 	int turns = g->m->num_cores > 1 || id == g->m->num_cores;     /* several engines may run */
 	u64 cr0 = 0x80050033, cr3 = 0x2000, cr4 = 0x20 | 0x200 | 0x400;  /* PG..PE; PAE, OSFXSR, OSXMMEXCPT */
 	struct uc_x86_msr efer = { 0xC0000080, 0x500 };                     /* LME, LMA */

@@ -104,6 +104,31 @@ static void kvm_stop(struct bm_guest_cpu *c)
 	pthread_kill(c->thread, KICK_SIGNAL);
 }
 
+/* set_brand -- the brand string leaves (0x80000002..4) of a CPUID table say what the host's
+ * do (KVM's supported list leaves them to user space), added where the table lacks them
+ *  IN:  head (nent: the entries used; 0 leaves the table empty), entries, room
+ * OUT:  nothing */
+static void set_brand(struct kvm_cpuid2 *head, struct kvm_cpuid_entry2 *entries, u32 room)
+{
+	const u32 *brand = bm_guest_host_brand();
+	if (head->nent == 0 || brand == NULL)
+		return;
+	for (u32 leaf = 0x80000002u; leaf <= 0x80000004u; leaf++) {
+		u32 i = 0;
+		while (i < head->nent && entries[i].function != leaf)
+			i++;
+		if (i == head->nent) {
+			if (i == room)
+				return;
+			memset(&entries[i], 0, sizeof entries[i]);
+			entries[i].function = leaf;
+			head->nent++;
+		}
+		const u32 *w = &brand[4 * (leaf - 0x80000002u)];
+		entries[i].eax = w[0], entries[i].ebx = w[1], entries[i].ecx = w[2], entries[i].edx = w[3];
+	}
+}
+
 /* kvm_open -- a VM whose memory is the machine's flat memory
  *  IN:  g (g->m booted; called on core 0's thread)
  * OUT:  0, or BM_GUEST_FAULT with the error recorded (g->backend then NULL) */
@@ -141,6 +166,7 @@ static int kvm_open(struct bm_guest *g)
 	k->cpuid.head.nent = 256;                            /* the host CPU's features for guests */
 	if (ioctl(k->kvm, KVM_GET_SUPPORTED_CPUID, &k->cpuid) < 0)
 		k->cpuid.head.nent = 0;
+	set_brand(&k->cpuid.head, k->cpuid.entries, 256);
 	k->synced = ioctl(k->kvm, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS) > 0;
 	struct sigaction action = { .sa_handler = on_kick }; /* a handler, so KVM_RUN returns EINTR */
 	sigemptyset(&action.sa_mask);

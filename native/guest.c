@@ -36,6 +36,7 @@
  * the machine), so no lost stop can hang the end of a run.
  */
 #define _GNU_SOURCE
+#include <cpuid.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -341,6 +342,29 @@ int bm_guest_halt(struct bm_guest_cpu *c)
 			nanosleep(&pause, NULL);
 		}
 	}
+}
+
+static u32 host_brand[12];
+
+/* read_host_brand -- host_brand from the host's CPUID (once, through pthread_once) */
+static void read_host_brand(void)
+{
+	unsigned a, b, c, d;
+	if (__get_cpuid(0x80000000u, &a, &b, &c, &d) && a >= 0x80000004u)
+		for (unsigned i = 0; i < 3; i++)
+			__get_cpuid(0x80000002u + i, &host_brand[4 * i], &host_brand[4 * i + 1],
+				    &host_brand[4 * i + 2], &host_brand[4 * i + 3]);
+}
+
+/* bm_guest_host_brand -- the host CPU's brand string, what CPUID 0x80000002..4 answer in
+ * EAX EBX ECX EDX each (the backends give it to binaries, so apps name the real CPU)
+ *  IN:  nothing (any thread)
+ * OUT:  12 words, or NULL when the host CPU has no brand string */
+const u32 *bm_guest_host_brand(void)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	pthread_once(&once, read_host_brand);
+	return host_brand[0] ? host_brand : NULL;
 }
 
 /* callback_trampoline -- a guest callback, called by the service thread: run the guest

@@ -129,6 +129,7 @@ struct bm_guest {
 void bm_guest_call(struct bm_guest_cpu *c, unsigned n, struct bm_guest_regs *r);
 int bm_guest_must_stop(struct bm_guest_cpu *c);
 int bm_guest_halt(struct bm_guest_cpu *c);
+const u32 *bm_guest_host_brand(void);
 int bm_guest_fault(struct bm_guest_cpu *c, unsigned vector, u64 error_code, u64 rip, u64 cr2);
 void *bm_guest_to_host(struct bm_machine *m, u64 va, u64 len);
 int bm_guest_state(struct bm_guest_cpu *c, struct bm_cpu_state *s);

@@ -1,6 +1,6 @@
 """Flat binaries see the real kernel's behaviour where the CPU is involved: b_input sets ZF from
 AL, a guest `hlt` waits for the next interrupt (a key, a timer tick, a frame, the machine
-stopping), the emulated CPU's brand string is the host's, and a Monitor-style binary built with
+stopping), CPUID's brand string is the host's, and a Monitor-style binary built with
 ORG 0x1E0000 runs where the kernel loads its Monitor (--load-at 0x1E0000)."""
 import os
 import shutil
@@ -182,11 +182,7 @@ int main(void) {
     return subprocess.run([str(tmp_path / "brand")], capture_output=True, check=True).stdout
 
 
-def test_the_emulated_cpu_reports_the_host_cpus_brand_string(tmp_path, monkeypatch):
-    ok, why = cpu.emu.status()
-    if not ok:
-        pytest.skip(why)
-    monkeypatch.setenv("BAREMETAL_CPU", "emu")
+def test_cpuid_reports_the_host_cpus_brand_string(tmp_path, backend):
     expected = host_brand(tmp_path)
     if expected == bytes(48):
         pytest.skip("the host CPU has no brand string")
