@@ -290,8 +290,8 @@ def test_a_monitor_built_for_0x1E0000_runs_there_reading_keys_after_hlt(tmp_path
                           cwd=ROOT, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"\r\n>ver\r\n1.0\r\n>run\r\nran\r\n>xyz\r\n?\r\n>off"
-    ended = subprocess.run([sys.executable, "-m", "pybaremetal", "run", image, "--load-at", "0x1E0000",
-                            "--no-pin"], input=b"ver\n", capture_output=True, cwd=ROOT, timeout=30)
+    ended = subprocess.run([sys.executable, "-m", "pybaremetal", "run", image, "--no-pin"],
+                           input=b"ver\n", capture_output=True, cwd=ROOT, timeout=30)   # .bin: 0x1E0000
     assert (ended.returncode, ended.stdout) == (0, b"\r\n>ver\r\n1.0\r\n>")   # input ended: off
 
 

@@ -24,7 +24,7 @@ from ..errors import ArgumentError, BareMetalError
 from . import register
 
 register(".app", __name__, "a flat binary built for BareMetal, run on --cpu (kvm or emu)")
-register(".bin", __name__, "a flat binary (upstream's Monitor build: with --load-at 0x1E0000), run on --cpu")
+register(".bin", __name__, "upstream's Monitor build (ORG 0x1E0000), run where the kernel loads it, on --cpu")
 register(".asm", __name__, "a NASM source of a flat binary, assembled with nasm -f bin, run on --cpu")
 
 APP_PHYSICAL = 0x200000
@@ -162,12 +162,16 @@ def read_image(path):
 
 def run(machine, path, argv, load_at=None):
     """Run the binary at ``path`` (.app or .bin, or .asm assembled first) on ``machine``,
-    loaded at ``load_at`` (see check_load_at); returns its exit code (RAX & 0xFF)."""
+    loaded at ``load_at`` (see check_load_at; None: a .bin at 0x1E0000, where the kernel
+    loads its Monitor, the only .bin it loads; anything else at the app address); returns its
+    exit code (RAX & 0xFF)."""
     if path.lower().endswith(".asm"):
         with tempfile.TemporaryDirectory(prefix="baremetal-asm-") as work:
             image = read_image(assemble(path, os.path.join(work, "app.app")))
     else:
         image = read_image(path)
     backend, _ = cpu.choose(getattr(machine, "cpu", None))
+    if load_at is None and path.lower().endswith(".bin"):
+        load_at = MONITOR_AREA[0]
     check_load_at(load_at, len(image))
     return machine.run(lambda: execute(machine, image, backend, load_at) & 0xFF)
