@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <pthread.h>
+#include <signal.h>
 #include "libBareMetal.h"
 
 /* The contract's physical map (baremetal-api.md section 4). */
@@ -78,6 +79,12 @@ const char *bm_error_message(void);
 
 /* CLOCK_MONOTONIC in nanoseconds */
 u64 bm_now_ns(void);
+
+/* bm_block_async_signals -- block every signal but the synchronous faults (SEGV, BUS, FPE, ILL)
+ * in the calling thread, so threads it creates take none (they go to the app's thread)
+ *  IN:  old: where the previous mask goes (restore it with pthread_sigmask(SIG_SETMASK, old))
+ * OUT:  nothing */
+void bm_block_async_signals(sigset_t *old);
 
 struct bm_machine;
 struct bm_core;

@@ -174,13 +174,8 @@ int bm_service_start(struct bm_machine *m)
 			atomic_store(&s->stop, 0);
 			/* like the worker cores, it takes no asynchronous signals (they go to the app's
 			 * thread): block them while it is created, it inherits the mask */
-			sigset_t all, old;
-			sigfillset(&all);
-			sigdelset(&all, SIGSEGV);
-			sigdelset(&all, SIGBUS);
-			sigdelset(&all, SIGFPE);
-			sigdelset(&all, SIGILL);
-			pthread_sigmask(SIG_SETMASK, &all, &old);
+			sigset_t old;
+			bm_block_async_signals(&old);
 			int e = s->wake_fd < 0 ? errno : pthread_create(&s->thread, NULL, service_main, m);
 			pthread_sigmask(SIG_SETMASK, &old, NULL);
 			if (e != 0) {

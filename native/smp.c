@@ -475,13 +475,8 @@ int bm_smp_start(struct bm_machine *m)
 	if (bsp->altstack == NULL && sigaltstack(NULL, &current) == 0 && (current.ss_flags & SS_DISABLE))
 		bsp->altstack = bm_fault_altstack_new();
 	/* workers take no asynchronous signals: Ctrl-C and friends go to the app's thread */
-	sigset_t all, old;
-	sigfillset(&all);
-	sigdelset(&all, SIGSEGV);
-	sigdelset(&all, SIGBUS);
-	sigdelset(&all, SIGFPE);
-	sigdelset(&all, SIGILL);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
+	sigset_t old;
+	bm_block_async_signals(&old);
 	int err = 0;
 	for (u32 i = 1; i < m->num_cores && err == 0; i++) {
 		struct bm_core *core = &smp->cores[i];
