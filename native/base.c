@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <sched.h>
 #include <time.h>
 #include "base.h"
 
@@ -47,3 +48,31 @@ void bm_block_async_signals(sigset_t *old)
 	sigdelset(&all, SIGILL);
 	pthread_sigmask(SIG_SETMASK, &all, old);
 }
+
+/* bm_nic_lock -- take a spin lock (NICs, pcap writers)
+ *  IN:  lock, wait_ns = give up after this long (0: wait as long as it takes)
+ * OUT:  1 taken, 0 not taken within wait_ns */
+int bm_nic_lock(_Atomic int *lock, u64 wait_ns)
+{
+	u64 deadline = 0;
+	for (u32 spins = 0;; spins++) {
+		if (!atomic_load_explicit(lock, memory_order_relaxed) &&
+		    !atomic_exchange_explicit(lock, 1, memory_order_acquire))
+			return 1;
+		if (spins < 64) {
+			__builtin_ia32_pause();
+			continue;
+		}
+		if (wait_ns) {
+			u64 now = bm_now_ns();
+			if (deadline == 0)
+				deadline = now + wait_ns;
+			else if (now > deadline)
+				return 0;
+		}
+		sched_yield();
+	}
+}
+
+/* bm_nic_unlock -- release a lock bm_nic_lock took */
+void bm_nic_unlock(_Atomic int *lock) { atomic_store_explicit(lock, 0, memory_order_release); }

@@ -86,6 +86,10 @@ u64 bm_now_ns(void);
  * OUT:  nothing */
 void bm_block_async_signals(sigset_t *old);
 
+/* spin locks with an optional time limit (base.c) */
+int bm_nic_lock(_Atomic int *lock, u64 wait_ns);
+void bm_nic_unlock(_Atomic int *lock);
+
 struct bm_machine;
 struct bm_core;
 

@@ -562,7 +562,7 @@ void bm_gdb_close(struct bm_gdb *s)
  *  IN:  s, c (core 0's vCPU, registers set, on its own thread)
  * OUT:  enum bm_guest_end as ops->run; BM_GUEST_FAULT with the error recorded (the app's fault,
  *       or "killed from gdb") */
-int bm_gdb_serve(struct bm_gdb *s, struct bm_guest_cpu *c)
+int bm_gdb_serve(struct bm_gdb *s, struct bm_guest_cpu *c, bm_guest_state_fn *guest_state)
 {
 	struct bm_guest *g = c->guest;
 	const struct bm_cpu_ops *ops = g->ops;
@@ -572,7 +572,7 @@ int bm_gdb_serve(struct bm_gdb *s, struct bm_guest_cpu *c)
 	s->cpu = c;
 	if (ops->get_state == NULL || ops->debug == NULL)
 		return bm_fail(BM_ERR_STATE, "the %s CPU cannot be debugged", ops->name), BM_GUEST_FAULT;
-	if (bm_guest_state(c, &state) != 0)
+	if (guest_state(c, &state) != 0)
 		return BM_GUEST_FAULT;
 	while (!detach && read_packet(s) == 0) {
 		char *p = s->in;
@@ -691,14 +691,14 @@ int bm_gdb_serve(struct bm_gdb *s, struct bm_guest_cpu *c)
 				faulted = 1;
 				stop_reply(s, 'T', g->fault_signal);
 			} else {                                 /* returned, shut down, rebooted */
-				if (bm_guest_state(c, &state) == 0 && end == BM_GUEST_RETURNED)
+				if (guest_state(c, &state) == 0 && end == BM_GUEST_RETURNED)
 					stop_reply(s, 'W', (int)state.gpr[0]);
 				else
 					stop_reply(s, 'W', 0);
 				send_packet(s, s->out);
 				return end;
 			}
-			if (bm_guest_state(c, &state) != 0)
+			if (guest_state(c, &state) != 0)
 				return BM_GUEST_FAULT;
 			if (faulted)
 				state.rip = g->fault.rip;

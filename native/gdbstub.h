@@ -6,6 +6,8 @@
 
 struct bm_gdb *bm_gdb_open(int fd);
 void bm_gdb_close(struct bm_gdb *s);
-int bm_gdb_serve(struct bm_gdb *s, struct bm_guest_cpu *c);
+/* state: guest.c's bm_guest_state, handed in so the stub does not call back into guest.c */
+typedef int bm_guest_state_fn(struct bm_guest_cpu *c, struct bm_cpu_state *s);
+int bm_gdb_serve(struct bm_gdb *s, struct bm_guest_cpu *c, bm_guest_state_fn *state);
 
 #endif

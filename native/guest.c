@@ -243,7 +243,7 @@ int bm_guest_fault(struct bm_guest_cpu *c, unsigned vector, u64 error_code, u64 
 		snprintf(extra, sizeof extra, " (error code 0x%llx)", (unsigned long long)error_code);
 	else if (vector == 6 && code && n >= 1 && (code[0] == 0xC4 || code[0] == 0xC5 || code[0] == 0x62))
 		snprintf(extra, sizeof extra, " (AVX not supported by the %s CPU)",
-			 c->guest->ops == bm_cpu_emu_ops() ? "emulated" : "virtual");
+			 strcmp(c->guest->ops->name, "emu") == 0 ? "emulated" : "virtual");
 	char number[32];
 	snprintf(number, sizeof number, "interrupt %u", vector);
 	const char *name = vector < 22 ? vector_names[vector] : vector == 255 ? "triple fault" : number;
@@ -539,7 +539,7 @@ static int run_code(struct bm_guest *g, u32 index, u64 code, u64 *rax)
 		return BM_GUEST_FAULT;
 	if (index == 0)
 		atomic_store(&g->core0_running, 1);
-	int end = index == 0 && g->gdb != NULL ? bm_gdb_serve(g->gdb, c) : g->ops->run(c);
+	int end = index == 0 && g->gdb != NULL ? bm_gdb_serve(g->gdb, c, bm_guest_state) : g->ops->run(c);
 	if (index == 0)
 		atomic_store(&g->core0_running, 0);
 	if (end == BM_GUEST_RETURNED && rax != NULL) {
@@ -699,6 +699,7 @@ static void stop_cores(struct bm_guest *g)
  *       error recorded (where the app crashed, or what the backend refused) */
 static int run_app(struct bm_machine *m, const struct bm_cpu_ops *ops, u64 entry, u64 *rax, struct bm_guest *g)
 {
+	atomic_store(&m->kick, bm_guest_kick);         /* safe at any time: it finds no run, or this one */
 	g->m = m;
 	g->ops = ops;
 	pthread_mutex_init(&g->lock, NULL);

@@ -61,6 +61,9 @@ struct bm_machine {
 	u32 cpu_mhz;            /* for the InfoMap; 0 when unknown */
 	u64 boot_ns;            /* CLOCK_MONOTONIC at boot: TIMECOUNTER counts from here */
 	_Atomic int state;      /* enum bm_machine_state */
+	/* makes code that never calls the runtime (a binary's vCPUs) look at state; set by the
+	 * CPU front end (guest.c), called by the signal watchdog (signals.c), NULL = nothing to do */
+	void (*_Atomic kick)(struct bm_machine *m);
 	void *owner;            /* the Python Machine owning this one (a cffi handle), or NULL */
 
 	/* page allocator over [BM_SYSTEM_SIZE, mem_size), 2 MiB pages */

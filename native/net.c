@@ -28,36 +28,6 @@
 #include <unistd.h>
 #include "machine.h"
 
-/* ---- locks ----------------------------------------------------------------------------- */
-
-/* bm_nic_lock -- take a NIC spin lock
- *  IN:  lock, wait_ns = give up after this long (0: wait as long as it takes)
- * OUT:  1 taken, 0 not taken within wait_ns */
-int bm_nic_lock(_Atomic int *lock, u64 wait_ns)
-{
-	u64 deadline = 0;
-	for (u32 spins = 0;; spins++) {
-		if (!atomic_load_explicit(lock, memory_order_relaxed) &&
-		    !atomic_exchange_explicit(lock, 1, memory_order_acquire))
-			return 1;
-		if (spins < 64) {
-			__builtin_ia32_pause();
-			continue;
-		}
-		if (wait_ns) {
-			u64 now = bm_now_ns();
-			if (deadline == 0)
-				deadline = now + wait_ns;
-			else if (now > deadline)
-				return 0;
-		}
-		sched_yield();
-	}
-}
-
-/* bm_nic_unlock -- release a lock bm_nic_lock took */
-void bm_nic_unlock(_Atomic int *lock) { atomic_store_explicit(lock, 0, memory_order_release); }
-
 /* ---- the table -------------------------------------------------------------------------- */
 
 /* bm_nic_tx_gave_up -- a backend waiting for TX room: starts the wait on the first call, and

@@ -103,8 +103,6 @@ int bm_net_stats(struct bm_machine *m, u32 iid, u64 *out);
 u64 bm_nic_mac(struct bm_nic *nic);
 u64 bm_net_bad_iid_drops(struct bm_machine *m);
 const char *bm_nic_kind(struct bm_nic *nic);
-int bm_nic_lock(_Atomic int *lock, u64 wait_ns);
-void bm_nic_unlock(_Atomic int *lock);
 
 /* net_pcap.c: packet capture (set before the NIC is added; closed with it) */
 struct bm_pcap;

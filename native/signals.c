@@ -43,7 +43,6 @@
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
-#include "guest.h"
 #include "machine.h"
 #include "signals.h"
 
@@ -186,8 +185,9 @@ static void kick_binaries(void)
 {
 	for (int i = 0; i < BM_SIGNALS_MACHINES; i++) {
 		struct bm_machine *m = atomic_load(&armed[i]);
-		if (m != NULL)
-			bm_guest_kick(m);
+		void (*kick)(struct bm_machine *) = m != NULL ? atomic_load(&m->kick) : NULL;
+		if (kick != NULL)
+			kick(m);
 	}
 }
 

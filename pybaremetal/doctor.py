@@ -17,6 +17,8 @@ import shutil
 import subprocess
 import sys
 
+from .errors import BareMetalError
+
 Finding = collections.namedtuple("Finding", "name ok detail fix")
 
 CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_RAWIO = 12, 13, 17
@@ -81,6 +83,11 @@ def check_kvm():
     usable = exists and kvm.available()
     modules = set(os.listdir("/sys/module")) if os.path.isdir("/sys/module") else set()
     kind, auto, why = kvm_kind(exists, usable, cpu_flags(), modules, _read("/proc/cmdline", ""))
+    try:                                   # the runtime's own choice, where it can make one
+        from .cpu import choose
+        auto = choose("auto")[0].NAME
+    except BareMetalError:
+        pass
     detail = f"{why}; --cpu auto picks {auto}"
     if kind == "hardware":
         return Finding("KVM", True, detail, None)
