@@ -35,8 +35,10 @@ def test_boot_halt_cycles_leave_no_fds_threads_or_mappings(tmp_path):
     for i in range(300):
         _cycle(image, reboot=i % 2 == 0)
     after = _fds(), _threads(), _mappings()
-    assert after[0] == before[0], f"file descriptors {before[0]} -> {after[0]}"
-    assert after[1] == before[1], f"threads {before[1]} -> {after[1]}"
+    # threads or fds that earlier tests left running may end meanwhile (a count going down is
+    # no leak); a leak would add at least one per cycle: 300 or more
+    assert after[0] - before[0] < 5, f"file descriptors {before[0]} -> {after[0]}"
+    assert after[1] - before[1] < 5, f"threads {before[1]} -> {after[1]}"
     # a leak adds at least one mapping per cycle (flat memory, stacks, rings): 300 or more;
     # malloc arenas and Python's own pools may still grow by a few dozen after the warm-up
     assert after[2] - before[2] < 150, f"mappings {before[2]} -> {after[2]}"
