@@ -36,6 +36,8 @@ TEST = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "pygame>=2.1",
         "hdrhistogram>=0.10", "matplotlib>=3.7"]                 # the lab's tests
 CLUSTER = ["ray>=2.40"]             # pybaremetal.cluster; in the test extra so CI runs its tests
 TEST += CLUSTER
+NUMBA = ["numba>=0.59"]              # numba.cfunc tasks; in the test extra so their test runs
+TEST += NUMBA
 
 setup(
     name="pybaremetal",
@@ -69,7 +71,7 @@ setup(
     extras_require={
         "test": TEST,
         "window": ["pygame>=2.1"],
-        "numba": ["numba>=0.59"],
+        "numba": NUMBA,
         "lab": ["hdrhistogram>=0.10", "matplotlib>=3.7"],
         "cluster": CLUSTER,
     },
