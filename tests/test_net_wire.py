@@ -193,12 +193,8 @@ def test_unprivileged_users_are_told_how_to_get_a_nic():
 
 
 def test_a_flat_binary_sends_and_receives_through_the_same_calls(tmp_path):
-    import shutil
     import subprocess
     from pybaremetal.apps import binary
-    from pybaremetal.cpu import kvm
-    if not kvm.available() or not shutil.which("nasm"):
-        pytest.skip("needs /dev/kvm and nasm (flat binaries)")
     source, image = tmp_path / "net.asm", tmp_path / "net.app"
     source.write_text("""BITS 64
 DEFAULT REL

@@ -495,9 +495,6 @@ inbuf: times 4096 db 0
 
 def test_flat_binary_reaches_the_same_drive_calls(disk_dir):
     from pybaremetal.apps import binary
-    from pybaremetal.cpu import kvm
-    if not kvm.available():
-        pytest.skip("needs /dev/kvm")
     path = image(disk_dir, sectors=8)
     source, app = disk_dir / "nvs.asm", disk_dir / "nvs.app"
     source.write_text(FLAT_APP)
