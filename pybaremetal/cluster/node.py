@@ -192,6 +192,10 @@ class Node:
                 value = loader_for(run_path).run(machine, run_path, list(argv))
                 code = exit_code(value)
             except SystemExit as stop:
+                if hasattr(stop, "ray_terminate_msg"):
+                    # Ray's SIGTERM handler: the worker (or its node) is going away.  Let the
+                    # actor die, so the caller gets NodeError, not a result with exit code 1
+                    raise
                 value, code = stop.code, exit_code(stop.code)
             except BareMetalError as error:
                 print(f"baremetal: error: {error}", file=sys.stderr)
