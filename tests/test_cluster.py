@@ -210,3 +210,63 @@ def test_baremetal_cluster_cli_bad_arguments_are_one_line():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "unknown kind of app" in done.stderr
+
+
+LAB = ["--cores", "1", "--loads", "0.2,0.5", "--samples", "2000", "--duration", "0.05",
+       "--model-samples", "5000", "--bisect", "0", "--model-bisect", "3", "--quiet"]
+
+
+def test_lab_cluster_spreads_the_sweeps_parts_over_nodes(tmp_path):
+    """`baremetal lab --cluster 2` (its own local Ray cluster): one part per distribution and
+    policy, run on both nodes, merged in the order one host gives; the model (seeded) is the
+    same as one host's."""
+    import json
+    from pybaremetal.lab import sweep
+    out = tmp_path / "lab.json"
+    done = subprocess.run([sys.executable, "-m", "pybaremetal", "lab", "--cluster", "2",
+                           "--policies", "c-fcfs,d-fcfs", "--dist", "exp,bimodal-1", *LAB,
+                           "--json", str(out)], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    rows = result["summary"]
+    assert [(r["dist"], r["policy"]) for r in rows] == [
+        ("exp", "c-fcfs"), ("exp", "d-fcfs"), ("bimodal-1", "c-fcfs"), ("bimodal-1", "d-fcfs")]
+    assert result["cluster"]["nodes"] == 2 and result["cluster"]["local"] is True
+    assert len({r["node"]["node_id"] for r in rows}) == 2          # both nodes measured parts
+    for row in rows:                                               # every part ran for real
+        assert "max_load_at_slo" in row and [p["load"] for p in row["sweep"]] == [0.2, 0.5]
+        assert all(p["requests"] >= 1800 for p in row["sweep"])
+    here = sweep(["c-fcfs", "d-fcfs"], ["exp", "bimodal-1"], cores=1, loads=[0.2, 0.5],
+                 model_only=True, model_samples=5000, model_bisect=3)
+    assert [r["model_max_load_at_slo"] for r in rows] == \
+        [r["model_max_load_at_slo"] for r in here["summary"]]
+    assert [[p["p99"] for p in r["model_sweep"]] for r in rows] == \
+        [[p["p99"] for p in r["model_sweep"]] for r in here["summary"]]
+
+
+def test_lab_cluster_ships_a_task_file_to_the_nodes(tmp_path):
+    """A FILE.c:SYMBOL task is sent with the part (the nodes build it from its bytes)."""
+    import json
+    import shutil
+    task = tmp_path / "mytask.c"
+    shutil.copy(os.path.join(ROOT, "tests", "lab_tasks.c"), task)
+    out = tmp_path / "lab.json"
+    done = subprocess.run([sys.executable, "-m", "pybaremetal", "lab", "--cluster", "1",
+                           "--policies", "c-fcfs", "--task", f"{task}:mark", *LAB, "--json", str(out)],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.read_text())["summary"]
+    assert row["dist"] == "task:mytask.c:mark" and row["sweep"][0]["requests"] >= 1800
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--address", "auto"], "--address needs --cluster NODES"),
+    (["--cluster", "0"], "--cluster: expected a number of nodes >= 1, got 0"),
+    (["--cluster", "2", "--dist", "nosuch"], "unknown distribution 'nosuch'"),
+    (["--cluster", "2", "--task", "nofile.c:f"], "cannot read nofile.c"),
+])
+def test_lab_cluster_bad_arguments_are_one_line(args, message):
+    done = subprocess.run([sys.executable, "-m", "pybaremetal", "lab", *args, "--quiet"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1

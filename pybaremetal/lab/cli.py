@@ -80,6 +80,12 @@ def add_parser(commands):
     lab.add_argument("--late-us", type=float, default=1.0, metavar="US",
                      help="a request published more than US after its time counts as a late "
                           "send (default: 1)")
+    lab.add_argument("--cluster", type=int, default=None, metavar="NODES",
+                     help="spread the sweep's parts (one per distribution and policy) over a Ray "
+                          "cluster: without --address, a local cluster of NODES raylets on this "
+                          "host (they share its CPUs); needs pybaremetal[cluster]")
+    lab.add_argument("--address", default=None, metavar="RAY_ADDRESS",
+                     help="with --cluster: a running Ray cluster (auto or HOST:PORT) instead of a local one")
     lab.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     lab.add_argument("--csv", default=None, metavar="FILE", help="write one CSV line per point")
     lab.add_argument("--png", default=None, metavar="DIR",
@@ -98,8 +104,16 @@ def run(args):
         raise ArgumentError("the lab needs hdrhistogram: pip install 'pybaremetal[lab]'") from None
     from . import output
     from .sweep import sweep
-    result = sweep(args.policies, args.dist, args.mean_us, args.cores, args.loads,
-                   mode=args.arrivals, model_only=args.model_only, samples=args.samples,
+    if args.address is not None and args.cluster is None:
+        raise ArgumentError("--address needs --cluster NODES")
+    if args.cluster is not None:
+        if args.cluster < 1:
+            raise ArgumentError(f"--cluster: expected a number of nodes >= 1, got {args.cluster}")
+        from functools import partial
+        from .spread import sweep_on_cluster
+        sweep = partial(sweep_on_cluster, nodes=args.cluster, address=args.address)
+    result = sweep(policies=args.policies, dists=args.dist, mean_us=args.mean_us, cores=args.cores,
+                   loads=args.loads, mode=args.arrivals, model_only=args.model_only, samples=args.samples,
                    duration_s=args.duration, model_samples=args.model_samples, warmup=args.warmup,
                    slo_factor=args.slo_factor, slo_percentile=args.slo_percentile,
                    slo_metric=args.slo_metric,

@@ -34,9 +34,14 @@ def summary_table(result):
     bound = f"{slo['factor']:g}·S̄" if slo.get("metric", "latency") == "latency" else f"slowdown {slo['factor']:g}"
     table = Table(title=f"max load at SLO (p{slo['percentile']:g} <= {bound}), "
                         f"{result['workers']} workers, arrivals {result['arrivals']}")
-    for column in ("policy", "dist", "S̄ µs", "real", "model", "real/model", "overhead µs", "CPU share"):
-        table.add_column(column, justify="left" if column in ("policy", "dist") else "right")
+    columns = ["policy", "dist", "S̄ µs", "real", "model", "real/model", "overhead µs", "CPU share"]
+    on_nodes = "cluster" in result
+    if on_nodes:
+        columns.append("node")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("policy", "dist", "node") else "right")
     for row in result["summary"]:
+        node = [f"{row['node']['hostname']} {(row['node']['node_id'] or '?')[:8]}"] if on_nodes else []
         real = row.get("max_load_at_slo")
         fraction = row.get("fraction_of_model")
         overhead = row.get("overhead_us")
@@ -46,7 +51,7 @@ def summary_table(result):
                           f" ({row['model_policy']})" if row["model_policy"] != row["policy"] else ""),
                       "-" if fraction is None else f"{fraction:.1%}",
                       "-" if overhead is None else f"{overhead:.3f}",
-                      "-" if row.get("min_cpu_share") is None else f"{row['min_cpu_share']:.0%}")
+                      "-" if row.get("min_cpu_share") is None else f"{row['min_cpu_share']:.0%}", *node)
     return table
 
 
