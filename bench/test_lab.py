@@ -9,7 +9,11 @@ arrivals published by time (every core publishes what is due, then serves):
    as a share of S̄: target <= 1%; and the policy's own cost per task measured where other
    processes hardly disturb it, the median gap between back-to-back tasks on a core (the next
    one already waiting: the take, the stamps, publishing what became due);
- - the same fractions for d-FCFS, work stealing and the pthread-pool peer (reported).
+ - the same fractions for d-FCFS, work stealing and the pthread-pool peer (reported);
+ - the host's share: a VM's vCPUs stall (interrupts, the hypervisor, other guests): each core
+   records the gaps in its clock reads while idle and spins that overran, and the same
+   zero-overhead policy run on those stalls is what any scheduler could reach here; real /
+   that model is the fraction our dispatch costs (c-FCFS and d-FCFS, whose models take stalls).
 Other processes on a shared machine take CPU time from the cores being measured: a real
 figure is what this run saw, the model is what the same schedule would give with none.
 """
@@ -49,8 +53,24 @@ def test_max_load_at_slo_real_vs_model(benchmark, record, results, dist):
                row["max_load_at_slo"], row["model_max_load_at_slo"],
                unit="load", peer_name=f"model {row['model_policy']}",
                target="ratio >= 0.9" if policy == "c-fcfs" else None)
+    for policy in ("c-fcfs", "d-fcfs"):
+        row = rows[policy]
+        lost = max(w["lost_share"] for p in row["sweep"] for w in p["stalls"]["cores"])
+        record(f"lab {dist} S̄=10 µs: {policy} max load at SLO, real / the same policy with zero "
+               f"overhead on the stalls this run's cores saw (the host took up to {lost:.1%} of a core)",
+               row["max_load_at_slo"], row["host_model_max_load_at_slo"], unit="load",
+               peer_name=f"model {policy} on this host",
+               target="ratio >= 0.9" if policy == "c-fcfs" else None,
+               note="proposed target: the zero-overhead model cannot be reached on a host that stalls")
     c_fcfs = rows["c-fcfs"]
     low = c_fcfs["sweep"][0]
+    record(f"lab {dist}: c-FCFS dispatch overhead per task at load {low['load']}, median over requests "
+           f"of real - model latency (same schedule; a host stall hits few requests)",
+           100 * low["median_overhead_us"] / c_fcfs["mean_us"], None, unit="% of S̄",
+           target="ours <= 1")
+    record(f"lab {dist}: c-FCFS dispatch overhead per task at load {low['load']}, real - model on this "
+           f"host's stalls, mean", 100 * low["host_overhead_us"] / c_fcfs["mean_us"], None,
+           unit="% of S̄", target="ours <= 1")
     record(f"lab {dist}: c-FCFS dispatch overhead per task at load {low['load']} (real - model mean "
            f"latency, same schedule; CPU share {low['cpu_share']:.0%})", 100 * low["overhead_us"] / c_fcfs["mean_us"], None,
            unit="% of S̄", target="ours <= 1")

@@ -146,6 +146,25 @@ double bm_lab_tsc_hz(void)
 /* bm_lab_tsc -- the TSC now */
 u64 bm_lab_tsc(void) { return tsc(); }
 
+/* Where a core records the host's stalls during a run: gaps in its idle turns, and a spin
+ * task that overran its deadline (a stall covered the deadline; for a spin, stalls inside it
+ * before the deadline change nothing). */
+struct stall_log {
+	u64 *start, *length;            /* this core's part of the run's arrays */
+	u64 count, cap;
+	u64 threshold, base;            /* ticks */
+};
+
+/* note_gap -- the clock jumped from `before` to `now`: a stall if longer than the threshold */
+static inline void note_gap(struct stall_log *log, u64 before, u64 now)
+{
+	if (now - before > log->threshold && log->count < log->cap) {
+		log->start[log->count] = before - log->base;
+		log->length[log->count] = now - before;
+		log->count++;
+	}
+}
+
 /* bm_lab_spin -- the built-in task: busy for `ticks` TSC ticks
  *  IN:  ticks */
 void bm_lab_spin(u64 ticks)
@@ -189,13 +208,17 @@ static inline void count_one(struct lab_counter *counter)
 			      memory_order_relaxed);
 }
 
-/* serve -- run request id on core (thread) `core`, stamping it in the core's log */
-static inline void serve(struct lab_state *st, u32 core, u64 id)
+/* serve -- run request id on core (thread) `core`, stamping it in the core's log; with a
+ * stall log and the spin task, a spin that ended past its deadline by more than the threshold
+ * was stalled from the deadline on */
+static inline void serve(struct lab_state *st, u32 core, u64 id, struct stall_log *stalls)
 {
 	struct bm_lab_run *run = st->run;
 	u64 start = tsc();
 	((lab_task_fn)(uintptr_t)run->code)(run->arg[id]);
 	u64 end = tsc();
+	if (stalls != NULL && run->code == (u64)(uintptr_t)bm_lab_spin)
+		note_gap(stalls, start + run->arg[id], end);
 	struct lab_log *log = &st->logs[core];
 	u64 *entry = &log->served[3 * log->served_n++];
 	entry[0] = id;
@@ -312,7 +335,7 @@ static void publish(struct lab_state *st, u32 core, u64 id, int serves)
 		}
 		u64 other;
 		if (serves && take(st, core, &other)) {
-			serve(st, core, other);
+			serve(st, core, other, NULL);
 			count_one(&st->done[core]);
 		} else {
 			relax();
@@ -320,18 +343,27 @@ static void publish(struct lab_state *st, u32 core, u64 id, int serves)
 	}
 }
 
-/* publish_due -- claim and publish every request whose time has passed */
-static void publish_due(struct lab_state *st, u32 core)
+/* due -- request i's time has passed (a plain TSC read: only the stamps need the fence) */
+static inline int due(const struct bm_lab_run *run, u64 i)
+{
+	return i < run->count && run->arrival[i] + run->base <= __rdtsc();
+}
+
+/* publish_due -- claim and publish every request whose time has passed
+ * OUT: how many this core published */
+static u64 publish_due(struct lab_state *st, u32 core)
 {
 	struct bm_lab_run *run = st->run;
-	u64 i = atomic_load_explicit(&st->next, memory_order_relaxed);
-	while (i < run->count && run->arrival[i] <= now_ticks(run)) {
+	u64 i = atomic_load_explicit(&st->next, memory_order_relaxed), published = 0;
+	while (due(run, i)) {
 		if (!atomic_compare_exchange_weak_explicit(&st->next, &i, i + 1, memory_order_relaxed,
 							   memory_order_relaxed))
 			continue;
 		publish(st, core, i, 1);
+		published++;
 		i++;
 	}
+	return published;
 }
 
 static int all_served(struct lab_state *st)
@@ -347,25 +379,47 @@ static int all_served(struct lab_state *st)
 /* serve_loop -- a worker core: (publish,) take, serve, until every request is served */
 static void serve_loop(struct lab_state *st, u32 core)
 {
-	int publishes = st->run->mode == BM_LAB_PUBLISHED;
+	struct bm_lab_run *run = st->run;
+	int publishes = run->mode == BM_LAB_PUBLISHED;
 	u64 id;
-	wait_for_start(st->run);
+	u32 idle = 0;
+	struct stall_log log = { .cap = run->stall_cap, .threshold = run->stall_ticks, .base = run->base };
+	struct stall_log *stalls = NULL;
+	if (run->stall_ticks != 0 && run->stall_start != NULL && run->stall_count != NULL) {
+		log.start = run->stall_start + (u64)core * run->stall_cap;
+		log.length = run->stall_length + (u64)core * run->stall_cap;
+		stalls = &log;
+	}
+	wait_for_start(run);
+	u64 before = __rdtsc();         /* the last idle turn's clock read */
 	for (;;) {
-		if (publishes)
-			publish_due(st, core);
+		int worked = publishes && publish_due(st, core) != 0;
 		if (take(st, core, &id)) {
-			serve(st, core, id);
+			serve(st, core, id, stalls);
 			count_one(&st->done[core]);
+			before = __rdtsc();
 			continue;
 		}
-		if (atomic_load_explicit(&st->failed, memory_order_relaxed) || all_served(st))
-			return;
-		if (faulted(st)) {
-			stop_run(st, "a task faulted (see machine.faults)");
-			return;
+		if (stalls != NULL) {           /* an idle turn after an idle turn: a gap is a stall */
+			u64 now = __rdtsc();
+			if (!worked)
+				note_gap(stalls, before, now);
+			before = now;
+		}
+		/* idle: the end of the run and faults are looked at every 64th turn only, so that a
+		 * turn is a clock read and a look at the queue, and a request due is seen at once */
+		if ((++idle & 63) == 0) {
+			if (atomic_load_explicit(&st->failed, memory_order_relaxed) || all_served(st))
+				break;
+			if (faulted(st)) {
+				stop_run(st, "a task faulted (see machine.faults)");
+				break;
+			}
 		}
 		relax();
 	}
+	if (stalls != NULL)
+		run->stall_count[core] = log.count;
 }
 
 /* generate -- core 0 with a generator: send each request at its time */
@@ -588,7 +642,7 @@ static void pool_worker(struct lab_state *st, u32 index)
 		if (head != atomic_load_explicit(&st->ring_tail, memory_order_relaxed)) {
 			atomic_store_explicit(&st->ring_head, head + 1, memory_order_relaxed);
 			pthread_mutex_unlock(&st->mutex);
-			serve(st, index, st->ring[head]);
+			serve(st, index, st->ring[head], NULL);
 			pthread_mutex_lock(&st->mutex);
 			atomic_fetch_add_explicit(&st->pool_done, 1, memory_order_relaxed);
 			continue;

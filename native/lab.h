@@ -35,6 +35,13 @@ struct bm_lab_run {
 	u32 *core;              /* [count] out: the core (pool: the thread) that ran it */
 	u64 late;               /* out: requests published late */
 	u64 base;               /* out: the TSC at time 0 */
+	/* the host's stalls each core saw while it ran (machine policies): a gap longer than
+	 * stall_ticks between two clock reads of an idle turn or of the spin task */
+	u64 stall_ticks;        /* 0: record none */
+	u64 stall_cap;          /* room per core in stall_start / stall_length */
+	u64 *stall_start;       /* [cores * stall_cap] out: core c's at c * stall_cap, ticks after base */
+	u64 *stall_length;      /* [cores * stall_cap] out */
+	u64 *stall_count;       /* [cores] out: stalls kept per core */
 };
 
 int bm_lab_run(struct bm_machine *m, struct bm_lab_run *run);

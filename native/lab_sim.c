@@ -349,3 +349,100 @@ int bm_lab_simulate(u32 policy, u32 servers, u64 count, const double *arrival,
 		bm_fail(BM_ERR_FULL, "simulate: out of memory");
 	return result;
 }
+
+/* ---- the same policies on a host that stalls ---------------------------------------------- */
+
+/* A server's stalls: intervals [start, end) in which its CPU was taken away, sorted, and a
+ * cursor past those that ended before anything still to come on it. */
+struct stalls {
+	const double *start, *end;
+	u64 next, last;                 /* [next, last): the stalls not yet behind the server */
+};
+
+/* stall_free -- the first time >= t at which the server runs (t itself unless t falls in a
+ * stall); times asked of one server never go down, so the cursor only moves on */
+static double stall_free(struct stalls *s, double t)
+{
+	while (s->next < s->last && s->end[s->next] <= t)
+		s->next++;
+	/* only the stalls over before t are behind the server: a later question may still
+	 * fall in the stall t falls in */
+	for (u64 j = s->next; j < s->last && s->start[j] <= t; j++)
+		if (s->end[j] > t)
+			t = s->end[j];
+	return t;
+}
+
+/* stall_finish -- when a task started at `start` (not in a stall) with service `service` ends:
+ * deadline (a spin to a TSC deadline) at start + service, or at the end of a stall covering
+ * that instant; otherwise (work) later by every stall it overlaps */
+static double stall_finish(struct stalls *s, double start, double service, int deadline)
+{
+	if (deadline)
+		return stall_free(s, start + service);
+	double t = start, left = service;
+	for (u64 j = s->next; j < s->last; j++) {
+		if (s->end[j] <= t)
+			continue;
+		if (t + left <= s->start[j])
+			break;
+		left -= s->start[j] > t ? s->start[j] - t : 0;
+		t = s->end[j];
+	}
+	return t + left;
+}
+
+/* bm_lab_simulate_stalled -- c-FCFS or d-FCFS as bm_lab_simulate, on servers that stall: a
+ * server cannot start a task in a stall, and a task running across one ends later (see
+ * stall_finish).  Under c-FCFS each request starts on the server able to start it first.
+ *  IN:  policy (BM_SIM_CFCFS or BM_SIM_DFCFS), servers, count, arrival, service, target (d-FCFS),
+ *       stall_start / stall_end: every server's stalls, server s's at [first[s], first[s+1]),
+ *       sorted and disjoint; deadline: tasks spin to a deadline; finish[count]
+ * OUT:  0 with finish[] filled; -1 with BM_ERR_ARGUMENT (bad policy, servers, target) or
+ *       BM_ERR_FULL recorded */
+int bm_lab_simulate_stalled(u32 policy, u32 servers, u64 count, const double *arrival,
+			    const double *service, const u32 *target, const double *stall_start,
+			    const double *stall_end, const u64 *first, int deadline, double *finish)
+{
+	if (servers == 0 || servers > 4096)
+		return SIM_FAIL(BM_ERR_ARGUMENT, "simulate: servers must be 1..4096, got %u", servers);
+	if (policy != BM_SIM_CFCFS && policy != BM_SIM_DFCFS)
+		return SIM_FAIL(BM_ERR_ARGUMENT, "simulate: stalls are modelled for c-FCFS and d-FCFS only");
+	if (policy == BM_SIM_DFCFS) {
+		if (target == NULL)
+			return SIM_FAIL(BM_ERR_ARGUMENT, "simulate: d-FCFS needs targets");
+		for (u64 i = 0; i < count; i++)
+			if (target[i] >= servers)
+				return SIM_FAIL(BM_ERR_ARGUMENT, "simulate: request %lu targets queue %u of %u",
+						i, target[i], servers);
+	}
+	for (u32 s = 0; s < servers; s++)
+		if (first[s] > first[s + 1])
+			return SIM_FAIL(BM_ERR_ARGUMENT, "simulate: server %u's stalls are out of order", s);
+	struct stalls *st = calloc(servers, sizeof *st);
+	double *free_at = calloc(servers, sizeof *free_at);
+	if (st == NULL || free_at == NULL) {
+		free(st);
+		free(free_at);
+		return SIM_FAIL(BM_ERR_FULL, "simulate: out of memory");
+	}
+	for (u32 s = 0; s < servers; s++)
+		st[s] = (struct stalls){ .start = stall_start, .end = stall_end, .next = first[s],
+					 .last = first[s + 1] };
+	for (u64 i = 0; i < count; i++) {
+		u32 s = policy == BM_SIM_DFCFS ? target[i] : 0;
+		double start = stall_free(&st[s], arrival[i] > free_at[s] ? arrival[i] : free_at[s]);
+		if (policy == BM_SIM_CFCFS)
+			for (u32 j = 1; j < servers; j++) {
+				double t = stall_free(&st[j], arrival[i] > free_at[j] ? arrival[i] : free_at[j]);
+				if (t < start) {
+					start = t;
+					s = j;
+				}
+			}
+		finish[i] = free_at[s] = stall_finish(&st[s], start, service[i], deadline);
+	}
+	free(st);
+	free(free_at);
+	return 0;
+}

@@ -15,5 +15,8 @@ enum bm_sim_policy {
 
 int bm_lab_simulate(u32 policy, u32 servers, u64 count, const double *arrival,
 		    const double *service, const u32 *target, double quantum, double *finish);
+int bm_lab_simulate_stalled(u32 policy, u32 servers, u64 count, const double *arrival,
+			    const double *service, const u32 *target, const double *stall_start,
+			    const double *stall_end, const u64 *first, int deadline, double *finish);
 
 #endif

@@ -95,6 +95,64 @@ def test_model_rejects_bad_input():
         model.simulate("preempt", 1, [1.0], [1.0], quantum_us=0)
 
 
+# --- the model on a host that stalls -----------------------------------------------------------
+
+@pytest.mark.parametrize("policy", ["c-fcfs", "d-fcfs"])
+def test_model_without_stalls_is_the_ideal_model(policy):
+    draw = Draw(Distribution("bimodal-1", 1.0), 20_000, 3, seed=5)
+    arrival = draw.arrivals_us(0.8, 3)
+    ideal = model.simulate(policy, 3, arrival, draw.service_us, draw.target)
+    none = [(np.zeros(0), np.zeros(0))] * 3
+    assert np.array_equal(model.simulate(policy, 3, arrival, draw.service_us, draw.target, stalls=none), ideal)
+
+
+def test_model_stall_covering_a_spin_deadline_ends_it_at_the_stall_end():
+    stall = [(np.array([3.0]), np.array([20.0]))]               # the CPU is gone from 3 to 20
+    spin = model.simulate("c-fcfs", 1, [0.0, 5.0], [10.0, 10.0], stalls=stall, deadline=True)
+    assert list(spin) == [20.0, 25.0]                           # ends at 20; next runs 20..30
+    work = model.simulate("c-fcfs", 1, [0.0, 5.0], [10.0, 10.0], stalls=stall, deadline=False)
+    assert list(work) == [27.0, 32.0]                           # 3 done, 17 lost, 7 more; 27..37
+    inside = model.simulate("c-fcfs", 1, [0.0], [10.0], stalls=[(np.array([2.0]), np.array([4.0]))])
+    assert list(inside) == [10.0]                               # a spin's deadline is not moved
+
+
+def test_model_c_fcfs_starts_a_request_on_the_server_not_stalled():
+    stalls = [(np.array([0.0]), np.array([50.0])), (np.zeros(0), np.zeros(0))]
+    latency = model.simulate("c-fcfs", 2, [0.0, 1.0, 60.0], [10.0, 10.0, 10.0], stalls=stalls)
+    assert list(latency) == [10.0, 19.0, 10.0]                  # server 1, server 1 again, either
+    with pytest.raises(ArgumentError, match="c-fcfs and d-fcfs only"):
+        model.simulate("steal", 2, [0.0], [1.0], [0], stalls=stalls)
+    with pytest.raises(ArgumentError, match="stalls for 2 servers, expected 3"):
+        model.simulate("c-fcfs", 3, [0.0], [1.0], stalls=stalls)
+
+
+def test_stalls_repeat_over_a_longer_schedule_without_overlaps():
+    trace = real.Stalls([np.array([10.0, 990.0])], [np.array([5.0, 25.0])], 0.001, 1.0)   # a 1 ms run
+    start, end = trace.tiled(0, 2500.0)          # the last stall runs into the next period's first
+    assert list(start) == [10.0, 990.0, 1990.0] and list(end) == [15.0, 1015.0, 2015.0]
+    assert trace.summary()["cores"][0]["lost_share"] == 0.03
+
+
+def test_a_run_records_the_stalls_a_competing_process_causes():
+    """A busy process on core 0's CPU takes it for scheduler slices: core 0 records them."""
+    count = 20_000
+    arrival = np.arange(count) * 20.0                           # 0.4 s of light load
+    args = spin_ticks(np.full(count, 2.0))
+    with bm.Machine(cores=1, memory="8M", console="capture", queue_size=1 << 15) as m:
+        cpu = bm._native.lib.bm_smp_core_cpu(m._c, 0)
+        hog = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c",
+                                "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+        try:
+            stamps = real.run("c-fcfs", arrival, spin_task(), args, machine=m, mode="published")
+        finally:
+            hog.kill()
+            hog.wait()
+    stalls = stamps.stalls
+    assert len(stalls.start_us) == 1 and len(stalls.start_us[0]) > 0
+    assert stalls.lost_share(0) > 0.2                          # the hog had about half the CPU
+    assert np.all(np.diff(stalls.start_us[0]) > 0) and np.all(stalls.length_us[0] > 1.0)
+
+
 # --- the schedule ----------------------------------------------------------------------------
 
 def test_schedule_has_the_asked_rate_and_exponential_gaps():
@@ -223,6 +281,11 @@ def test_cli_short_sweep_writes_json_csv_and_plots(tmp_path):
             assert [p["load"] for p in row["sweep"]] == [0.3, 0.7]
             assert all(p["late_sends"] >= 0 and p["throughput"] > 0 for p in row["sweep"])
     assert rows["pthread"]["model_policy"] == "c-fcfs"
+    for name in ("c-fcfs", "d-fcfs"):                           # and the model on this host
+        row = rows[name]
+        assert 0 < row["host_model_max_load_at_slo"] <= row["model_max_load_at_slo"] + 0.05
+        assert all("host_model_p99" in p and "stalls" in p for p in row["sweep"])
+    assert "host_model_max_load_at_slo" not in rows["steal"]
     lines = (tmp_path / "out.csv").read_text().splitlines()
     assert lines[0].startswith("policy,dist,kind") and len(lines) == 1 + 4 * 2 * 2 + 2
     assert sorted(os.listdir(tmp_path / "png")) == sorted(

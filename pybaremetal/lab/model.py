@@ -12,10 +12,14 @@ from ..errors import ArgumentError, raise_recorded
 POLICIES = {"c-fcfs": 0, "d-fcfs": 1, "steal": 2, "ps": 3, "preempt": 4}
 
 
-def simulate(policy, servers, arrival_us, service_us, target=None, quantum_us=None):
+def simulate(policy, servers, arrival_us, service_us, target=None, quantum_us=None, stalls=None,
+             deadline=True):
     """Latency (finish - arrival, µs) of each request under the ideal ``policy`` with
     ``servers`` servers.  ``target``: each request's queue (d-FCFS, steal); ``quantum_us``:
-    the preemption time slice (preempt)."""
+    the preemption time slice (preempt).  ``stalls`` (c-FCFS and d-FCFS): for each server,
+    (start, end) arrays of the times its CPU is taken away (sorted, disjoint); ``deadline``:
+    tasks spin to a deadline (a stall only matters if it covers the deadline), else a stall
+    inside a task delays its end by its length."""
     from .._native import ffi, lib
     if policy not in POLICIES:
         raise ArgumentError(f"the model has no policy {policy!r} (known: {', '.join(POLICIES)})")
@@ -30,11 +34,41 @@ def simulate(policy, servers, arrival_us, service_us, target=None, quantum_us=No
             raise ArgumentError(f"simulate: {policy} needs each request's queue (target)")
         target = np.ascontiguousarray(target, dtype=np.uint32)
         targets = ffi.cast("const u32 *", target.ctypes.data)
+    if stalls is not None:
+        return _simulate_stalled(policy, servers, arrival, service, target, stalls, deadline)
     quantum = float(quantum_us) if quantum_us is not None else 0.0
     if lib.bm_lab_simulate(POLICIES[policy], servers, len(arrival),
                            ffi.cast("const double *", arrival.ctypes.data),
                            ffi.cast("const double *", service.ctypes.data), targets, quantum,
                            ffi.cast("double *", finish.ctypes.data)) != 0:
+        raise_recorded()
+    return finish - arrival
+
+
+def _simulate_stalled(policy, servers, arrival, service, target, stalls, deadline):
+    from .._native import ffi, lib
+    if policy not in ("c-fcfs", "d-fcfs"):
+        raise ArgumentError(f"the model has stalls for c-fcfs and d-fcfs only, not {policy!r}")
+    if len(stalls) != servers:
+        raise ArgumentError(f"simulate: stalls for {len(stalls)} servers, expected {servers}")
+    starts = np.ascontiguousarray(np.concatenate([np.asarray(s, dtype=np.float64) for s, _ in stalls]
+                                                 + [np.zeros(0)]))
+    ends = np.ascontiguousarray(np.concatenate([np.asarray(e, dtype=np.float64) for _, e in stalls]
+                                               + [np.zeros(0)]))
+    first = np.ascontiguousarray(np.concatenate([[0], np.cumsum([len(s) for s, _ in stalls])]),
+                                 dtype=np.uint64)
+    targets = ffi.NULL
+    if target is not None:
+        target = np.ascontiguousarray(target, dtype=np.uint32)
+        targets = ffi.cast("const u32 *", target.ctypes.data)
+    finish = np.empty_like(arrival)
+    if lib.bm_lab_simulate_stalled(POLICIES[policy], servers, len(arrival),
+                                   ffi.cast("const double *", arrival.ctypes.data),
+                                   ffi.cast("const double *", service.ctypes.data), targets,
+                                   ffi.cast("const double *", starts.ctypes.data),
+                                   ffi.cast("const double *", ends.ctypes.data),
+                                   ffi.cast("const u64 *", first.ctypes.data), int(bool(deadline)),
+                                   ffi.cast("double *", finish.ctypes.data)) != 0:
         raise_recorded()
     return finish - arrival
 

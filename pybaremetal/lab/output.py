@@ -7,7 +7,8 @@ from ..errors import ArgumentError
 
 CSV_COLUMNS = ("policy", "dist", "kind", "mode", "mean_us", "workers", "load", "requests",
                "p50", "p99", "p99.9", "mean", "p99_over_mean", "slowdown", "slowdown_p99.9",
-               "throughput", "late_sends", "cpu_s", "cpu_share", "overhead_us", "dispatch_gap_ns")
+               "throughput", "late_sends", "cpu_s", "cpu_share", "overhead_us", "median_overhead_us",
+               "dispatch_gap_ns", "host_model_p99", "host_overhead_us")
 
 
 def save_json(result, path):
@@ -34,7 +35,8 @@ def summary_table(result):
     bound = f"{slo['factor']:g}·S̄" if slo.get("metric", "latency") == "latency" else f"slowdown {slo['factor']:g}"
     table = Table(title=f"max load at SLO (p{slo['percentile']:g} <= {bound}), "
                         f"{result['workers']} workers, arrivals {result['arrivals']}")
-    columns = ["policy", "dist", "S̄ µs", "real", "model", "real/model", "overhead µs", "CPU share"]
+    columns = ["policy", "dist", "S̄ µs", "real", "model", "real/model", "model on host", "real/host",
+               "overhead µs", "CPU share"]
     on_nodes = "cluster" in result
     if on_nodes:
         columns.append("node")
@@ -50,6 +52,8 @@ def summary_table(result):
                       f"{row['model_max_load_at_slo']:.3f}" + (
                           f" ({row['model_policy']})" if row["model_policy"] != row["policy"] else ""),
                       "-" if fraction is None else f"{fraction:.1%}",
+                      "-" if row.get("host_model_max_load_at_slo") is None else f"{row['host_model_max_load_at_slo']:.3f}",
+                      "-" if row.get("fraction_of_host_model") is None else f"{row['fraction_of_host_model']:.1%}",
                       "-" if overhead is None else f"{overhead:.3f}",
                       "-" if row.get("min_cpu_share") is None else f"{row['min_cpu_share']:.0%}", *node)
     return table

@@ -30,20 +30,28 @@ class Stamps:
     """Per-request results of one real run, µs after time 0: ``arrival``, ``publish``,
     ``start``, ``end``; ``core`` (int); ``late`` (count); ``cpu_s`` (process CPU time);
     ``cpu_share``: cpu_s over the run's wall time times its threads, the share of the CPUs the
-    run's threads got (all of them spin: below 1, other processes took CPU time from them)."""
+    run's threads got (all of them spin: below 1, other processes took CPU time from them);
+    ``stalls``: the host's stalls the machine's cores saw (:class:`Stalls`, None if not recorded)."""
+
+    stalls = None
 
 
 def _u64(array):
     return ffi.cast("u64 *", array.ctypes.data)
 
 
+STALL_ROOM = 1 << 16                 # stalls kept per core and run
+
+
 def run(policy, arrival_us, task, args=None, target=None, *, machine=None, cpus=None,
-        mode="published", late_us=1.0):
+        mode="published", late_us=1.0, stall_us=1.0):
     """Serve requests due at ``arrival_us`` with ``task`` under ``policy``.
 
     c-fcfs, d-fcfs, steal run on ``machine``'s cores (the caller must be its core 0, e.g. the
     thread that booted it); pthread runs threads pinned to ``cpus``.  ``args``: each request's
-    task argument (default: its index); ``target``: its worker (d-fcfs, steal).
+    task argument (default: its index); ``target``: its worker (d-fcfs, steal).  On a
+    machine, each core records the host's stalls longer than ``stall_us`` (0: none) in its
+    idle turns and in spins that overran (``stamps.stalls``, :class:`Stalls`, per worker).
     Returns :class:`Stamps`."""
     if policy not in POLICIES:
         raise ArgumentError(f"no real policy {policy!r} (known: {', '.join(POLICIES)})")
@@ -81,8 +89,15 @@ def run(policy, arrival_us, task, args=None, target=None, *, machine=None, cpus=
     else:
         if machine is None:
             raise ArgumentError(f"{policy} runs on a machine's cores: give machine=")
-        status = lib.bm_lab_run(machine._c, r)
         threads = machine.num_cores
+        if stall_us:
+            stall_start = np.zeros(threads * STALL_ROOM, dtype=np.uint64)
+            stall_length = np.zeros(threads * STALL_ROOM, dtype=np.uint64)
+            stall_count = np.zeros(threads, dtype=np.uint64)
+            r.stall_ticks, r.stall_cap = max(1, int(stall_us * hz / 1e6)), STALL_ROOM
+            r.stall_start, r.stall_length = _u64(stall_start), _u64(stall_length)
+            r.stall_count = _u64(stall_count)
+        status = lib.bm_lab_run(machine._c, r)
     after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall
     if status != 0:
         raise_recorded()
@@ -95,6 +110,15 @@ def run(policy, arrival_us, task, args=None, target=None, *, machine=None, cpus=
     stamps.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     stamps.mode = mode
     stamps.cpu_share = stamps.cpu_s / (wall * threads) if wall > 0 else None
+    stamps.stalls = None
+    if policy != "pthread" and stall_us:
+        first = threads - workers_of(threads, mode)              # the generator records none
+        cores = range(first, threads)
+        stamps.stalls = Stalls([stall_start[c * STALL_ROOM:c * STALL_ROOM + int(stall_count[c])] * scale
+                                for c in cores],
+                               [stall_length[c * STALL_ROOM:c * STALL_ROOM + int(stall_count[c])] * scale
+                                for c in cores],
+                               max(float(stamps.end.max()), 1.0) / 1e6, stall_us)
     return stamps
 
 
@@ -139,3 +163,53 @@ def run_executor(arrival_us, task, args=None, *, threads=1, late_us=1.0):
     wall = (end.max() + 2000) / 1e6 if count else 0
     stamps.cpu_share = stamps.cpu_s / (wall * (threads + 1)) if wall > 0 else None
     return stamps
+
+
+class Stalls:
+    """The host's stalls the cores of a run saw (gaps in their idle turns, spins that overran
+    their deadline): ``start_us`` and ``length_us`` (one array per worker, µs after time 0),
+    over ``seconds`` (the run's span)."""
+
+    def __init__(self, start_us, length_us, seconds, threshold_us):
+        self.start_us, self.length_us = start_us, length_us
+        self.seconds, self.threshold_us = seconds, threshold_us
+
+    def lost_share(self, core):
+        """The share of the run's time worker ``core`` lost to stalls."""
+        return float(self.length_us[core].sum()) / (self.seconds * 1e6)
+
+    def summary(self):
+        """JSON-ready: per worker the stalls per second, the share of time lost, the p50 / p99 /
+        max stall in µs."""
+        rows = []
+        for c, lengths in enumerate(self.length_us):
+            rows.append({"worker": c, "stalls_per_s": round(len(lengths) / self.seconds, 1),
+                         "lost_share": round(self.lost_share(c), 5),
+                         "p50_us": round(float(np.percentile(lengths, 50)), 3) if len(lengths) else 0.0,
+                         "p99_us": round(float(np.percentile(lengths, 99)), 3) if len(lengths) else 0.0,
+                         "max_us": round(float(lengths.max()), 3) if len(lengths) else 0.0})
+        return {"seconds": self.seconds, "threshold_us": self.threshold_us, "cores": rows}
+
+    def tiled(self, core, span_us, offset_us=0.0):
+        """Worker ``core``'s stalls repeated every ``seconds`` to cover [0, span_us), starting
+        ``offset_us`` into the run: (start, end) arrays in µs, sorted and disjoint (what
+        :func:`pybaremetal.lab.model.simulate` takes as one server's stalls)."""
+        period = self.seconds * 1e6
+        start, length = self.start_us[core], self.length_us[core]
+        if len(start) == 0:
+            return np.zeros(0), np.zeros(0)
+        shifted = (start - offset_us) % period
+        order = np.argsort(shifted)
+        start, length = shifted[order], length[order]
+        repeats = int(np.ceil(span_us / period)) + 1
+        starts = np.concatenate([start + k * period for k in range(repeats)])
+        ends = np.concatenate([start + length + k * period for k in range(repeats)])
+        keep = starts < span_us
+        starts, ends = starts[keep], ends[keep]
+        # tiling and the offset may make neighbours overlap: merge them
+        if len(ends):
+            ends = np.maximum.accumulate(ends)
+            first = np.flatnonzero(np.concatenate([[True], starts[1:] > ends[:-1]]))
+            starts, ends = starts[first], np.maximum.reduceat(ends, first)
+        return starts, ends
+

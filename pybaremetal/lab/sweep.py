@@ -11,6 +11,8 @@ from . import model, real, stats
 from .workload import Distribution, Draw, calibrate, check_load, resolve_task, spin_ticks
 
 DEFAULT_LOADS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+#: the model policies that also run on the stalls a real run saw (the host's model)
+HOST_MODELS = ("c-fcfs", "d-fcfs")
 MODEL_ONLY = ("ps", "preempt")
 POLICIES = tuple(real.POLICIES) + MODEL_ONLY
 
@@ -188,12 +190,19 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
                        "workers": workers, "mode": mode, "model_policy": real.MODEL_OF.get(policy, policy),
                        "model_max_load_at_slo": model_max}
                 if policy in run_real:
-                    points, max_load = _real_sweep(policy, dist, task, machine, cores, workers, mode,
-                                                   loads, samples, duration_s, warmup, seed, late_us,
-                                                   arrivals, bisect, slo, histograms, bar, stop_after)
+                    points, max_load, host_max = _real_sweep(policy, dist, task, machine, cores, workers,
+                                                             mode, loads, samples, duration_s, warmup, seed,
+                                                             late_us, arrivals, bisect, slo, histograms, bar,
+                                                             stop_after)
                     row["max_load_at_slo"] = max_load
                     row["fraction_of_model"] = max_load / model_max if model_max else None
+                    if host_max is not None:
+                        row["host_model_max_load_at_slo"] = host_max
+                        row["fraction_of_host_model"] = max_load / host_max if host_max else None
                     row["overhead_us"] = points[0]["overhead_us"]
+                    row["median_overhead_us"] = points[0]["median_overhead_us"]
+                    if "host_overhead_us" in points[0]:
+                        row["host_overhead_us"] = points[0]["host_overhead_us"]
                     row["min_cpu_share"] = min(p["cpu_share"] for p in points)
                     busiest = max(points, key=lambda p: p["dispatch_gaps"])
                     row["dispatch_gap_ns"] = busiest["dispatch_gap_ns"]
@@ -235,21 +244,37 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
     args = spin_ticks(draw.service_us) if task.spin else None
     cpus = _core_cpus(machine, cores)
 
+    model_policy = real.MODEL_OF[policy]
+    on_host = model_policy in HOST_MODELS and policy in ("c-fcfs", "d-fcfs")
+    traces = {}                         # load -> the stalls its real run saw
+
+    def count_at(load):
+        return int(min(samples, max(2000, duration_s * 1e6 * load * workers / dist.mean_us)))
+
     def measure(load):
         """One run at ``load``: its stamps, the warm-up count, the arrivals, each request's own
         service time (the spin's asked time; a task of the user's: as measured)."""
-        count = int(min(samples, max(2000, duration_s * 1e6 * load * workers / dist.mean_us)))
+        count = count_at(load)
         arrival = draw.arrivals_us(load, workers, count)
         stamps = real.run(policy, arrival, task, None if args is None else args[:count],
                           draw.target[:count], machine=machine, cpus=cpus, mode=mode, late_us=late_us)
         own = draw.service_us[:count] if task.spin else np.maximum(stamps.end - stamps.start, 1e-3)
+        if stamps.stalls is not None:
+            traces[load] = stamps.stalls
         return stamps, int(count * warmup), arrival, own
 
-    points, met = [], []
+    def on_stalls(load, arrival, own, stalls):
+        """Latencies of the zero-overhead policy on servers that stall as ``stalls`` did."""
+        span = float(arrival[-1]) + 100 * dist.mean_us
+        return model.simulate(model_policy, workers, arrival, own, draw.target[:len(arrival)],
+                              stalls=[stalls.tiled(w, span) for w in range(workers)],
+                              deadline=task.spin)
+
+    points, met, host_met = [], [], []
     for load in loads:
         stamps, skip, arrival, own = measure(load)
         lat = (stamps.end - stamps.arrival)[skip:]
-        modelled = model.simulate(real.MODEL_OF[policy], workers, arrival, own,
+        modelled = model.simulate(model_policy, workers, arrival, own,
                                   draw.target[:len(arrival)])[skip:]
         row = stats.point(load, lat, own[skip:], dist.mean_us,
                           duration_us=float(stamps.end[skip:].max() - stamps.arrival[skip]),
@@ -257,6 +282,13 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
                           keep_histogram=histograms)
         row["model_p99"] = float(np.percentile(modelled, 99))
         row["overhead_us"] = float(lat.mean() - modelled.mean())
+        row["median_overhead_us"] = float(np.median(lat - modelled))
+        if on_host and stamps.stalls is not None:
+            hosted = on_stalls(load, arrival, own, stamps.stalls)[skip:]
+            row["host_model_p99"] = float(np.percentile(hosted, 99))
+            row["host_overhead_us"] = float(lat.mean() - hosted.mean())
+            row["stalls"] = stamps.stalls.summary()
+            host_met.append((load, stats.meets(hosted, own[skip:], **slo)))
         row["cpu_share"] = stamps.cpu_share
         gaps = stats.dispatch_gaps_ns(stamps.publish, stamps.start, stamps.end, stamps.core)
         row["dispatch_gaps"] = int(len(gaps))
@@ -274,7 +306,24 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
         stamps, skip, _, own = measure(load)
         bar.step(f"real {policy} {dist.name} max load")
         return stats.meets((stamps.end - stamps.arrival)[skip:], own[skip:], **slo)
-    return points, round(_max_load(meets_at, met, steps), 4)
+    max_load = round(_max_load(meets_at, met, steps), 4)
+
+    def host_meets_at(load):
+        """The model on this host at a load with no run of its own: the stalls of the real run
+        nearest in load, repeated over the schedule."""
+        count = count_at(load)
+        arrival = draw.arrivals_us(load, workers, count)
+        own = draw.service_us[:count]
+        nearest = traces[min(traces, key=lambda measured: abs(measured - load))]
+        skip = int(count * warmup)
+        return stats.meets(on_stalls(load, arrival, own, nearest)[skip:], own[skip:], **slo)
+    host_max = None
+    if on_host and host_met and task.spin:
+        for load in loads[len(points):]:        # the real sweep stopped early: the model goes on
+            if all(m for _, m in host_met):
+                host_met.append((load, host_meets_at(load)))
+        host_max = round(_max_load(host_meets_at, host_met, max(steps, 6)), 4)
+    return points, max_load, host_max
 
 
 def _core_cpus(machine, cores):
