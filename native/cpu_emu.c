@@ -36,6 +36,21 @@
  * instructions are thereby atomic with respect to other cores, at the cost of not running
  * guest code on two cores at once.
  *
+ * Translations: the engine's TLB is filled by on_tlb_fill (unicorn's UC_TLB_VIRTUAL), our walk
+ * of the guest's 4-level tables (4 KiB/2 MiB/1 GiB pages, accessed/dirty bits set as the CPU
+ * does).  Why not the engine's own MMU: unicorn has no dirty-page bitmap and treats every page
+ * whose TLB entry is executable as possibly holding code, so each store through such an entry
+ * runs its self-modifying-code check (a helper call, a region lookup, a TB invalidation
+ * probe) -- measured, the sieve bench spent ~90% there, 204 ns per iteration.  Our fill gives
+ * execute permission only to an instruction fetch and to pages fetched from before (a bitmap
+ * of physical pages, per engine as each has its own translated code); data pages get clean
+ * entries and stores take TCG's inline fast path.  A page's first fetch flushes the TLB, so
+ * no clean entry to it survives under another virtual address (the app window's identity
+ * alias).  Anything the walk does not grant plainly (not present, read-only for a write,
+ * NX/reserved bits, ring 3, SMEP/SMAP/PKE, no paging) is refused: the engine stops and
+ * redo_in_engine_mmu runs that one instruction with the engine's own MMU, which raises the
+ * architectural #PF (CR2 exact) or goes on.
+ *
  * A guest `hlt` makes the engine return (its RIP after the hlt; nothing stopped it): the run
  * waits in bm_guest_halt without the turn, then goes on.  CPUID answers the engine's model
  * (Nehalem) except the brand string, which is the host CPU's (on_cpuid).
