@@ -155,6 +155,7 @@ struct emu_cpu {
 	_Atomic int stopped;                 /* emu_stop was called: an early return is not a hlt */
 	u8 *code_pages;                      /* one bit per 4 KiB physical page ever fetched from */
 	int walk_refused;                    /* on_tlb_fill left an access to the engine's own MMU */
+	unsigned fills;                      /* TLB fills, for the periodic flush that lets it grow */
 };
 
 struct emu_vm {                              /* the machine's turn (see the top of this file) */
@@ -407,11 +408,16 @@ static int walk(struct emu_cpu *c, u64 va, int write, u64 *pa, int *writable)
 	return 1;
 }
 
+#define FILLS_PER_FLUSH 4096         /* the engine sizes its TLB (up, when mostly used) only at a flush */
+
 /* on_tlb_fill -- the engine needs a translation (a TLB miss): walk the guest's tables.  Only
  * an instruction fetch, or a page fetched from before, gets execute permission: the engine
  * (unicorn) checks every write through an executable entry for self-modifying code and never
  * lets such an entry become clean, which made every store to data pages a slow helper call.
  * The first fetch from a page flushes the TLB so no clean entry to it survives (an alias).
+ * Every FILLS_PER_FLUSH fills flush it too: QEMU grows its TLB only when a flush finds it
+ * mostly used, so without flushes it stays at 256 entries (1 MiB) and a loop sweeping a few
+ * MiB refills on every page.
  *  IN:  engine, vaddr (page), type, result, c
  * OUT:  1 with *result; 0 refused (the run stops; emu_run lets the engine's MMU redo it) */
 static int on_tlb_fill(uc_engine *engine, u64 vaddr, int type, struct uc_tlb_entry *result, void *user)
@@ -424,13 +430,15 @@ static int on_tlb_fill(uc_engine *engine, u64 vaddr, int type, struct uc_tlb_ent
 		return 0;
 	}
 	u32 perms = UC_PROT_READ | (writable ? UC_PROT_WRITE : 0);
+	int flush = 0;
 	if (type == UC_MEM_FETCH) {
-		if (code_page(c, pa))
-			uc.ctl(engine, UC_CTL_TLB_FLUSH_WRITE);
+		flush = code_page(c, pa);
 		perms |= UC_PROT_EXEC;
 	} else if (is_code_page(c, pa)) {
 		perms |= UC_PROT_EXEC;
 	}
+	if (flush || ++c->fills % FILLS_PER_FLUSH == 0)
+		uc.ctl(engine, UC_CTL_TLB_FLUSH_WRITE);
 	result->paddr = pa;
 	result->perms = perms;
 	return 1;
