@@ -32,6 +32,7 @@ void bm_console_init(struct bm_console *c, int out_fd, int in_fd)
 	c->in_eof = 0;
 	c->in_after_cr = 0;
 	c->in_pos = c->in_len = 0;
+	atomic_store(&c->in_keys, 0);
 	atomic_store(&c->lost_bytes, 0);
 	atomic_store(&c->lost_errno, 0);
 	pthread_mutex_init(&c->in_lock, NULL);
@@ -163,9 +164,34 @@ again:
 		key = upstream_key(c, c->in_buf[c->in_pos++]);
 		if (key == 0)
 			goto again;                /* the LF of CR LF: take the next byte, if any */
+		atomic_fetch_add_explicit(&c->in_keys, 1, memory_order_relaxed);
 	}
 	pthread_mutex_unlock(&c->in_lock);
 	return key;
+}
+
+/* bm_console_key_waiting -- a key is waiting for b_input (read from the input into the buffer
+ * if need be, never blocking)
+ *  IN:  m
+ * OUT:  1 or 0 */
+int bm_console_key_waiting(struct bm_machine *m)
+{
+	struct bm_console *c = &m->console;
+	if (c->in_fd < 0)
+		return 0;
+	pthread_mutex_lock(&c->in_lock);
+	fill(c);
+	int waiting = c->in_pos < c->in_len;
+	pthread_mutex_unlock(&c->in_lock);
+	return waiting;
+}
+
+/* bm_console_keys_read -- how many keys b_input has handed out so far
+ *  IN:  m
+ * OUT:  the count */
+u64 bm_console_keys_read(struct bm_machine *m)
+{
+	return atomic_load_explicit(&m->console.in_keys, memory_order_relaxed);
 }
 
 /* input_traced -- console_input and its trace line (trace.h) */

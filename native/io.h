@@ -16,6 +16,7 @@ struct bm_console {
 	int in_after_cr;                /* the last byte read was 0x0D (its 0x0A is not a 2nd Enter) */
 	u32 in_pos, in_len;
 	u8 in_buf[4096];
+	_Atomic u64 in_keys;            /* keys b_input has handed out (the keyboard callback's progress) */
 	_Atomic u64 lost_bytes;         /* bytes b_output could not write (a full disk, /dev/full) */
 	_Atomic int lost_errno;         /* errno of the first failed write, 0 = none */
 };
@@ -25,6 +26,8 @@ void bm_default_output(const char *str, u64 nbr);
 void bm_console_set_flush_stdio(struct bm_machine *m, int on);
 int bm_console_input_ended(struct bm_machine *m);
 int bm_console_wait_input(struct bm_machine *m, int timeout_ms);
+int bm_console_key_waiting(struct bm_machine *m);
+u64 bm_console_keys_read(struct bm_machine *m);
 u64 bm_console_lost(struct bm_machine *m, int *err);
 
 #endif

@@ -1,4 +1,5 @@
-/* service.c -- the machine's callback thread: CALLBACK_TIMER and CALLBACK_NETWORK.
+/* service.c -- the machine's callback thread: CALLBACK_TIMER, CALLBACK_NETWORK and
+ * CALLBACK_KEYBOARD.
  *
  * One thread per machine, started by boot (bm_machine_boot) and stopped by halt, NICs or not.
  * It acts as core 0 -- upstream delivers interrupts to the BSP, so SMP_ID in a callback says 0
@@ -21,6 +22,14 @@
  * drops that NIC's: they belong to frames already offered.  The cost: a genuine arrival in the
  * few instructions between the callback's return and that drain does not re-offer the unread
  * frame; the arrival after it does.
+ *
+ * Keyboard callbacks: upstream's keyboard interrupt calls the callback once per key, and the
+ * callback reads it with b_input.  Here, while CALLBACK_KEYBOARD is set, the console's input
+ * fd is in the epoll set (edge-triggered); each arrival, and the keys already waiting when the
+ * callback is set, call the callback once per key while it reads one each time; a callback that
+ * leaves its key unread is called again on the next arrival only (as frames above).  An input
+ * epoll cannot watch (a file, /dev/null: all its bytes are there at once) is offered when the
+ * callback is set.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -33,7 +42,7 @@
 #include <unistd.h>
 #include "machine.h"
 
-enum { EV_WAKE = 1000, EV_TIMER = 1001 };   /* epoll tags; NICs are tagged with their iid */
+enum { EV_WAKE = 1000, EV_TIMER = 1001, EV_KEY = 1002 };   /* epoll tags; NICs: their iid */
 
 /* offer -- offer NIC nic's waiting frames to the network callback, one call per frame, while
  * the callback is set
@@ -55,6 +64,24 @@ static int offer(struct bm_machine *m, struct bm_nic *nic)
 	return 0;
 }
 
+/* offer_keys -- call the keyboard callback once per waiting key, while it is set and reads
+ * the key it is called for
+ *  IN:  m
+ * OUT:  nothing (a callback that left its key unread waits for the next arrival) */
+static void offer_keys(struct bm_machine *m)
+{
+	while (!atomic_load(&m->service.stop) && bm_console_key_waiting(m)) {
+		u64 fn = atomic_load(&m->callback[2]);
+		if (fn == 0 || atomic_load(&m->state) != BM_STATE_RUNNING)
+			return;
+		u64 before = bm_console_keys_read(m);
+		((void (*)(void))(uintptr_t)fn)();
+		atomic_fetch_add(&m->service.keyboard_calls, 1);
+		if (bm_console_keys_read(m) == before)
+			return;
+	}
+}
+
 /* set_timer -- (re)program the timerfd: period_ns, or off (0) */
 static void set_timer(int tfd, u64 period_ns)
 {
@@ -65,7 +92,8 @@ static void set_timer(int tfd, u64 period_ns)
 
 /* take_events -- handle what epoll returned: wakeups read, timer ticks run, NIC edges added to
  * *ready (a bit per iid) */
-static void take_events(struct bm_machine *m, int tfd, struct epoll_event *events, int got, u32 *ready)
+static void take_events(struct bm_machine *m, int tfd, struct epoll_event *events, int got, u32 *ready,
+			int *keys)
 {
 	struct bm_service *s = &m->service;
 	for (int i = 0; i < got; i++) {
@@ -79,6 +107,8 @@ static void take_events(struct bm_machine *m, int tfd, struct epoll_event *event
 				((void (*)(void))(uintptr_t)fn)();
 				atomic_fetch_add(&s->timer_ticks, 1);
 			}
+		} else if (events[i].data.u32 == EV_KEY) {
+			*keys = 1;
 		} else if (events[i].data.u32 < BM_MAX_NICS) {
 			*ready |= 1u << events[i].data.u32;
 		}
@@ -100,11 +130,27 @@ static void *service_main(void *arg)
 	u64 timer_on = 0;                      /* the period programmed, 0 when off */
 	u32 armed = 0;                         /* NICs 0..armed-1 are in the epoll set */
 	u32 ready = 0;                         /* NICs with an edge not yet handled */
-	struct epoll_event events[BM_MAX_NICS + 2];
+	int keyboard = 0;                      /* 1: the input fd is in the epoll set, 2: unwatchable */
+	int keys = 0;                          /* keys to offer */
+	struct epoll_event events[BM_MAX_NICS + 3];
 	while (!atomic_load(&s->stop)) {
 		int running = atomic_load(&m->state) == BM_STATE_RUNNING;
 		u64 timer_fn = running ? atomic_load(&m->callback[0]) : 0;
 		u64 net_fn = running ? atomic_load(&m->callback[1]) : 0;
+		u64 key_fn = running ? atomic_load(&m->callback[2]) : 0;
+		if (key_fn != 0 && keyboard == 0 && m->console.in_fd >= 0) {
+			struct epoll_event kev = { .events = EPOLLIN | EPOLLET, .data.u32 = EV_KEY };
+			keyboard = epoll_ctl(ep, EPOLL_CTL_ADD, m->console.in_fd, &kev) == 0 ? 1 : 2;
+			keys = 1;                  /* keys that arrived before the callback was set */
+		} else if (key_fn == 0 && keyboard != 0) {
+			if (keyboard == 1)
+				epoll_ctl(ep, EPOLL_CTL_DEL, m->console.in_fd, NULL);
+			keyboard = keys = 0;
+		}
+		if (keyboard != 0 && keys) {
+			keys = 0;
+			offer_keys(m);
+		}
 		u64 period = timer_fn != 0 ? atomic_load(&s->timer_period_ns) : 0;
 		if (period != timer_on) {
 			timer_on = period;
@@ -136,17 +182,19 @@ static void *service_main(void *arg)
 					stalled |= 1u << i;
 			ready = 0;
 			if (stalled) {             /* drop the stalled NICs' stale edges (see above) */
-				int got = epoll_wait(ep, events, BM_MAX_NICS + 2, 0);
-				take_events(m, tfd, events, got, &ready);
+				int got = epoll_wait(ep, events, BM_MAX_NICS + 3, 0);
+				take_events(m, tfd, events, got, &ready, &keys);
 				ready &= ~stalled;
 			}
 			continue;
 		}
-		int got = epoll_wait(ep, events, BM_MAX_NICS + 2, 10);
-		take_events(m, tfd, events, got, &ready);
+		int got = epoll_wait(ep, events, BM_MAX_NICS + 3, 10);
+		take_events(m, tfd, events, got, &ready, &keys);
 	}
 	for (u32 i = 0; i < armed; i++)
 		m->net.nics[i]->ops->event_fd(m->net.nics[i], 0);
+	if (keyboard == 1)
+		epoll_ctl(ep, EPOLL_CTL_DEL, m->console.in_fd, NULL);
 	close(tfd);
 	close(ep);
 	return NULL;
@@ -224,8 +272,10 @@ void bm_service_stop(struct bm_machine *m)
 	s->core = NULL;
 }
 
-/* bm_service_count -- callbacks run so far: which = 0 timer ticks, 1 network calls */
+/* bm_service_count -- callbacks run so far: which = 0 timer ticks, 1 network calls, 2 keyboard
+ * calls */
 u64 bm_service_count(struct bm_machine *m, int which)
 {
-	return atomic_load(which == 0 ? &m->service.timer_ticks : &m->service.network_calls);
+	return atomic_load(which == 0 ? &m->service.timer_ticks :
+			   which == 1 ? &m->service.network_calls : &m->service.keyboard_calls);
 }

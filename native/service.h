@@ -14,7 +14,7 @@ struct bm_service {
 	pthread_mutex_t lock;           /* start / stop */
 	_Atomic int stop;
 	_Atomic u64 timer_period_ns;    /* TIMER_SET */
-	_Atomic u64 timer_ticks, network_calls;
+	_Atomic u64 timer_ticks, network_calls, keyboard_calls;
 	struct bm_core *core;           /* its own core struct (id 0, see service.c) */
 };
 

@@ -487,3 +487,56 @@ int main(void) {
         assert capps.run(m, path, []) == 0
         now, period, slept = map(int, m.console.output().split())
     assert abs(now - time.time()) <= 2 and (period, slept) == (2000000, 1000)
+
+
+KEYBOARD_APP = r"""
+static volatile int got, sum;
+static void on_key(void)
+{
+	u8 key = b_input();                     /* the key this call is for */
+	if (key) {
+		sum += key;
+		got++;
+	}
+}
+
+int main(void)
+{
+	b_system(CALLBACK_KEYBOARD, (u64)on_key, 0);
+	u64 start = b_system(TIMECOUNTER, 0, 0);
+	while (got < 3 && b_system(TIMECOUNTER, 0, 0) - start < 10000000000ull)
+		;
+	b_system(CALLBACK_KEYBOARD, 0, 0);
+	return got == 3 ? sum : -got;
+}
+"""
+
+
+@pytest.mark.parametrize("arrival", ["waiting", "typed"])
+def test_the_keyboard_callback_runs_once_per_key(tmp_path, arrival):
+    """CALLBACK_KEYBOARD: keys waiting when it is set (bytes: a memfd, which epoll cannot
+    watch) and keys typed later into a pipe each call the callback, which reads its key."""
+    import threading
+    path = source(tmp_path, KEYBOARD_APP, includes=())
+    built = str(tmp_path / "app.so")
+    capps.build([path], built)
+    if arrival == "waiting":
+        source_of_keys, typist = b"abc", None
+    else:
+        read_end, write_end = os.pipe()
+        source_of_keys = read_end
+
+        def type_keys():
+            for key in b"abc":
+                time.sleep(0.05)
+                os.write(write_end, bytes([key]))
+        typist = threading.Thread(target=type_keys)
+    with bm.Machine(cores=1, memory="16M", console="capture", input=source_of_keys) as m:
+        if typist:
+            typist.start()
+        assert capps.run(m, built, []) == sum(b"abc")
+        assert bm._native.lib.bm_service_count(m._c, 2) == 3
+    if typist:
+        typist.join()
+        os.close(write_end)
+        os.close(read_end)

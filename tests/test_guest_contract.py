@@ -201,7 +201,8 @@ def test_a_network_callback_runs_guest_code_per_frame(tmp_path):
     mov rcx, 0
     call [abs b_system]
     sub rax, r12
-    cmp rax, 5000000000            ; 5 s: the callback never came
+    mov rbx, 5000000000            ; 5 s: the callback never came
+    cmp rax, rbx
     jb .wait
 .done:
     mov rcx, 0x61
@@ -220,6 +221,44 @@ got: dq 0
 frame: db 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0xab, 0xba, 'B', 'a', 'r', 'e', 'M', 'e'
 """)
     assert run(image, cores=2, nics=["wire"], input=False) == (20, b"")
+
+
+def test_a_keyboard_callback_runs_guest_code_per_key(tmp_path):
+    image = assemble(tmp_path, """
+    mov rcx, 0x62
+    lea rax, [on_key]
+    call [abs b_system]            ; CALLBACK_KEYBOARD(on_key)
+    mov rcx, 0                     ; TIMECOUNTER
+    call [abs b_system]
+    mov r12, rax
+.wait:
+    cmp qword [got], 3
+    je .done
+    mov rcx, 0
+    call [abs b_system]
+    sub rax, r12
+    mov rbx, 5000000000            ; 5 s: the callbacks never came
+    cmp rax, rbx
+    jb .wait
+.done:
+    mov rcx, 0x62
+    xor eax, eax
+    call [abs b_system]
+    mov rax, [sum]
+    sub rax, 300                   ; an exit status is a byte
+    ret
+align 16
+on_key:
+    call [abs 0x100010]            ; b_input: AL = the key
+    movzx eax, al
+    add [sum], rax
+    inc qword [got]
+    ret
+align 8
+got: dq 0
+sum: dq 0
+""")
+    assert run(image, input=b"xyz") == (sum(b"xyz") - 300, b"")
 
 
 CMDLINE = """

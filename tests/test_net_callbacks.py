@@ -1,4 +1,6 @@
-"""CALLBACK_NETWORK and CALLBACK_TIMER run on the machine's service thread (core 0)."""
+"""CALLBACK_NETWORK, CALLBACK_TIMER and CALLBACK_KEYBOARD run on the machine's service thread
+(core 0)."""
+import os
 import threading
 import time
 
@@ -95,3 +97,31 @@ def test_halting_stops_the_service_thread():
     m.boot()
     m.halt()
     assert threading.active_count() == before
+
+
+def test_keyboard_callback_runs_per_key_and_an_unread_key_waits_for_the_next_arrival():
+    read_end, write_end = os.pipe()
+    try:
+        with bm.Machine(cores=1, memory="16M", console="capture", input=read_end):
+            keys, calls = [], []
+
+            def on_key():
+                calls.append(1)
+                if len(calls) != 2:                     # the 2nd call leaves its key unread
+                    keys.append(bm.b_input())
+            bm.b_system(bm.CALLBACK_KEYBOARD, on_key)
+            os.write(write_end, b"a")
+            assert wait_until(lambda: keys == [ord("a")])
+            os.write(write_end, b"b")
+            assert wait_until(lambda: len(calls) == 2)
+            time.sleep(0.1)
+            assert len(calls) == 2 and keys == [ord("a")]   # not called again for the same key
+            os.write(write_end, b"c")                   # the next arrival: "b", then "c"
+            assert wait_until(lambda: keys == [ord("a"), ord("b"), ord("c")])
+            bm.b_system(bm.CALLBACK_KEYBOARD, 0)
+            os.write(write_end, b"d")
+            time.sleep(0.1)
+            assert keys == [ord("a"), ord("b"), ord("c")] and bm.b_input() == ord("d")
+    finally:
+        os.close(read_end)
+        os.close(write_end)

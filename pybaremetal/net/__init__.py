@@ -27,7 +27,8 @@ costs one NULL check more.
 The calls: ``b_net_tx(frame, iid=0)`` sends any buffer of 14..1522 bytes; ``b_net_rx(iid=0)``
 returns a memoryview of the next frame (empty if none) inside the NIC's receive buffer in the
 machine's memory (``BM_NET_BUFFERS + iid * 16 KiB``), valid until the next receive on that NIC.
-CALLBACK_NETWORK / CALLBACK_TIMER take a C function address or a Python callable.
+CALLBACK_NETWORK / CALLBACK_TIMER / CALLBACK_KEYBOARD take a C function address or a Python
+callable.
 """
 import importlib
 import os
@@ -313,7 +314,7 @@ def _tx_argument(frame, nbytes):
 
 def _report_callback_error(exc_type, exc_value, tb):
     """onerror of Python callbacks: the service thread (core 0) carries on."""
-    print("pybaremetal: a callback raised on core 0 (network service thread):", file=sys.stderr)
+    print("pybaremetal: a callback raised on core 0 (the service thread):", file=sys.stderr)
     traceback.print_exception(exc_type, exc_value, tb)
     return None
 
@@ -337,7 +338,7 @@ def _callback_converter(code):
     return convert
 
 
-for _code in (abi.CALLBACK_TIMER, abi.CALLBACK_NETWORK):
+for _code in (abi.CALLBACK_TIMER, abi.CALLBACK_NETWORK, abi.CALLBACK_KEYBOARD):
     converts(_code)(_callback_converter(_code))
 
 
