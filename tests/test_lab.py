@@ -152,7 +152,8 @@ def test_a_run_records_the_stalls_a_competing_process_causes():
             hog.stdout.close()
     stalls = stamps.stalls
     assert len(stalls.start_us) == 1 and len(stalls.start_us[0]) > 0
-    assert stalls.lost_share(0) > 0.2                          # the hog had about half the CPU
+    # the hog took the CPU in scheduler slices (ms), a share of the run's time
+    assert stalls.lost_share(0) > 0.1 and stalls.length_us[0].max() > 500
     assert np.all(np.diff(stalls.start_us[0]) > 0) and np.all(stalls.length_us[0] > 1.0)
 
 
