@@ -126,6 +126,7 @@ struct emu_cpu {
 	unsigned breakpoints;                /* code hooks, one per breakpoint address */
 	uc_hook breakpoint_hooks[BM_CPU_BREAKPOINTS];
 	_Atomic int stopped;                 /* emu_stop was called: an early return is not a hlt */
+	int block_hooked;                    /* on_block is on this engine */
 };
 
 struct emu_vm {                              /* the machine's turn (see the top of this file) */
@@ -211,6 +212,20 @@ static void give_turn(struct emu_vm *vm)
 
 static int abi_regs[] = { UCR_RAX, UCR_RBX, UCR_RCX, UCR_RDX, UCR_RSI, UCR_RDI, UCR_RBP, UCR_RSP };
 
+static void on_block(uc_engine *engine, u64 address, u32 size, void *user);
+
+/* hook_blocks -- add on_block to a running engine (from its OUT hook: the stub's `ret` that
+ * follows is an indirect jump, so no block translated before the flush runs again)
+ *  IN:  engine, c */
+static void hook_blocks(uc_engine *engine, struct emu_cpu *c)
+{
+	uc_hook block_hook;
+	if (uc.hook_add(engine, &block_hook, UC_HOOK_BLOCK, (void *)on_block, c, 1, 0) != UC_ERR_OK)
+		return;
+	c->block_hooked = 1;
+	uc.ctl(engine, UC_CTL_TB_FLUSH_WRITE);               /* blocks translated before lack it */
+}
+
 /* on_out -- an OUT: a call stub's (do the call), else a fault (no device there)
  *  IN:  engine, port, size, value, c */
 static void on_out(uc_engine *engine, u32 port, int size, u32 value, void *user)
@@ -243,10 +258,28 @@ static void on_out(uc_engine *engine, u32 port, int size, u32 value, void *user)
 		uc.reg_write(engine, UCR_RIP, &r.rip);
 	if (bm_guest_must_stop(&c->base) != BM_GUEST_GO_ON)     /* SHUTDOWN, REBOOT */
 		uc.emu_stop(engine);
+	else if (!c->block_hooked && c->base.core == 0 && atomic_load(&c->base.guest->callback[0]))
+		hook_blocks(engine, c);                          /* ticks come: on_block delivers them */
 }
 
-/* on_block -- before each translated block (multi-engine machines): give the turn when a
- * waiter asked for it; the engine's state is exact here, so it resumes where it was
+/* deliver_tick -- a timer tick for core 0 (bm_guest_interrupt), from a block hook, where the
+ * engine's state is exact and a new RIP takes effect before the block runs
+ *  IN:  engine, c */
+static void deliver_tick(uc_engine *engine, struct emu_cpu *c)
+{
+	struct bm_guest_regs r;
+	uc.reg_read(engine, UCR_RIP, &r.rip);
+	uc.reg_read(engine, UCR_RSP, &r.rsp);
+	uc.reg_read(engine, UCR_EFLAGS, &r.rflags);
+	if (bm_guest_interrupt(&c->base, &r) == 0)
+		return;
+	uc.reg_write(engine, UCR_RSP, &r.rsp);
+	uc.reg_write(engine, UCR_RIP, &r.rip);
+}
+
+/* on_block -- before each translated block (multi-engine machines; core 0 once a timer
+ * callback is set): give the turn when a waiter asked for it; deliver a timer tick; the
+ * engine's state is exact here, so it resumes where it was
  *  IN:  engine, address, size, c */
 static void on_block(uc_engine *engine, u64 address, u32 size, void *user)
 {
@@ -259,6 +292,8 @@ static void on_block(uc_engine *engine, u64 address, u32 size, void *user)
 		give_turn(vm);
 		take_turn(vm, c);
 	}
+	if (__builtin_expect(bm_guest_tick_waiting(&c->base), 0))
+		deliver_tick(engine, c);
 }
 
 /* on_cpuid -- a CPUID: the brand string leaves (0x80000002..4) answer what the host's CPU says,
@@ -403,6 +438,7 @@ static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
 		emu_cpu_free(&e->base);
 		return fail_uc(step, err);
 	}
+	e->block_hooked = turns;
 	return &e->base;
 }
 
