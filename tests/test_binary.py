@@ -274,6 +274,21 @@ def test_empty_and_oversized_images_are_refused(tmp_path):
             binary.run(m, str(big), [])
 
 
+def test_images_that_are_not_regular_files_or_far_too_big_are_refused_before_reading(tmp_path):
+    (tmp_path / "dir.app").mkdir()
+    os.mkfifo(tmp_path / "fifo.app")                 # reading it would block forever
+    os.symlink("/dev/zero", tmp_path / "zero.app")   # ...or never end
+    with open(tmp_path / "sparse.app", "wb") as f:   # 1 TiB, all holes: must not be read
+        f.truncate(1 << 40)
+    expected = {"dir.app": b"a directory, not an app", "fifo.app": b"not a regular file",
+                "zero.app": b"not a regular file", "sparse.app": b"(1099511627776 bytes) does not fit"}
+    for name, message in expected.items():
+        done = subprocess.run([sys.executable, "-m", "pybaremetal", "run", str(tmp_path / name)],
+                              stdin=subprocess.DEVNULL, capture_output=True, cwd=ROOT, timeout=60)
+        assert done.returncode == 2, (name, done.stderr)
+        assert message in done.stderr and done.stderr.count(b"\n") == 1, (name, done.stderr)
+
+
 SMP = """
 b_system_call equ 0x100040
     lea rax, [worker]           ; SMP_SET(worker, core) for each other core

@@ -16,6 +16,7 @@ C sources run with ``--flat``, whose crt0 returns main's value).
 """
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 
@@ -151,12 +152,29 @@ def exit_status(returned, policy="zero"):
     return (returned or 0) & 0xFF if policy == "rax" else 0
 
 
-def read_image(path):
-    """The bytes of the binary at ``path``; ArgumentError if it cannot be one."""
-    with open(path, "rb") as f:
-        image = f.read()
+def read_image(path, limit):
+    """The bytes of the binary at ``path``, at most ``limit`` of them; ArgumentError if it
+    cannot be one: not a regular file (a directory, a FIFO or a device would block or never
+    end), unreadable, empty, or larger than ``limit`` (found before reading it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ArgumentError(f"{path}: cannot read it: {e.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ArgumentError(f"{path}: not a regular file, not a flat binary")
+    with os.fdopen(fd, "rb") as f:
+        if info.st_size > limit:
+            raise ArgumentError(f"{path}: the app ({info.st_size} bytes) does not fit in {limit >> 20} MiB")
+        try:
+            image = f.read(limit + 1)
+        except OSError as e:
+            raise ArgumentError(f"{path}: cannot read it: {e.strerror}") from None
     if not image:
         raise ArgumentError(f"{path}: empty file, not a flat binary")
+    if len(image) > limit:
+        raise ArgumentError(f"{path}: the app does not fit in {limit >> 20} MiB")
     return image
 
 
@@ -167,9 +185,9 @@ def run(machine, path, argv, load_at=None):
     exit code (RAX & 0xFF)."""
     if path.lower().endswith(".asm"):
         with tempfile.TemporaryDirectory(prefix="baremetal-asm-") as work:
-            image = read_image(assemble(path, os.path.join(work, "app.app")))
+            image = read_image(assemble(path, os.path.join(work, "app.app")), machine.memory_size)
     else:
-        image = read_image(path)
+        image = read_image(path, machine.memory_size)
     backend, _ = cpu.choose(getattr(machine, "cpu", None))
     if load_at is None and path.lower().endswith(".bin"):
         load_at = MONITOR_AREA[0]
