@@ -81,7 +81,8 @@ def end_process(status):
     so that the process is gone within the 100 ms a stop signal allows."""
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:                 # None: the process started with it closed
+                stream.flush()
         except (OSError, ValueError):
             pass
     os._exit(status)

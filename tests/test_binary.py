@@ -289,6 +289,30 @@ def test_images_that_are_not_regular_files_or_far_too_big_are_refused_before_rea
         assert message in done.stderr and done.stderr.count(b"\n") == 1, (name, done.stderr)
 
 
+SPAM = "again:\n    lea rsi, [line]\n    mov ecx, 6\n    call [abs 0x100018]\n    jmp again\nline: db 'hello', 10\n"
+
+
+def test_a_binary_writing_into_a_pipe_nobody_reads_ends_as_sigpipe_would(tmp_path):
+    image = assemble(tmp_path, SPAM)
+    app = subprocess.Popen([sys.executable, "-m", "pybaremetal", "run", image], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert app.stdout.read(12) == b"hello\nhello\n"
+        app.stdout.close()                           # as `| head` does
+        err = app.stderr.read()
+        assert (app.wait(timeout=30), err) == (141, b"")
+    finally:
+        app.kill()
+
+
+def test_a_run_with_stdout_closed_ends_with_one_line_not_a_traceback(tmp_path):
+    image = assemble(tmp_path, SPAM)
+    done = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "pybaremetal", "run",
+                           image, "--timeout", "1"], stdin=subprocess.DEVNULL, capture_output=True,
+                          cwd=ROOT, timeout=60)
+    assert (done.returncode, done.stderr) == (124, b"baremetal: timeout: the run did not end in time\n")
+
+
 SMP = """
 b_system_call equ 0x100040
     lea rax, [worker]           ; SMP_SET(worker, core) for each other core
