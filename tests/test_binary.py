@@ -287,6 +287,11 @@ def test_images_that_are_not_regular_files_or_far_too_big_are_refused_before_rea
                               stdin=subprocess.DEVNULL, capture_output=True, cwd=ROOT, timeout=60)
         assert done.returncode == 2, (name, done.stderr)
         assert message in done.stderr and done.stderr.count(b"\n") == 1, (name, done.stderr)
+    image = assemble(tmp_path, "ret\n")
+    done = subprocess.run([sys.executable, "-m", "pybaremetal", "run", image, "--memory", "1T"],
+                          stdin=subprocess.DEVNULL, capture_output=True, cwd=ROOT, timeout=60)
+    assert (done.returncode, done.stderr) == (
+        2, b"baremetal: error: binaries run on machines of at most 16 GiB, not 1048576 MiB\n")
 
 
 SPAM = "again:\n    lea rsi, [line]\n    mov ecx, 6\n    call [abs 0x100018]\n    jmp again\nline: db 'hello', 10\n"
