@@ -274,49 +274,6 @@ def test_empty_and_oversized_images_are_refused(tmp_path):
             binary.run(m, str(big), [])
 
 
-def test_images_that_are_not_regular_files_or_far_too_big_are_refused_before_reading(tmp_path):
-    (tmp_path / "dir.app").mkdir()
-    os.mkfifo(tmp_path / "fifo.app")                 # reading it would block forever
-    os.symlink("/dev/zero", tmp_path / "zero.app")   # ...or never end
-    with open(tmp_path / "sparse.app", "wb") as f:   # 1 TiB, all holes: must not be read
-        f.truncate(1 << 40)
-    expected = {"dir.app": b"a directory, not an app", "fifo.app": b"not a regular file",
-                "zero.app": b"not a regular file", "sparse.app": b"(1099511627776 bytes) does not fit"}
-    for name, message in expected.items():
-        done = subprocess.run([sys.executable, "-m", "pybaremetal", "run", str(tmp_path / name)],
-                              stdin=subprocess.DEVNULL, capture_output=True, cwd=ROOT, timeout=60)
-        assert done.returncode == 2, (name, done.stderr)
-        assert message in done.stderr and done.stderr.count(b"\n") == 1, (name, done.stderr)
-    image = assemble(tmp_path, "ret\n")
-    done = subprocess.run([sys.executable, "-m", "pybaremetal", "run", image, "--memory", "1T"],
-                          stdin=subprocess.DEVNULL, capture_output=True, cwd=ROOT, timeout=60)
-    assert (done.returncode, done.stderr) == (
-        2, b"baremetal: error: binaries run on machines of at most 16 GiB, not 1048576 MiB\n")
-
-
-SPAM = "again:\n    lea rsi, [line]\n    mov ecx, 6\n    call [abs 0x100018]\n    jmp again\nline: db 'hello', 10\n"
-
-
-def test_a_binary_writing_into_a_pipe_nobody_reads_ends_as_sigpipe_would(tmp_path):
-    image = assemble(tmp_path, SPAM)
-    app = subprocess.Popen([sys.executable, "-m", "pybaremetal", "run", image], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    try:
-        assert app.stdout.read(12) == b"hello\nhello\n"
-        app.stdout.close()                           # as `| head` does
-        err = app.stderr.read()
-        assert (app.wait(timeout=30), err) == (141, b"")
-    finally:
-        app.kill()
-
-
-def test_a_run_with_stdout_closed_ends_with_one_line_not_a_traceback(tmp_path):
-    image = assemble(tmp_path, SPAM)
-    done = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "pybaremetal", "run",
-                           image, "--timeout", "1"], stdin=subprocess.DEVNULL, capture_output=True,
-                          cwd=ROOT, timeout=60)
-    assert (done.returncode, done.stderr) == (124, b"baremetal: timeout: the run did not end in time\n")
-
 
 SMP = """
 b_system_call equ 0x100040
