@@ -72,6 +72,8 @@
 #define UC_CTL_TB_FLUSH_WRITE (10 | (1 << 30))                /* UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0) */
 #define UC_X86_INS_OUT 500
 #define UC_X86_INS_CPUID 113
+#define UC_X86_INS_IN 218
+#define UC_X86_INS_SYSCALL 699
 #define UC_ERR_OK 0
 #define UC_ERR_READ_UNMAPPED 6
 #define UC_ERR_WRITE_UNMAPPED 7
@@ -318,6 +320,32 @@ static int on_cpuid(uc_engine *engine, void *user)
 	return 1;
 }
 
+/* on_in -- an IN: no device answers (as on_out for ports other than the call stubs')
+ *  IN:  engine, port, size, c
+ * OUT:  0 (the run stops with the fault) */
+static u32 on_in(uc_engine *engine, u32 port, int size, void *user)
+{
+	(void)size;
+	struct emu_cpu *c = user;
+	c->faulted = 2;
+	c->vector = port;
+	uc.emu_stop(engine);
+	return 0;
+}
+
+/* on_syscall -- SYSCALL: the kernel leaves EFER.SCE clear, so the CPU raises #UD (the engine
+ * would run it as a no-op); RIP is the instruction's
+ *  IN:  engine, c */
+static void on_syscall(uc_engine *engine, void *user)
+{
+	struct emu_cpu *c = user;
+	c->faulted = 1;
+	c->vector = 6;
+	uc.reg_read(engine, UCR_RIP, &c->fault_rip);
+	c->cr2 = 0;
+	uc.emu_stop(engine);
+}
+
 /* on_interrupt -- an exception (or `int n`): record it and stop
  *  IN:  engine, vector, c */
 static void on_interrupt(uc_engine *engine, u32 vector, void *user)
@@ -417,7 +445,7 @@ static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
 		return fail_uc("uc_open", err);
 	}
 	uc.ctl(e->engine, UC_CTL_CPU_MODEL_WRITE, UC_CPU_X86_NEHALEM);
-	uc_hook out_hook, interrupt_hook, block_hook, cpuid_hook;
+	uc_hook out_hook, interrupt_hook, block_hook, cpuid_hook, in_hook, syscall_hook;
 	int turns = g->m->num_cores > 1 || id == g->m->num_cores;     /* several engines may run */
 	u64 cr0 = 0x80050033, cr3 = 0x2000, cr4 = 0x20 | 0x200 | 0x400;  /* PG..PE; PAE, OSFXSR, OSXMMEXCPT */
 	struct uc_x86_msr efer = { 0xC0000080, 0x500 };                     /* LME, LMA */
@@ -434,6 +462,8 @@ static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
 	     (err = uc.hook_add(e->engine, &out_hook, UC_HOOK_INSN, (void *)on_out, e, 1, 0, UC_X86_INS_OUT)) != UC_ERR_OK ||
 	     (err = uc.hook_add(e->engine, &interrupt_hook, UC_HOOK_INTR, (void *)on_interrupt, e, 1, 0)) != UC_ERR_OK ||
 	     (err = uc.hook_add(e->engine, &cpuid_hook, UC_HOOK_INSN, (void *)on_cpuid, e, 1, 0, UC_X86_INS_CPUID)) != UC_ERR_OK ||
+	     (err = uc.hook_add(e->engine, &in_hook, UC_HOOK_INSN, (void *)on_in, e, 1, 0, UC_X86_INS_IN)) != UC_ERR_OK ||
+	     (err = uc.hook_add(e->engine, &syscall_hook, UC_HOOK_INSN, (void *)on_syscall, e, 1, 0, UC_X86_INS_SYSCALL)) != UC_ERR_OK ||
 	     (turns && (err = uc.hook_add(e->engine, &block_hook, UC_HOOK_BLOCK, (void *)on_block, e, 1, 0)) != UC_ERR_OK))) {
 		emu_cpu_free(&e->base);
 		return fail_uc(step, err);

@@ -50,3 +50,11 @@ def test_a_run_with_stdout_closed_ends_with_one_line_not_a_traceback(tmp_path):
                            image, "--timeout", "1"], stdin=subprocess.DEVNULL, capture_output=True,
                           cwd=ROOT, timeout=60)
     assert (done.returncode, done.stderr) == (124, b"baremetal: timeout: the run did not end in time\n")
+
+
+def test_reading_an_io_port_is_a_clear_fault_as_writing_one_is(tmp_path):
+    image = assemble(tmp_path, "in al, 0x60\nret\n")     # the emulated CPU read 0 and went on
+    done = subprocess.run([sys.executable, "-m", "pybaremetal", "run", image], stdin=subprocess.DEVNULL,
+                          capture_output=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 1 and done.stderr.count(b"\n") == 1, done.stderr
+    assert b"I/O port 0x60 on core 0" in done.stderr and b"no device there" in done.stderr
