@@ -12,13 +12,16 @@ calls the ``record`` fixture once per measure:
 saved to bench/results/summary.json and printed as one table (measure, ours, peer, ratio,
 target, met?).
 """
+import ctypes
 import datetime
 import json
 import operator
 import os
 import platform
 import re
+import subprocess
 
+import cffi
 import pytest
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -104,3 +107,51 @@ def c_peer(tmp_path_factory):
             built[name] = ctypes.CDLL(target)
         return built[name]
     return c_peer
+
+
+# --- the C peers ---------------------------------------------------------------------------
+
+CDEF = """
+typedef unsigned long long u64;
+typedef u64 (*enqueue_fn)(void *, u64);
+typedef void (*wait_fn)(void);
+void empty_task(u64); void stamp_task(u64); void primes_task(u64);
+u64 produce(enqueue_fn enqueue, wait_fn wait, void *task, u64 n);
+double latency_ours(enqueue_fn enqueue, u64 *out, u64 *put, u64 n, u64 gap_ns);
+void primes_setup(u64 limit, u64 chunk);
+u64 primes_result(void);
+u64 primes_pthreads(int threads, const int *cpus);
+u64 vyukov_ring(u64 n, u64 capacity, int cpu0, int cpu1);
+u64 mutex_queue(u64 n, u64 capacity, int cpu0, int cpu1);
+double ping_pong(u64 rounds, int two_lines, int cpu0, int cpu1);
+void condvar_wakeup(u64 *out, u64 n, u64 gap_ns, int cpu0, int cpu1);
+void ring_latency(u64 *out, u64 *put, u64 n, u64 gap_ns, int cpu0, int cpu1);
+void stamp_one_way(u64 *out, u64 n, u64 gap_ns, int cpu0, int cpu1);
+"""
+
+
+@pytest.fixture(scope="session")
+def peers(tmp_path_factory):
+    """bench/peers/smp_peers.c built with gcc and loaded (cffi), with our b_smp_enqueue /
+    b_smp_wait as C function pointers: the C peers of bench/test_smp.py and test_lab.py."""
+    so = str(tmp_path_factory.mktemp("smp_peers") / "smp_peers.so")
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-pthread", "-falign-functions=16", "-o", so,
+                    os.path.join(os.path.dirname(__file__), "peers", "smp_peers.c")], check=True)
+    ffi = cffi.FFI()
+    ffi.cdef(CDEF)
+    lib = ffi.dlopen(so)
+    import pybaremetal._native as native
+    core = ctypes.CDLL(native.__file__)          # the C core's own symbols: real addresses
+
+    def call(name, ctype):
+        return ffi.cast(ctype, ctypes.cast(getattr(core, name), ctypes.c_void_p).value)
+
+    class Peers:
+        """The peers library, plus our b_smp_enqueue / b_smp_wait as C function pointers."""
+        enqueue = call("b_smp_enqueue", "enqueue_fn")
+        wait = call("b_smp_wait", "wait_fn")
+
+        def __getattr__(self, name):
+            return getattr(lib, name)
+    Peers.ffi = ffi
+    return Peers()

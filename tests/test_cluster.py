@@ -270,3 +270,52 @@ def test_lab_cluster_bad_arguments_are_one_line(args, message):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_machines_on_two_hosts_meet_on_their_node_addresses(tmp_path):
+    """Two "hosts": network namespaces joined by a veth pair (each its own loopback, as Ray
+    nodes in containers or on two machines have).  The hub specs a Cluster gives them join the
+    group on each node's address, and cluster_primes counts exactly across the link."""
+    from netns_helper import disable_ipv6, unique
+    from pybaremetal.cluster import hub_specs
+    from pybaremetal.cluster.node import host_identity
+    names, ends = [unique("n"), unique("n")], [unique("v"), unique("v")]
+    addresses = ["10.79.0.1", "10.79.0.2"]
+    for name in names:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "link", "add", ends[0], "netns", names[0], "type", "veth",
+                        "peer", "name", ends[1], "netns", names[1]], check=True)
+        places = []
+        for name, end, address in zip(names, ends, addresses):
+            disable_ipv6(end, name)
+            subprocess.run(["ip", "-n", name, "addr", "add", f"{address}/24", "dev", end], check=True)
+            subprocess.run(["ip", "-n", name, "link", "set", end, "up"], check=True)
+            netns_inode = subprocess.run(["ip", "netns", "exec", name, "stat", "-L", "-c", "%i",
+                                          "/proc/self/ns/net"], capture_output=True, text=True).stdout
+            hostname, boot = host_identity()
+            places.append({"hostname": hostname, "boot_id": boot, "netns": netns_inode.strip(), "ip": address})
+        specs = hub_specs(places, "239.255.79.1", 40479)
+        assert [spec[0].split(",")[1] for spec in specs] == ["ifaddr=10.79.0.1", "ifaddr=10.79.0.2"]
+        one_loopback = hub_specs([dict(places[0], ip=a) for a in addresses], "239.255.79.1", 40479)
+        assert all("ifaddr" not in spec[0] for spec in one_loopback)     # one host, one netns
+        env = dict(os.environ, BAREMETAL_CACHE=str(tmp_path / "cache"), BAREMETAL_NODES="2")
+
+        def node(index):
+            return ["ip", "netns", "exec", names[index], "env", f"BAREMETAL_NODE={index}",
+                    sys.executable, "-m", "pybaremetal", "run", "--no-pin", PRIMES,
+                    "--nic", specs[index][0], "--", "300000"]
+        worker = subprocess.Popen(node(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            master = subprocess.run(node(0), capture_output=True, text=True, timeout=120, env=env)
+            out, err = worker.communicate(timeout=30)
+        finally:
+            worker.kill()
+        assert master.returncode == 0, master.stderr + err
+        assert "primes below 300000: 25997\n" in master.stdout
+        assert "2 node(s)" in master.stdout and worker.returncode == 0
+        counted_there = int(out.split("node 1: ")[1].split()[0])
+        assert counted_there >= 1                           # the worker got jobs over the link
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], check=False)

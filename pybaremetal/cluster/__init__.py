@@ -113,6 +113,20 @@ class NodeFuture:
                           raw["errors"], raw["stats"])
 
 
+def hub_specs(places, group, port):
+    """The NIC spec of each node (``places``: what each node's ``where()`` said) on one
+    multicast hub, GROUP:PORT: when every machine shares one loopback (one host, one network
+    namespace) the group stays on it (the backend's default), else each member joins it on its
+    Ray node's address (``ip``)."""
+    from ..net import format_mac
+    loopbacks = {(p["hostname"], p["boot_id"], p.get("netns")) for p in places}
+    specs = []
+    for i, place in enumerate(places):
+        where = f",ifaddr={place['ip']}" if len(loopbacks) > 1 and place.get("ip") else ""
+        specs.append([f"socket:mcast={group}:{port}{where},mac={format_mac(node_mac(i))}"])
+    return specs
+
+
 class Cluster:
     """``nodes`` hosted machines on a Ray cluster, one per node (see the module notes).
 
@@ -213,20 +227,11 @@ class Cluster:
         return sets
 
     def _nic_specs(self):
-        """The NIC spec of each node for ``link``: one multicast group and port for the
-        cluster; on one host the group stays on loopback (the backend's default), across
-        hosts each member joins it on its Ray node's address."""
+        """Each node's NICs for ``link`` (see :func:`hub_specs`)."""
         if self.link is None:
             return [[] for _ in range(self.nodes)]
-        hosts = {(p["hostname"], p["boot_id"]) for p in self.places}
         group = f"239.255.{random.randrange(256)}.{random.randrange(1, 255)}"
-        port = random.randrange(20000, 60000)
-        from ..net import format_mac
-        specs = []
-        for i, place in enumerate(self.places):
-            where = f",ifaddr={place['ip']}" if len(hosts) > 1 and place.get("ip") else ""
-            specs.append([f"socket:mcast={group}:{port}{where},mac={format_mac(node_mac(i))}"])
-        return specs
+        return hub_specs(self.places, group, random.randrange(20000, 60000))
 
     def _boot(self, ray):
         self.cpu_sets = self._cpu_sets()

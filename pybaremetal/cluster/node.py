@@ -49,6 +49,15 @@ def host_identity():
     return socket.gethostname(), boot
 
 
+def net_namespace():
+    """The network namespace this process is in (its inode), "" if unknown: Ray nodes in
+    containers or namespaces of one host share its CPUs but each has its own loopback."""
+    try:
+        return str(os.stat("/proc/self/ns/net").st_ino)
+    except OSError:
+        return ""
+
+
 class _Captured:
     """Point fd 1 and fd 2 at fresh files for the duration of a ``with`` block."""
 
@@ -119,7 +128,8 @@ class Node:
             ip = ray.util.get_node_ip_address()
         except Exception:               # not under Ray (plain use, tests of this class)
             pass
-        return {"index": self.index, "hostname": hostname, "boot_id": boot, "pid": os.getpid(),
+        return {"index": self.index, "hostname": hostname, "boot_id": boot, "netns": net_namespace(),
+                "pid": os.getpid(),
                 "cpus": sorted(os.sched_getaffinity(0)), "node_id": node_id, "ip": ip}
 
     def start(self, cpus=None, nics=()):

@@ -103,7 +103,6 @@ def run(args):
     except ImportError:
         raise ArgumentError("the lab needs hdrhistogram: pip install 'pybaremetal[lab]'") from None
     from . import output
-    from .sweep import sweep
     if args.address is not None and args.cluster is None:
         raise ArgumentError("--address needs --cluster NODES")
     if args.cluster is not None:
@@ -111,8 +110,10 @@ def run(args):
             raise ArgumentError(f"--cluster: expected a number of nodes >= 1, got {args.cluster}")
         from functools import partial
         from .spread import sweep_on_cluster
-        sweep = partial(sweep_on_cluster, nodes=args.cluster, address=args.address)
-    result = sweep(policies=args.policies, dists=args.dist, mean_us=args.mean_us, cores=args.cores,
+        run_sweep = partial(sweep_on_cluster, nodes=args.cluster, address=args.address)
+    else:
+        from .sweep import sweep as run_sweep
+    result = run_sweep(policies=args.policies, dists=args.dist, mean_us=args.mean_us, cores=args.cores,
                    loads=args.loads, mode=args.arrivals, model_only=args.model_only, samples=args.samples,
                    duration_s=args.duration, model_samples=args.model_samples, warmup=args.warmup,
                    slo_factor=args.slo_factor, slo_percentile=args.slo_percentile,
