@@ -59,6 +59,7 @@ static _Atomic int timed_out;           /* the watchdog sent SIGALRM for the tim
 static _Atomic u64 stop_ns;             /* when stop_signal came */
 static _Atomic u64 deadline_ns;         /* the timeout's deadline, 0 for none */
 static _Atomic u64 grace_ns = BM_SIGNALS_GRACE_NS;
+static _Atomic u64 finishing_ns;        /* Python, in control, writes the outputs until then */
 static _Atomic u32 wake_word;           /* futex: the watchdog sleeps on it */
 static _Atomic int watchdog_quit;
 static pthread_t watchdog_thread;
@@ -227,6 +228,8 @@ static void *watchdog_main(void *unused)
 		int sig = atomic_load(&stop_signal);
 		if (sig != 0) {
 			until = atomic_load(&stop_ns) + atomic_load(&grace_ns);
+			if (atomic_load(&finishing_ns) > until)
+				until = atomic_load(&finishing_ns);
 			if (now >= until)
 				hard_exit(sig);
 			kick_binaries();
@@ -307,6 +310,7 @@ int bm_signals_arm(struct bm_machine *m, u64 timeout_ms, u64 grace_ms)
 	if (!any) {
 		atomic_store(&stop_signal, 0);
 		atomic_store(&stop_ns, 0);
+		atomic_store(&finishing_ns, 0);
 		atomic_store(&timed_out, 0);
 	}
 	if (!watchdog_running) {
@@ -354,6 +358,7 @@ void bm_signals_disarm(struct bm_machine *m)
 		atomic_store(&deadline_ns, 0);
 		atomic_store(&stop_signal, 0);
 		atomic_store(&stop_ns, 0);
+		atomic_store(&finishing_ns, 0);
 		if (watchdog_running) {
 			atomic_store(&watchdog_quit, 1);
 			wake_watchdog();
@@ -362,6 +367,19 @@ void bm_signals_disarm(struct bm_machine *m)
 		}
 	}
 	pthread_mutex_unlock(&arm_lock);
+}
+
+/* bm_signals_finishing -- after a stop signal or the timeout, Python has control again (the
+ * app's run returned) and writes what the user asked for at the end (the last frame as a PNG):
+ * the watchdog waits up to `ms` more from now before ending the process itself
+ *  IN:  ms
+ * OUT:  nothing (no stop under way: nothing) */
+void bm_signals_finishing(u64 ms)
+{
+	if (atomic_load(&stop_signal) == 0)
+		return;
+	atomic_store(&finishing_ns, bm_now_ns() + ms * 1000000ull);
+	wake_watchdog();
 }
 
 /* bm_signals_received -- the stop signal seen since arming (SIGALRM: the timeout), 0 if none */

@@ -58,3 +58,21 @@ def test_reading_an_io_port_is_a_clear_fault_as_writing_one_is(tmp_path):
                           capture_output=True, cwd=ROOT, timeout=60)
     assert done.returncode == 1 and done.stderr.count(b"\n") == 1, done.stderr
     assert b"I/O port 0x60 on core 0" in done.stderr and b"no device there" in done.stderr
+
+
+def test_the_last_frame_is_saved_when_the_timeout_ends_a_binary_that_never_returns(tmp_path):
+    image = assemble(tmp_path, """
+    mov rcx, 0x20
+    call [abs 0x100040]            ; SCREEN_LFB_GET
+    mov dword [rax], 0x00FF0000    ; one red pixel, then spin for ever
+.spin:
+    jmp .spin
+""")
+    png = tmp_path / "last.png"
+    done = subprocess.run([sys.executable, "-m", "pybaremetal", "run", image, "--screen", "1024x768",
+                           "--screen-png", str(png), "--timeout", "1"], stdin=subprocess.DEVNULL,
+                          capture_output=True, cwd=ROOT, timeout=60)
+    assert (done.returncode, done.stderr) == (124, b"baremetal: timeout: the run did not end in time\n")
+    from PIL import Image
+    with Image.open(png) as frame:
+        assert frame.size == (1024, 768) and frame.getpixel((0, 0)) == (255, 0, 0)
