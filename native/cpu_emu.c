@@ -36,6 +36,21 @@
  * instructions are thereby atomic with respect to other cores, at the cost of not running
  * guest code on two cores at once.
  *
+ * Translations: the engine's TLB is filled by on_tlb_fill (unicorn's UC_TLB_VIRTUAL), our walk
+ * of the guest's 4-level tables (4 KiB/2 MiB/1 GiB pages, accessed/dirty bits set as the CPU
+ * does).  Why not the engine's own MMU: unicorn has no dirty-page bitmap and treats every page
+ * whose TLB entry is executable as possibly holding code, so each store through such an entry
+ * runs its self-modifying-code check (a helper call, a region lookup, a TB invalidation
+ * probe) -- measured, the sieve bench spent ~90% there, 204 ns per iteration.  Our fill gives
+ * execute permission only to an instruction fetch and to pages fetched from before (a bitmap
+ * of physical pages, per engine as each has its own translated code); data pages get clean
+ * entries and stores take TCG's inline fast path.  A page's first fetch flushes the TLB, so
+ * no clean entry to it survives under another virtual address (the app window's identity
+ * alias).  Anything the walk does not grant plainly (not present, read-only for a write,
+ * NX/reserved bits, ring 3, SMEP/SMAP/PKE, no paging) is refused: the engine stops and
+ * redo_in_engine_mmu runs that one instruction with the engine's own MMU, which raises the
+ * architectural #PF (CR2 exact) or goes on.
+ *
  * A guest `hlt` makes the engine return (its RIP after the hlt; nothing stopped it): the run
  * waits in bm_guest_halt without the turn, then goes on.  CPUID answers the engine's model
  * (Nehalem) except the brand string, which is the host CPU's (on_cpuid).
@@ -69,6 +84,16 @@
 #define UC_HOOK_INSN 2
 #define UC_HOOK_CODE 4
 #define UC_HOOK_BLOCK 8
+#define UC_HOOK_TLB_FILL (1 << 17)
+#define UC_PROT_READ 1
+#define UC_PROT_WRITE 2
+#define UC_PROT_EXEC 4
+#define UC_MEM_WRITE 17
+#define UC_MEM_FETCH 18
+#define UC_TLB_CPU 0
+#define UC_TLB_VIRTUAL 1
+#define UC_CTL_TLB_FLUSH_WRITE (11 | (1 << 30))               /* UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0) */
+#define UC_CTL_TLB_TYPE_WRITE (12 | (1 << 26) | (1 << 30))   /* UC_CTL_WRITE(UC_CTL_TLB_TYPE, 1) */
 #define UC_CTL_TB_FLUSH_WRITE (10 | (1 << 30))                /* UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0) */
 #define UC_X86_INS_OUT 500
 #define UC_X86_INS_CPUID 113
@@ -79,6 +104,7 @@
 #define UC_ERR_WRITE_UNMAPPED 7
 #define UC_ERR_FETCH_UNMAPPED 8
 #define UC_ERR_INSN_INVALID 10
+#define UC_ERR_EXCEPTION 21
 #define UC_CTL_CPU_MODEL_WRITE (7 | (1 << 26) | (1 << 30))   /* UC_CTL_WRITE(UC_CTL_CPU_MODEL, 1) */
 #define UC_CPU_X86_NEHALEM 15                                  /* SSE up to 4.2, no AVX */
 enum {
@@ -90,6 +116,7 @@ enum {
 };
 struct uc_x86_mmr { u16 selector; u64 base; u32 limit; u32 flags; };
 struct uc_x86_msr { u32 rid; u64 value; };
+struct uc_tlb_entry { u64 paddr; u32 perms; };
 typedef void uc_engine;
 typedef size_t uc_hook;
 
@@ -128,6 +155,9 @@ struct emu_cpu {
 	unsigned breakpoints;                /* code hooks, one per breakpoint address */
 	uc_hook breakpoint_hooks[BM_CPU_BREAKPOINTS];
 	_Atomic int stopped;                 /* emu_stop was called: an early return is not a hlt */
+	u8 *code_pages;                      /* one bit per 4 KiB physical page ever fetched from */
+	int walk_refused;                    /* on_tlb_fill left an access to the engine's own MMU */
+	unsigned fills;                      /* TLB fills, for the periodic flush that lets it grow */
 	int block_hooked;                    /* on_block is on this engine */
 };
 
@@ -358,6 +388,125 @@ static void on_interrupt(uc_engine *engine, u32 vector, void *user)
 	uc.emu_stop(engine);
 }
 
+/* ---- translations (the engine's virtual TLB, filled by on_tlb_fill) ----------------------- */
+
+#define PTE_P   0x1ull
+#define PTE_RW  0x2ull
+#define PTE_US  0x4ull
+#define PTE_A   0x20ull
+#define PTE_D   0x40ull
+#define PTE_PS  0x80ull
+#define PTE_ADDR 0x000FFFFFFFFFF000ull
+#define PTE_HIGH 0xFFFFFF0000000000ull        /* NX, ignored, reserved above 40 physical bits */
+
+/* code_page -- mark a physical page as holding code
+ *  IN:  c, pa
+ * OUT:  1 when it was not marked before (or lies outside memory), else 0 */
+static int code_page(struct emu_cpu *c, u64 pa)
+{
+	u64 page = pa >> 12;
+	if (pa >= c->base.guest->m->mem_size)
+		return 0;
+	u8 bit = (u8)(1u << (page & 7));
+	if (c->code_pages[page >> 3] & bit)
+		return 0;
+	c->code_pages[page >> 3] |= bit;
+	return 1;
+}
+
+/* is_code_page -- 1 when the physical page at pa was ever fetched from */
+static int is_code_page(struct emu_cpu *c, u64 pa)
+{
+	u64 page = pa >> 12;
+	return pa < c->base.guest->m->mem_size && (c->code_pages[page >> 3] >> (page & 7)) & 1;
+}
+
+/* walk -- translate va through the guest's 4-level page tables, as the CPU does, setting the
+ * accessed (and, for a write, dirty) bits; anything unusual is refused so the engine's own MMU
+ * decides it (raising the architectural #PF)
+ *  IN:  c, va, write, m (tables are read only inside the machine's memory)
+ * OUT:  1 with *pa and *writable (a write may go through this entry); 0 refused */
+static int walk(struct emu_cpu *c, u64 va, int write, u64 *pa, int *writable)
+{
+	struct bm_machine *m = c->base.guest->m;
+	u64 cr0 = 0, cr3 = 0, cr4 = 0, cs = 0;
+	int ids[] = { UCR_CR0, UCR_CR3, UCR_CR4, UCR_CS };
+	void *values[] = { &cr0, &cr3, &cr4, &cs };
+	uc.reg_read_batch(c->engine, ids, values, 4);
+	if (!(cr0 & 0x80000000ull) || (cr4 & 0x701000ull))  /* no paging; LA57, SMEP, SMAP, PKE */
+		return 0;
+	if ((u64)((int64_t)(va << 16) >> 16) != va)          /* not canonical */
+		return 0;
+	int user = (cs & 3) == 3, rw = 1;
+	u64 table = cr3 & PTE_ADDR, *leaf = NULL, size = 0;
+	for (int level = 4; level >= 1 && leaf == NULL; level--) {
+		u64 at = table + 8 * ((va >> (12 + 9 * (level - 1))) & 511);
+		if (at + 8 > m->mem_size)
+			return 0;
+		u64 *slot = (u64 *)(m->mem + at), e = __atomic_load_n(slot, __ATOMIC_RELAXED);
+		if (!(e & PTE_P) || (e & PTE_HIGH) || (user && !(e & PTE_US)))
+			return 0;
+		rw &= (e & PTE_RW) != 0;
+		if (!(e & PTE_A))
+			__atomic_fetch_or(slot, PTE_A, __ATOMIC_RELAXED);
+		if (level == 1 || (e & PTE_PS)) {
+			if (level == 4)
+				return 0;
+			size = 1ull << (12 + 9 * (level - 1));
+			if ((e & PTE_ADDR) & (size - 1) & ~0x1FFFull)    /* reserved bits below the frame */
+				return 0;
+			leaf = slot;
+			table = e & PTE_ADDR & ~(size - 1);
+		} else {
+			table = e & PTE_ADDR;
+		}
+	}
+	if (write && !rw)                                  /* CR0.WP and friends: the engine decides */
+		return 0;
+	u64 e = __atomic_load_n(leaf, __ATOMIC_RELAXED);
+	if (write && !(e & PTE_D))
+		__atomic_fetch_or(leaf, PTE_D, __ATOMIC_RELAXED);
+	*pa = table + (va & (size - 1));
+	*writable = rw && (write || (e & PTE_D));             /* as the CPU: writable once dirty */
+	return 1;
+}
+
+#define FILLS_PER_FLUSH 4096         /* the engine sizes its TLB (up, when mostly used) only at a flush */
+
+/* on_tlb_fill -- the engine needs a translation (a TLB miss): walk the guest's tables.  Only
+ * an instruction fetch, or a page fetched from before, gets execute permission: the engine
+ * (unicorn) checks every write through an executable entry for self-modifying code and never
+ * lets such an entry become clean, which made every store to data pages a slow helper call.
+ * The first fetch from a page flushes the TLB so no clean entry to it survives (an alias).
+ * Every FILLS_PER_FLUSH fills flush it too: QEMU grows its TLB only when a flush finds it
+ * mostly used, so without flushes it stays at 256 entries (1 MiB) and a loop sweeping a few
+ * MiB refills on every page.
+ *  IN:  engine, vaddr (page), type, result, c
+ * OUT:  1 with *result; 0 refused (the run stops; emu_run lets the engine's MMU redo it) */
+static int on_tlb_fill(uc_engine *engine, u64 vaddr, int type, struct uc_tlb_entry *result, void *user)
+{
+	struct emu_cpu *c = user;
+	u64 pa;
+	int writable;
+	if (!walk(c, vaddr, type == UC_MEM_WRITE, &pa, &writable)) {
+		c->walk_refused = 1;
+		return 0;
+	}
+	u32 perms = UC_PROT_READ | (writable ? UC_PROT_WRITE : 0);
+	int flush = 0;
+	if (type == UC_MEM_FETCH) {
+		flush = code_page(c, pa);
+		perms |= UC_PROT_EXEC;
+	} else if (is_code_page(c, pa)) {
+		perms |= UC_PROT_EXEC;
+	}
+	if (flush || ++c->fills % FILLS_PER_FLUSH == 0)
+		uc.ctl(engine, UC_CTL_TLB_FLUSH_WRITE);
+	result->paddr = pa;
+	result->perms = perms;
+	return 1;
+}
+
 /* on_breakpoint -- a breakpoint's address is about to execute: stop before it
  *  IN:  engine, address, size, c */
 static void on_breakpoint(uc_engine *engine, u64 address, u32 size, void *user)
@@ -424,6 +573,7 @@ static void emu_cpu_free(struct bm_guest_cpu *c)
 	struct emu_cpu *e = (struct emu_cpu *)c;
 	if (e->engine)
 		uc.close(e->engine);
+	free(e->code_pages);
 	free(e);
 }
 
@@ -438,6 +588,11 @@ static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
 	if (e == NULL)
 		return (void *)bm_fail(BM_ERR_FULL, "out of host memory");
 	e->base.guest = g;
+	e->code_pages = calloc(1, (size_t)(g->m->mem_size >> 15) + 1);
+	if (e->code_pages == NULL) {
+		free(e);
+		return (void *)bm_fail(BM_ERR_FULL, "out of host memory");
+	}
 	int err = uc.open(UC_ARCH_X86, UC_MODE_64, &e->engine);
 	if (err != UC_ERR_OK) {
 		e->engine = NULL;
@@ -445,7 +600,7 @@ static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
 		return fail_uc("uc_open", err);
 	}
 	uc.ctl(e->engine, UC_CTL_CPU_MODEL_WRITE, UC_CPU_X86_NEHALEM);
-	uc_hook out_hook, interrupt_hook, block_hook, cpuid_hook, in_hook, syscall_hook;
+	uc_hook out_hook, interrupt_hook, block_hook, cpuid_hook, tlb_hook, in_hook, syscall_hook;
 	int turns = g->m->num_cores > 1 || id == g->m->num_cores;     /* several engines may run */
 	u64 cr0 = 0x80050033, cr3 = 0x2000, cr4 = 0x20 | 0x200 | 0x400;  /* PG..PE; PAE, OSFXSR, OSXMMEXCPT */
 	struct uc_x86_msr efer = { 0xC0000080, 0x500 };                     /* LME, LMA */
@@ -464,6 +619,8 @@ static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
 	     (err = uc.hook_add(e->engine, &cpuid_hook, UC_HOOK_INSN, (void *)on_cpuid, e, 1, 0, UC_X86_INS_CPUID)) != UC_ERR_OK ||
 	     (err = uc.hook_add(e->engine, &in_hook, UC_HOOK_INSN, (void *)on_in, e, 1, 0, UC_X86_INS_IN)) != UC_ERR_OK ||
 	     (err = uc.hook_add(e->engine, &syscall_hook, UC_HOOK_INSN, (void *)on_syscall, e, 1, 0, UC_X86_INS_SYSCALL)) != UC_ERR_OK ||
+	     (err = uc.hook_add(e->engine, &tlb_hook, UC_HOOK_TLB_FILL, (void *)on_tlb_fill, e, 1, 0)) != UC_ERR_OK ||
+	     (err = uc.ctl(e->engine, UC_CTL_TLB_TYPE_WRITE, UC_TLB_VIRTUAL)) != UC_ERR_OK ||
 	     (turns && (err = uc.hook_add(e->engine, &block_hook, UC_HOOK_BLOCK, (void *)on_block, e, 1, 0)) != UC_ERR_OK))) {
 		emu_cpu_free(&e->base);
 		return fail_uc(step, err);
@@ -514,6 +671,23 @@ static int is_hlt_before(struct bm_machine *m, u64 rip)
 	return p != NULL && *p == 0xF4;
 }
 
+/* redo_in_engine_mmu -- the instruction at e->rip needs a translation on_tlb_fill refused (a
+ * fault, or tables it leaves to the engine): run that one instruction with the engine's own
+ * MMU, which raises the architectural exception (our interrupt hook) or goes on; then drop
+ * what was translated meanwhile (entries and code made without on_tlb_fill's bookkeeping)
+ *  IN:  e (holding the turn; stopped by the refusal, RIP at the instruction)
+ * OUT:  unicorn's result of that step; e->rip updated */
+static int redo_in_engine_mmu(struct emu_cpu *e)
+{
+	uc.ctl(e->engine, UC_CTL_TLB_TYPE_WRITE, UC_TLB_CPU);
+	int err = uc.emu_start(e->engine, e->rip, BM_GUEST_EXIT_STUB, 0, 1);
+	uc.ctl(e->engine, UC_CTL_TLB_TYPE_WRITE, UC_TLB_VIRTUAL);
+	uc.ctl(e->engine, UC_CTL_TLB_FLUSH_WRITE);
+	uc.ctl(e->engine, UC_CTL_TB_FLUSH_WRITE);
+	uc.reg_read(e->engine, UCR_RIP, &e->rip);
+	return err;
+}
+
 /* emu_run -- run until the code returns to the exit stub, must stop, or faults (the engine
  * returns early only for a stop: the loop then looks at must_stop)
  *  IN:  c (registers set)
@@ -529,10 +703,14 @@ static int emu_run(struct bm_guest_cpu *c)
 		take_turn(vm, e);
 		e->faulted = 0;
 		e->hit = 0;
+		e->walk_refused = 0;
 		atomic_store(&e->stopped, 0);
 		int err = uc.emu_start(e->engine, e->rip, BM_GUEST_EXIT_STUB, 0, e->stepping ? 1 : 0);
-		give_turn(vm);
 		uc.reg_read(e->engine, UCR_RIP, &e->rip);
+		int redone = err == UC_ERR_EXCEPTION && e->walk_refused;
+		if (redone)
+			err = redo_in_engine_mmu(e);
+		give_turn(vm);
 		if (e->faulted == 1)
 			return bm_guest_fault(c, e->vector, 0, e->fault_rip, e->cr2);
 		if (e->faulted == 2)
@@ -550,6 +728,8 @@ static int emu_run(struct bm_guest_cpu *c)
 			return BM_GUEST_RETURNED;
 		if (e->hit || e->stepping)
 			return BM_GUEST_DEBUG;
+		if (redone)
+			continue;
 		if (!atomic_load(&e->stopped) && is_hlt_before(c->guest->m, e->rip)) {
 			end = bm_guest_halt(c);          /* the engine stops after a hlt */
 			if (end != BM_GUEST_GO_ON)

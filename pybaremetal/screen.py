@@ -175,6 +175,7 @@ class Window:
         import pygame
         try:
             pygame.display.init()
+            pygame.display.set_caption(self.title)      # before the window exists: born with it
             surface = pygame.display.set_mode((self.screen.width, self.screen.height))
             pygame.display.set_caption(self.title)
         except pygame.error as error:

@@ -332,3 +332,58 @@ started: db 0
 """)
     with bm.Machine(cores=2, memory="16M", console="capture", pin=False) as m:
         assert binary.run(m, image, []) == 42
+
+
+def test_code_rewritten_after_running_runs_as_rewritten(tmp_path, backend):
+    """Self-modifying code: a routine written, run, rewritten after other stores have evicted
+    its page from the emulated TLB (a store to the page's other half first), and a fresh page
+    written as data through the identity-mapped alias, then run, then rewritten through that
+    alias: each run sees the latest bytes (the emulated CPU's TLB keeps pages holding code
+    checked)."""
+    image = assemble(tmp_path, """
+    lea rbx, [routine]
+    mov byte [rbx], 0xB8           ; mov eax, 1 / ret
+    mov dword [rbx + 1], 1
+    mov byte [rbx + 5], 0xC3
+    call rbx
+    add al, '0'
+    mov [result], al
+    mov rcx, 1024                  ; a store on each of 1024 other pages
+    lea rdi, [routine + 0x10000]
+.sweep:
+    mov byte [rdi], 1
+    add rdi, 4096
+    dec rcx
+    jnz .sweep
+    mov byte [rbx + 0x800], 1      ; the page again, away from the code
+    mov dword [rbx + 1], 2
+    call rbx
+    add al, '0'
+    mov [result + 1], al
+    lea rbx, [fresh]               ; its identity-mapped alias: physical 0x200000 + offset
+    mov rsi, rbx
+    mov rax, 0xFFFF800000000000 - 0x200000
+    sub rsi, rax
+    mov byte [rsi + 0x800], 1      ; a data page seen through the alias first
+    mov byte [rbx], 0xB8
+    mov dword [rbx + 1], 3
+    mov byte [rbx + 5], 0xC3
+    call rbx
+    add al, '0'
+    mov [result + 2], al
+    mov dword [rsi + 1], 4         ; rewritten through the alias
+    call rbx
+    add al, '0'
+    mov [result + 3], al
+    lea rsi, [result]
+    mov rcx, 4
+    call [abs b_output]
+    xor eax, eax
+    ret
+result: times 4 db 0
+align 4096
+routine: times 4096 db 0
+fresh: times 4096 db 0
+""")
+    code, out = run_image(image)
+    assert (code, out) == (0, b"1234")

@@ -141,12 +141,15 @@ def test_a_run_records_the_stalls_a_competing_process_causes():
     with bm.Machine(cores=1, memory="8M", console="capture", queue_size=1 << 15) as m:
         cpu = bm._native.lib.bm_smp_core_cpu(m._c, 0)
         hog = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c",
-                                "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+                                "import time\nprint('on', flush=True)\nend = time.time() + 5\n"
+                                "while time.time() < end: pass"], stdout=subprocess.PIPE, text=True)
         try:
+            assert hog.stdout.readline() == "on\n"        # spinning before the run starts
             stamps = real.run("c-fcfs", arrival, spin_task(), args, machine=m, mode="published")
         finally:
             hog.kill()
             hog.wait()
+            hog.stdout.close()
     stalls = stamps.stalls
     assert len(stalls.start_us) == 1 and len(stalls.start_us[0]) > 0
     assert stalls.lost_share(0) > 0.2                          # the hog had about half the CPU

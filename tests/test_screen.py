@@ -267,7 +267,9 @@ def wait_for(what, check, process, seconds=60):
         if process.poll() is not None:
             pytest.fail(f"the run ended before {what}: {process.stderr.read().decode()}")
         time.sleep(0.05)
-    pytest.fail(f"{what}: not within {seconds} s")
+    process.kill()
+    _, err = process.communicate()
+    pytest.fail(f"{what}: not within {seconds} s (the run's stderr: {err.decode()!r})")
 
 
 def test_window_shows_the_screen_and_sends_keys_to_b_input(tmp_path, cache):
