@@ -97,6 +97,8 @@
 #define UC_CTL_TB_FLUSH_WRITE (10 | (1 << 30))                /* UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0) */
 #define UC_X86_INS_OUT 500
 #define UC_X86_INS_CPUID 113
+#define UC_X86_INS_IN 218
+#define UC_X86_INS_SYSCALL 699
 #define UC_ERR_OK 0
 #define UC_ERR_READ_UNMAPPED 6
 #define UC_ERR_WRITE_UNMAPPED 7
@@ -156,6 +158,7 @@ struct emu_cpu {
 	u8 *code_pages;                      /* one bit per 4 KiB physical page ever fetched from */
 	int walk_refused;                    /* on_tlb_fill left an access to the engine's own MMU */
 	unsigned fills;                      /* TLB fills, for the periodic flush that lets it grow */
+	int block_hooked;                    /* on_block is on this engine */
 };
 
 struct emu_vm {                              /* the machine's turn (see the top of this file) */
@@ -241,6 +244,20 @@ static void give_turn(struct emu_vm *vm)
 
 static int abi_regs[] = { UCR_RAX, UCR_RBX, UCR_RCX, UCR_RDX, UCR_RSI, UCR_RDI, UCR_RBP, UCR_RSP };
 
+static void on_block(uc_engine *engine, u64 address, u32 size, void *user);
+
+/* hook_blocks -- add on_block to a running engine (from its OUT hook: the stub's `ret` that
+ * follows is an indirect jump, so no block translated before the flush runs again)
+ *  IN:  engine, c */
+static void hook_blocks(uc_engine *engine, struct emu_cpu *c)
+{
+	uc_hook block_hook;
+	if (uc.hook_add(engine, &block_hook, UC_HOOK_BLOCK, (void *)on_block, c, 1, 0) != UC_ERR_OK)
+		return;
+	c->block_hooked = 1;
+	uc.ctl(engine, UC_CTL_TB_FLUSH_WRITE);               /* blocks translated before lack it */
+}
+
 /* on_out -- an OUT: a call stub's (do the call), else a fault (no device there)
  *  IN:  engine, port, size, value, c */
 static void on_out(uc_engine *engine, u32 port, int size, u32 value, void *user)
@@ -273,10 +290,28 @@ static void on_out(uc_engine *engine, u32 port, int size, u32 value, void *user)
 		uc.reg_write(engine, UCR_RIP, &r.rip);
 	if (bm_guest_must_stop(&c->base) != BM_GUEST_GO_ON)     /* SHUTDOWN, REBOOT */
 		uc.emu_stop(engine);
+	else if (!c->block_hooked && c->base.core == 0 && atomic_load(&c->base.guest->callback[0]))
+		hook_blocks(engine, c);                          /* ticks come: on_block delivers them */
 }
 
-/* on_block -- before each translated block (multi-engine machines): give the turn when a
- * waiter asked for it; the engine's state is exact here, so it resumes where it was
+/* deliver_tick -- a timer tick for core 0 (bm_guest_interrupt), from a block hook, where the
+ * engine's state is exact and a new RIP takes effect before the block runs
+ *  IN:  engine, c */
+static void deliver_tick(uc_engine *engine, struct emu_cpu *c)
+{
+	struct bm_guest_regs r;
+	uc.reg_read(engine, UCR_RIP, &r.rip);
+	uc.reg_read(engine, UCR_RSP, &r.rsp);
+	uc.reg_read(engine, UCR_EFLAGS, &r.rflags);
+	if (bm_guest_interrupt(&c->base, &r) == 0)
+		return;
+	uc.reg_write(engine, UCR_RSP, &r.rsp);
+	uc.reg_write(engine, UCR_RIP, &r.rip);
+}
+
+/* on_block -- before each translated block (multi-engine machines; core 0 once a timer
+ * callback is set): give the turn when a waiter asked for it; deliver a timer tick; the
+ * engine's state is exact here, so it resumes where it was
  *  IN:  engine, address, size, c */
 static void on_block(uc_engine *engine, u64 address, u32 size, void *user)
 {
@@ -289,6 +324,8 @@ static void on_block(uc_engine *engine, u64 address, u32 size, void *user)
 		give_turn(vm);
 		take_turn(vm, c);
 	}
+	if (__builtin_expect(bm_guest_tick_waiting(&c->base), 0))
+		deliver_tick(engine, c);
 }
 
 /* on_cpuid -- a CPUID: the brand string leaves (0x80000002..4) answer what the host's CPU says,
@@ -311,6 +348,32 @@ static int on_cpuid(uc_engine *engine, void *user)
 	uc.reg_write(engine, UCR_RCX, &rcx);
 	uc.reg_write(engine, UCR_RDX, &rdx);
 	return 1;
+}
+
+/* on_in -- an IN: no device answers (as on_out for ports other than the call stubs')
+ *  IN:  engine, port, size, c
+ * OUT:  0 (the run stops with the fault) */
+static u32 on_in(uc_engine *engine, u32 port, int size, void *user)
+{
+	(void)size;
+	struct emu_cpu *c = user;
+	c->faulted = 2;
+	c->vector = port;
+	uc.emu_stop(engine);
+	return 0;
+}
+
+/* on_syscall -- SYSCALL: the kernel leaves EFER.SCE clear, so the CPU raises #UD (the engine
+ * would run it as a no-op); RIP is the instruction's
+ *  IN:  engine, c */
+static void on_syscall(uc_engine *engine, void *user)
+{
+	struct emu_cpu *c = user;
+	c->faulted = 1;
+	c->vector = 6;
+	uc.reg_read(engine, UCR_RIP, &c->fault_rip);
+	c->cr2 = 0;
+	uc.emu_stop(engine);
 }
 
 /* on_interrupt -- an exception (or `int n`): record it and stop
@@ -537,7 +600,7 @@ static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
 		return fail_uc("uc_open", err);
 	}
 	uc.ctl(e->engine, UC_CTL_CPU_MODEL_WRITE, UC_CPU_X86_NEHALEM);
-	uc_hook out_hook, interrupt_hook, block_hook, cpuid_hook, tlb_hook;
+	uc_hook out_hook, interrupt_hook, block_hook, cpuid_hook, tlb_hook, in_hook, syscall_hook;
 	int turns = g->m->num_cores > 1 || id == g->m->num_cores;     /* several engines may run */
 	u64 cr0 = 0x80050033, cr3 = 0x2000, cr4 = 0x20 | 0x200 | 0x400;  /* PG..PE; PAE, OSFXSR, OSXMMEXCPT */
 	struct uc_x86_msr efer = { 0xC0000080, 0x500 };                     /* LME, LMA */
@@ -554,12 +617,15 @@ static struct bm_guest_cpu *emu_cpu_create(struct bm_guest *g, u32 id)
 	     (err = uc.hook_add(e->engine, &out_hook, UC_HOOK_INSN, (void *)on_out, e, 1, 0, UC_X86_INS_OUT)) != UC_ERR_OK ||
 	     (err = uc.hook_add(e->engine, &interrupt_hook, UC_HOOK_INTR, (void *)on_interrupt, e, 1, 0)) != UC_ERR_OK ||
 	     (err = uc.hook_add(e->engine, &cpuid_hook, UC_HOOK_INSN, (void *)on_cpuid, e, 1, 0, UC_X86_INS_CPUID)) != UC_ERR_OK ||
+	     (err = uc.hook_add(e->engine, &in_hook, UC_HOOK_INSN, (void *)on_in, e, 1, 0, UC_X86_INS_IN)) != UC_ERR_OK ||
+	     (err = uc.hook_add(e->engine, &syscall_hook, UC_HOOK_INSN, (void *)on_syscall, e, 1, 0, UC_X86_INS_SYSCALL)) != UC_ERR_OK ||
 	     (err = uc.hook_add(e->engine, &tlb_hook, UC_HOOK_TLB_FILL, (void *)on_tlb_fill, e, 1, 0)) != UC_ERR_OK ||
 	     (err = uc.ctl(e->engine, UC_CTL_TLB_TYPE_WRITE, UC_TLB_VIRTUAL)) != UC_ERR_OK ||
 	     (turns && (err = uc.hook_add(e->engine, &block_hook, UC_HOOK_BLOCK, (void *)on_block, e, 1, 0)) != UC_ERR_OK))) {
 		emu_cpu_free(&e->base);
 		return fail_uc(step, err);
 	}
+	e->block_hooked = turns;
 	return &e->base;
 }
 

@@ -321,6 +321,26 @@ static int fault(struct kvm_cpu *v, unsigned vector, const struct kvm_regs *r)
 	return bm_guest_fault(&v->base, vector, has_code ? frame[0] : 0, frame[has_code], cr2);
 }
 
+/* deliver_tick -- a timer tick for core 0 (bm_guest_interrupt), between two KVM_RUNs: the
+ * vCPU is at an instruction boundary (a stop ends KVM_RUN there)
+ *  IN:  v, k (the vCPU has run: with synced registers, run->s.regs holds its state) */
+static void deliver_tick(struct kvm_cpu *v, struct kvm_vm *k)
+{
+	struct kvm_regs *r = k->synced ? &v->run->s.regs.regs : &v->regs;
+	if (!k->synced && ioctl(v->fd, KVM_GET_REGS, r) < 0)
+		return;
+	struct bm_guest_regs regs;
+	to_guest_regs(r, &regs);
+	if (bm_guest_interrupt(&v->base, &regs) == 0)
+		return;
+	r->rsp = regs.rsp;
+	r->rip = regs.rip;
+	if (k->synced)
+		v->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
+	else
+		(void)ioctl(v->fd, KVM_SET_REGS, r);
+}
+
 /* kvm_run -- run a vCPU (on its own thread) until its code returns to the exit stub, it must
  * stop, or it faults.  A stop ends KVM_RUN with EINTR: clear immediate_exit (seq_cst, so the
  * must_stop that follows sees what the stopper stored before), take the signal, look.
@@ -330,10 +350,12 @@ static int kvm_run(struct bm_guest_cpu *c)
 {
 	struct kvm_cpu *v = (struct kvm_cpu *)c;
 	struct kvm_vm *k = c->guest->backend;
-	for (;;) {
+	for (int ran = 0;; ran = 1) {
 		int end = bm_guest_must_stop(c);
 		if (end != BM_GUEST_GO_ON)
 			return end;
+		if (ran && bm_guest_tick_waiting(c))
+			deliver_tick(v, k);
 		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
 			if (errno != EINTR && errno != EAGAIN)
 				return fail_errno("KVM_RUN");
@@ -483,6 +505,7 @@ static const struct bm_cpu_ops kvm_ops = {
 	.get_state = kvm_get_state,
 	.set_state = kvm_set_state,
 	.debug = kvm_debug,
+	.interrupt = kvm_stop,
 };
 
 /* bm_cpu_kvm_ops -- the KVM backend's table (for bm_guest_run_app) */

@@ -25,8 +25,9 @@
  *
  * All cores: one vCPU per core, created by the core's own thread on first use.  A guest
  * SMP_SET(code, core) becomes a host slot task (bm_guest_task, the guest address as argument);
- * SMP_GET shows the guest address.  Guest callbacks (CALLBACK_TIMER / _NETWORK) run on the
- * service thread's own vCPU.  STDOUT_SET with a guest function: a guest b_output continues in
+ * SMP_GET shows the guest address.  Guest callbacks CALLBACK_NETWORK / _KEYBOARD run on the
+ * service thread's own vCPU; a CALLBACK_TIMER tick interrupts core 0's code as upstream's timer
+ * interrupt does (bm_guest_interrupt).  STDOUT_SET with a guest function: a guest b_output continues in
  * that function instead (a tail call, registers as b_output got them).
  *
  * Stopping vCPUs: when core 0's app returns, the other vCPUs must leave guest code before the
@@ -62,6 +63,9 @@
 #define WAIT_SLICE_NS 10000000ull         /* DELAY/SLEEP look at must_stop this often */
 #define DELAY_MAX    (1ull << 40)         /* longer DELAYs (12 days) are cut to this (us) */
 #define RFLAGS_ZF    0x40ull
+#define RFLAGS_IF    0x200ull
+#define KERNEL_CODE  0x100000ull              /* the call stubs, exit stub and exception stubs */
+#define KERNEL_CODE_END (BM_GUEST_FAULTS + 8 * BM_GUEST_VECTORS)
 #define HALT_SLICE_MS 10                  /* a halted vCPU looks at must_stop this often */
 #define HALT_TICK_MS 1                    /* ...and at the callbacks' counters this often */
 
@@ -367,14 +371,60 @@ const u32 *bm_guest_host_brand(void)
 	return host_brand[0] ? host_brand : NULL;
 }
 
-/* callback_trampoline -- a guest callback, called by the service thread: run the guest
- * function kept in the run's struct on the service thread's own vCPU */
+/* callback_trampoline -- a guest callback, called by the service thread: the network and
+ * keyboard ones run the guest function kept in the run's struct on the service thread's own
+ * vCPU; a timer tick is delivered to core 0's code instead (raise_tick) */
 static void run_on_service(unsigned which);
-static void guest_timer_callback(void) { run_on_service(0); }
+static void raise_tick(void);
+static struct bm_guest *enter(struct bm_machine *m);
+static void leave(struct bm_machine *m);
+static void guest_timer_callback(void) { raise_tick(); }
 static void guest_network_callback(void) { run_on_service(1); }
 static void guest_keyboard_callback(void) { run_on_service(2); }
 static void (*const trampolines[3])(void) = { guest_timer_callback, guest_network_callback,
 					      guest_keyboard_callback };
+
+/* bm_guest_interrupt -- deliver a pending timer tick as upstream's kernel does (its timer
+ * interrupt rewrites the interrupted code's return frame): the guest function set with
+ * CALLBACK_TIMER is entered on core 0 as if the interrupted instruction had called it -- the
+ * interrupted RIP pushed on the code's own stack, every register as the code left them (the
+ * callback saves what it uses; AppPort's pthreads switch stacks inside it).  Only with
+ * interrupts enabled (IF), outside the call stubs; ticks that come meanwhile are one pending
+ * tick, as an APIC keeps them.  A backend calls this at an instruction boundary when
+ * bm_guest_tick_waiting says so.
+ *  IN:  c, r (rip, rsp, rflags of the vCPU, stopped at an instruction boundary)
+ * OUT:  1 with r->rsp, r->rip changed (the return address written to the guest's stack), else 0 */
+int bm_guest_interrupt(struct bm_guest_cpu *c, struct bm_guest_regs *r)
+{
+	struct bm_guest *g = c->guest;
+	if (c->core != 0 || !(r->rflags & RFLAGS_IF) || (r->rip >= KERNEL_CODE && r->rip < KERNEL_CODE_END))
+		return 0;
+	if (!atomic_exchange(&g->tick_pending, 0) || atomic_load(&g->ending))
+		return 0;
+	u64 code = atomic_load(&g->callback[0]);
+	void *slot = bm_guest_to_host(g->m, r->rsp - 8, 8);
+	if (code == 0 || slot == NULL)                   /* unset meanwhile, or no stack: dropped */
+		return 0;
+	memcpy(slot, &r->rip, 8);
+	r->rsp -= 8;
+	r->rip = code;
+	return 1;
+}
+
+/* raise_tick -- the service thread's timer tick for a binary: pending for core 0's vCPU, which
+ * its backend delivers at the next instruction boundary (bm_guest_interrupt) */
+static void raise_tick(void)
+{
+	struct bm_machine *m = bm_self_machine;
+	struct bm_guest *g = enter(m);
+	if (g == NULL)
+		return;
+	atomic_store(&g->tick_pending, 1);
+	struct bm_guest_cpu *core0 = atomic_load(&g->cpus[0]);
+	if (core0 != NULL && g->ops->interrupt != NULL)
+		g->ops->interrupt(core0);
+	leave(m);
+}
 
 /* guest_system -- b_system for a binary: codes that take or return addresses are translated and
  * checked; guest functions (SMP_SET, CALLBACK_*, STDOUT_SET) are kept in host memory and run by
@@ -534,7 +584,7 @@ static int run_code(struct bm_guest *g, u32 index, u64 code, u64 *rax)
 		return BM_GUEST_FAULT;
 	u64 top = stack_top(g, index);
 	put64(g->m, top - 8, BM_GUEST_EXIT_STUB);
-	struct bm_guest_regs regs = { .rip = code, .rsp = top - 8, .rflags = 2 };
+	struct bm_guest_regs regs = { .rip = code, .rsp = top - 8, .rflags = 0x202 };   /* IF, as the kernel runs apps */
 	if (g->ops->set_regs(c, &regs) != 0)
 		return BM_GUEST_FAULT;
 	if (index == 0)

@@ -83,6 +83,8 @@ struct bm_guest_cpu {
  *                    stub calls bm_guest_halt(c) (without the turn, for emu), then goes on
  *                    after it, or returns what it says.
  *  stop(c)           from any thread: make run look at bm_guest_must_stop soon (< 100 ms)
+ *  interrupt(c)      from any thread, or NULL: make run deliver a pending timer tick soon
+ *                    (bm_guest_interrupt at an instruction boundary; NULL: run polls for it)
  *  cpu_free(c), close(g)
  * For a debugger (gdbstub.c) and core files, on a vCPU that is not running:
  *  get_state/set_state  every register of struct bm_cpu_state (set: gprs, rip, rflags,
@@ -102,6 +104,7 @@ struct bm_cpu_ops {
 	int (*get_state)(struct bm_guest_cpu *c, struct bm_cpu_state *s);
 	int (*set_state)(struct bm_guest_cpu *c, const struct bm_cpu_state *s);
 	int (*debug)(struct bm_guest_cpu *c, const struct bm_cpu_debug *d);
+	void (*interrupt)(struct bm_guest_cpu *c);
 };
 
 /* One run of a binary on a machine (guest.c owns it; m->guest points at it while it runs). */
@@ -114,6 +117,7 @@ struct bm_guest {
 	_Atomic int core0_running;            /* core 0's vCPU is in ops->run */
 	pthread_mutex_t lock;
 	_Atomic u64 callback[3];              /* guest functions of CALLBACK_TIMER/_NETWORK/_KEYBOARD */
+	_Atomic int tick_pending;             /* a timer tick waits to be delivered to core 0's code */
 	_Atomic u64 output;                   /* guest function of STDOUT_SET, 0 = the console */
 	struct bm_guest_cpu *_Atomic cpus[BM_MAX_CORES + 1];   /* [num_cores]: the service thread's */
 	struct bm_gdb *gdb;                   /* core 0 runs under this debugger (gdbstub.c), or NULL */
@@ -133,6 +137,13 @@ const u32 *bm_guest_host_brand(void);
 int bm_guest_fault(struct bm_guest_cpu *c, unsigned vector, u64 error_code, u64 rip, u64 cr2);
 void *bm_guest_to_host(struct bm_machine *m, u64 va, u64 len);
 int bm_guest_state(struct bm_guest_cpu *c, struct bm_cpu_state *s);
+int bm_guest_interrupt(struct bm_guest_cpu *c, struct bm_guest_regs *r);
+
+/* bm_guest_tick_waiting -- cheap test for a backend's run loop: a tick waits for this vCPU */
+static inline int bm_guest_tick_waiting(struct bm_guest_cpu *c)
+{
+	return c->core == 0 && atomic_load_explicit(&c->guest->tick_pending, memory_order_relaxed);
+}
 
 /* the backends (cpu_kvm.c, cpu_emu.c) */
 const struct bm_cpu_ops *bm_cpu_kvm_ops(void);

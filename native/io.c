@@ -55,6 +55,8 @@ static void console_write(struct bm_console *c, const char *str, u64 nbr)
 			struct pollfd p = { .fd = fd, .events = POLLOUT };
 			poll(&p, 1, -1);
 		} else if (!(done < 0 && errno == EINTR)) {
+			if (done < 0 && errno == EPIPE)
+				bm_signals_broken_pipe();    /* an armed run ends as SIGPIPE would */
 			int none = 0;
 			atomic_compare_exchange_strong(&c->lost_errno, &none, done < 0 ? errno : EIO);
 			atomic_fetch_add(&c->lost_bytes, nbr);

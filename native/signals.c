@@ -59,6 +59,7 @@ static _Atomic int timed_out;           /* the watchdog sent SIGALRM for the tim
 static _Atomic u64 stop_ns;             /* when stop_signal came */
 static _Atomic u64 deadline_ns;         /* the timeout's deadline, 0 for none */
 static _Atomic u64 grace_ns = BM_SIGNALS_GRACE_NS;
+static _Atomic u64 finishing_ns;        /* Python, in control, writes the outputs until then */
 static _Atomic u32 wake_word;           /* futex: the watchdog sleeps on it */
 static _Atomic int watchdog_quit;
 static pthread_t watchdog_thread;
@@ -98,10 +99,13 @@ static void pass_on(int sig, siginfo_t *info, void *context, int any_armed)
 	}
 }
 
-/* on_stop_signal -- the handler (async-signal-safe; see the top, step 2) */
-static void on_stop_signal(int sig, siginfo_t *info, void *context)
+/* stop_armed -- step 2 of the top for signal `sig` (async-signal-safe): every armed machine
+ * that runs stops, the first signal is recorded, the watchdog woken
+ *  IN:  sig
+ * OUT:  1 when a machine is armed, else 0 (nothing done) */
+static int stop_armed(int sig)
 {
-	int saved_errno = errno, any = 0;
+	int any = 0;
 	for (int i = 0; i < BM_SIGNALS_MACHINES; i++) {
 		struct bm_machine *m = atomic_load(&armed[i]);
 		if (m == NULL)
@@ -119,8 +123,25 @@ static void on_stop_signal(int sig, siginfo_t *info, void *context)
 		atomic_compare_exchange_strong(&stop_signal, &none, sig);
 		wake_watchdog();
 	}
+	return any;
+}
+
+/* on_stop_signal -- the handler (async-signal-safe; see the top, step 2) */
+static void on_stop_signal(int sig, siginfo_t *info, void *context)
+{
+	int saved_errno = errno;
+	int any = stop_armed(sig);
 	pass_on(sig, info, context, any);
 	errno = saved_errno;
+}
+
+/* bm_signals_broken_pipe -- the console's output is a pipe nobody reads any more (EPIPE; the
+ * process ignores SIGPIPE, as Python does): an armed run stops as SIGPIPE's default action would
+ * end it (`baremetal run app | head`: exit status 141, no message), instead of writing into
+ * the void for ever.  Not armed: nothing (the lost bytes are counted, bm_console_lost). */
+void bm_signals_broken_pipe(void)
+{
+	stop_armed(SIGPIPE);
 }
 
 /* put_text -- append s to out[at..255], returns the new length (no stdio: see hard_exit) */
@@ -167,15 +188,17 @@ static void hard_exit(int sig)
 	char line[256], status_digits[24], grace_digits[24];
 	size_t n = put_text(line, 0, "baremetal: ");
 	n = put_text(line, n, timeout ? "timeout" : sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT"
-			    : sig == SIGHUP ? "SIGHUP" : "SIGALRM");
+			    : sig == SIGHUP ? "SIGHUP" : sig == SIGPIPE ? "SIGPIPE" : "SIGALRM");
 	n = put_text(line, n, timeout ? ": the run did not end" : ": the app did not stop");
 	n = put_text(line, n, " within ");
 	n = put_text(line, n, decimal(grace_digits, atomic_load(&grace_ns) / 1000000ull));
 	n = put_text(line, n, " ms of being asked; drives flushed, exit status ");
 	n = put_text(line, n, decimal(status_digits, (u64)status));
 	n = put_text(line, n, "\n");
-	ssize_t ignored = write(2, line, n);
-	(void)ignored;
+	if (sig != SIGPIPE) {                  /* a broken pipe ends a process quietly */
+		ssize_t ignored = write(2, line, n);
+		(void)ignored;
+	}
 	_exit(status);
 }
 
@@ -205,6 +228,8 @@ static void *watchdog_main(void *unused)
 		int sig = atomic_load(&stop_signal);
 		if (sig != 0) {
 			until = atomic_load(&stop_ns) + atomic_load(&grace_ns);
+			if (atomic_load(&finishing_ns) > until)
+				until = atomic_load(&finishing_ns);
 			if (now >= until)
 				hard_exit(sig);
 			kick_binaries();
@@ -285,6 +310,7 @@ int bm_signals_arm(struct bm_machine *m, u64 timeout_ms, u64 grace_ms)
 	if (!any) {
 		atomic_store(&stop_signal, 0);
 		atomic_store(&stop_ns, 0);
+		atomic_store(&finishing_ns, 0);
 		atomic_store(&timed_out, 0);
 	}
 	if (!watchdog_running) {
@@ -332,6 +358,7 @@ void bm_signals_disarm(struct bm_machine *m)
 		atomic_store(&deadline_ns, 0);
 		atomic_store(&stop_signal, 0);
 		atomic_store(&stop_ns, 0);
+		atomic_store(&finishing_ns, 0);
 		if (watchdog_running) {
 			atomic_store(&watchdog_quit, 1);
 			wake_watchdog();
@@ -340,6 +367,19 @@ void bm_signals_disarm(struct bm_machine *m)
 		}
 	}
 	pthread_mutex_unlock(&arm_lock);
+}
+
+/* bm_signals_finishing -- after a stop signal or the timeout, Python has control again (the
+ * app's run returned) and writes what the user asked for at the end (the last frame as a PNG):
+ * the watchdog waits up to `ms` more from now before ending the process itself
+ *  IN:  ms
+ * OUT:  nothing (no stop under way: nothing) */
+void bm_signals_finishing(u64 ms)
+{
+	if (atomic_load(&stop_signal) == 0)
+		return;
+	atomic_store(&finishing_ns, bm_now_ns() + ms * 1000000ull);
+	wake_watchdog();
 }
 
 /* bm_signals_received -- the stop signal seen since arming (SIGALRM: the timeout), 0 if none */

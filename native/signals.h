@@ -14,6 +14,8 @@ int bm_signals_arm(struct bm_machine *m, u64 timeout_ms, u64 grace_ms);
 void bm_signals_disarm(struct bm_machine *m);
 int bm_signals_received(void);
 int bm_signals_exit_status(void);
+void bm_signals_broken_pipe(void);
+void bm_signals_finishing(u64 ms);
 void bm_stop_point(struct bm_machine *m);
 int bm_stop_requested(struct bm_machine *m);
 

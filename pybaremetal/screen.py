@@ -239,5 +239,7 @@ class Outputs:
         if self.window is not None:
             self.window.stop()
         if self.png:
+            from . import signals                  # after a stop signal or --timeout too
+            signals.finishing()
             self.machine.screen.save_png(self.png)
         return False

@@ -70,6 +70,16 @@ def disarm(machine):
     lib.bm_signals_disarm(machine._c)
 
 
+FINISHING_MS = 2000                    # after a stop, the last PNG may take this long to write
+
+
+def finishing():
+    """After a stop signal or the timeout, Python has control again and writes the outputs the
+    user asked for (``--screen-png``'s last frame): the C watchdog waits up to FINISHING_MS more
+    instead of ending the process 50 ms after the signal.  Nothing when no stop is under way."""
+    lib.bm_signals_finishing(FINISHING_MS)
+
+
 def exit_status():
     """The exit status the stop signal asks for (128 + signal, 124 after the timeout), 0 if none."""
     return lib.bm_signals_exit_status()
@@ -81,7 +91,8 @@ def end_process(status):
     so that the process is gone within the 100 ms a stop signal allows."""
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:                 # None: the process started with it closed
+                stream.flush()
         except (OSError, ValueError):
             pass
     os._exit(status)

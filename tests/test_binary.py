@@ -274,6 +274,7 @@ def test_empty_and_oversized_images_are_refused(tmp_path):
             binary.run(m, str(big), [])
 
 
+
 SMP = """
 b_system_call equ 0x100040
     lea rax, [worker]           ; SMP_SET(worker, core) for each other core

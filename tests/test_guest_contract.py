@@ -332,6 +332,7 @@ def test_a_binary_draws_on_a_screen(tmp_path, backend):
     ("xor ecx, ecx\ndiv rcx\n", "#DE divide error at rip 0xffff800000000002"),
     ("mov rax, [abs 0x7F000000]\nret\n", "#PF page fault at rip 0xffff800000000000 touching 0x7f000000"),
     ("mov rax, 0x8000000000000000\nmov rax, [rax]\n", "#GP general protection at rip 0xffff80000000000a"),
+    ("syscall\nret\n", "#UD invalid opcode at rip 0xffff800000000000"),    # EFER.SCE is clear
 ])
 def test_faults_are_named_by_vector_core_rip_and_bytes(tmp_path, body, expected):
     message = crash(assemble(tmp_path, body))

@@ -56,6 +56,8 @@ def loader_for(path):
                             f"supported: {describe()}")
     if not os.path.exists(path):
         raise ArgumentError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ArgumentError(f"{path}: a directory, not an app")
     return importlib.import_module(known[suffix].module)
 
 

@@ -16,6 +16,7 @@ C sources run with ``--flat``, whose crt0 returns main's value).
 """
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 
@@ -31,6 +32,8 @@ APP_PHYSICAL = 0x200000
 APP_VIRTUAL = cpu.APP_VIRTUAL
 MONITOR_AREA = (0x1E0000, 0x200000)   # where the kernel loads its Monitor (ORG 0x1E0000)
 HEAP_MARGIN = 2 << 20
+MAX_MEMORY = 16 << 30                 # binaries run on machines of at most 16 GiB (native/guest.c)
+READ_CHUNK = 16 << 20
 # freestanding, no red zone (calls through the call table push below RSP), any address
 FLAT_CFLAGS = ["-ffreestanding", "-fno-pic", "-mcmodel=large", "-mno-red-zone", "-fno-stack-protector",
                "-fno-asynchronous-unwind-tables", "-falign-functions=16", "-Wall", "-Wextra"]
@@ -151,12 +154,36 @@ def exit_status(returned, policy="zero"):
     return (returned or 0) & 0xFF if policy == "rax" else 0
 
 
-def read_image(path):
-    """The bytes of the binary at ``path``; ArgumentError if it cannot be one."""
-    with open(path, "rb") as f:
-        image = f.read()
+def read_image(path, limit):
+    """The bytes of the binary at ``path``, at most ``limit`` of them; ArgumentError if it
+    cannot be one: not a regular file (a directory, a FIFO or a device would block or never
+    end), unreadable, empty, or larger than ``limit`` (found before reading it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ArgumentError(f"{path}: cannot read it: {e.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ArgumentError(f"{path}: not a regular file, not a flat binary")
+    with os.fdopen(fd, "rb") as f:
+        if info.st_size > limit:
+            raise ArgumentError(f"{path}: the app ({info.st_size} bytes) does not fit in {limit >> 20} MiB")
+        chunks, total = [], 0
+        try:
+            while total <= limit:                # in pieces: never a buffer of `limit` bytes
+                chunk = f.read(min(READ_CHUNK, limit + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+        except OSError as e:
+            raise ArgumentError(f"{path}: cannot read it: {e.strerror}") from None
+        image = b"".join(chunks)
     if not image:
         raise ArgumentError(f"{path}: empty file, not a flat binary")
+    if len(image) > limit:
+        raise ArgumentError(f"{path}: the app does not fit in {limit >> 20} MiB")
     return image
 
 
@@ -165,11 +192,13 @@ def run(machine, path, argv, load_at=None):
     loaded at ``load_at`` (see check_load_at; None: a .bin at 0x1E0000, where the kernel
     loads its Monitor, the only .bin it loads; anything else at the app address); returns its
     exit code (RAX & 0xFF)."""
+    if machine.memory_size > MAX_MEMORY:
+        raise ArgumentError(f"binaries run on machines of at most 16 GiB, not {machine.memory_size >> 20} MiB")
     if path.lower().endswith(".asm"):
         with tempfile.TemporaryDirectory(prefix="baremetal-asm-") as work:
-            image = read_image(assemble(path, os.path.join(work, "app.app")))
+            image = read_image(assemble(path, os.path.join(work, "app.app")), machine.memory_size)
     else:
-        image = read_image(path)
+        image = read_image(path, machine.memory_size)
     backend, _ = cpu.choose(getattr(machine, "cpu", None))
     if load_at is None and path.lower().endswith(".bin"):
         load_at = MONITOR_AREA[0]
