@@ -29,7 +29,8 @@ pytest.importorskip("hdrh")
 LOADS = [0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9]
 # every CPU of the process, read at collection: later, a machine another bench module keeps
 # booted pins this thread to one CPU, and the default (the calling thread's CPUs) would be 1
-CORES = len(os.sched_getaffinity(0))
+CPUS = sorted(os.sched_getaffinity(0))
+CORES = len(CPUS)
 POLICIES = ["c-fcfs", "d-fcfs", "steal", "pthread"]
 
 
@@ -69,9 +70,8 @@ def test_max_load_at_slo_real_vs_model(benchmark, record, results, dist, peers):
            f"of real - model latency (same schedule; a host stall hits few requests)",
            100 * low["median_overhead_us"] / c_fcfs["mean_us"], None, unit="% of S̄",
            target="ours <= 1")
-    cpus = sorted(os.sched_getaffinity(0))
     line = np.zeros(20_000, dtype=np.uint64)
-    peers.stamp_one_way(peers.ffi.cast("u64 *", line.ctypes.data), len(line), 2_000, cpus[0], cpus[-1])
+    peers.stamp_one_way(peers.ffi.cast("u64 *", line.ctypes.data), len(line), 2_000, CPUS[0], CPUS[-1])
     line_ns = float(np.median(line)) / (real.tsc_hz() / 1e9)
     record(f"lab {dist}: c-FCFS dispatch overhead per task at load {low['load']}, median (as above) vs "
            f"the floor: one cache line stored on one core and polled on the other",
