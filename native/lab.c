@@ -394,20 +394,22 @@ static void serve_loop(struct lab_state *st, u32 core)
 		stalls = &log;
 	}
 	wait_for_start(run);
-	u64 before = __rdtsc();         /* the last idle turn's clock read */
+	u64 before = __rdtsc();         /* when the last turn (or task) ended */
 	for (;;) {
-		int worked = publishes && publish_due(st, core) != 0;
+		/* a turn takes well under the threshold: a longer gap since the last one ended is
+		 * time the host took (whatever this turn then finds to do) */
+		if (stalls != NULL) {
+			u64 now = __rdtsc();
+			note_gap(stalls, before, now);
+			before = now;
+		}
+		if (publishes && publish_due(st, core) != 0 && stalls != NULL)
+			before = __rdtsc();     /* publishing is work, not a stall */
 		if (take(st, core, &id)) {
 			serve(st, core, id, stalls);
 			count_one(&st->done[core]);
 			before = __rdtsc();
 			continue;
-		}
-		if (stalls != NULL) {           /* an idle turn after an idle turn: a gap is a stall */
-			u64 now = __rdtsc();
-			if (!worked)
-				note_gap(stalls, before, now);
-			before = now;
 		}
 		/* idle: the end of the run and faults are looked at every 64th turn only, so that a
 		 * turn is a clock read and a look at the queue, and a request due is seen at once */
