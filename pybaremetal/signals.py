@@ -103,3 +103,78 @@ def raise_if_stopping(c_machine):
     on a signal (a C main or a wait() in C returned because of it)."""
     if lib.bm_machine_state(c_machine) == lib.BM_STATE_STOPPING:
         raise SystemExit(exit_status() or 1)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+_stopped_by = []                       # the stop signals seen
+_wakeup = []                           # the read end of Python's signal wakeup pipe
+
+
+def _stop(signum, frame):
+    """A Ray-driving command's stop: SIGINT as KeyboardInterrupt, the others as SystemExit."""
+    _stopped_by.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def own_stop_signals():
+    """Commands that drive Ray (``baremetal cluster``, ``baremetal lab --cluster``, a Cluster)
+    and run no machine here: SIGTERM / SIGHUP end them with SystemExit(128 + signal) and SIGINT
+    (unless the program set its own handler) with KeyboardInterrupt, so that their ``finally`` stops the Ray processes they started.  Call at
+    the start and again after each ``ray.init``: Ray's driver installs a C handler of its own
+    for SIGTERM that dumps a stack and aborts 3 s later, leaving its agents running.  Only
+    from the main thread (elsewhere: nothing)."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if not _wakeup:
+        # every signal Python handles is also written here, whoever's handler runs (Ray
+        # installs its own while it starts a node, and ends with sys.exit(1))
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        _wakeup.append(read_end)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def stop_status():
+    """128 + the first stop signal a Ray-driving command got since :func:`own_stop_signals`
+    (Ray turns the SystemExit raised inside its waits into SystemExit(1), and its own handler
+    exits with 1: the signal is kept here), 0 if none."""
+    if _wakeup:
+        try:
+            _stopped_by.extend(n for n in os.read(_wakeup[0], 4096) if n in STOP_SIGNALS)
+        except BlockingIOError:
+            pass
+    return 128 + _stopped_by[0] if _stopped_by else 0
+
+
+class deferred_stop:
+    """``with deferred_stop():`` a stop signal arriving inside is held until the block ends
+    (then raised as above): the cleanup of Ray's processes is not cut short by a second
+    SIGTERM.  Main thread only (elsewhere: no effect)."""
+
+    def __enter__(self):
+        import threading
+        self.pending = []
+        self.active = threading.current_thread() is threading.main_thread()
+        if self.active:
+            self.saved = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, lambda signum, frame: (self.pending.append(signum),
+                                                             _stopped_by.append(signum)))
+        return self
+
+    def __exit__(self, kind, value, trace):
+        if not self.active:
+            return False
+        for signum, handler in self.saved.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if self.pending and kind is None:
+            _stop(self.pending[0], None)
+        return False

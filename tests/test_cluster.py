@@ -212,6 +212,68 @@ def test_baremetal_cluster_cli_bad_arguments_are_one_line():
     assert done.stderr.count("\n") == 1 and "unknown kind of app" in done.stderr
 
 
+FOREVER = """
+import os, sys, time
+def main():
+    open(sys.argv[1] + f".{os.getpid()}", "w").close()      # this node's app is running
+    while True:
+        time.sleep(0.05)
+"""
+
+
+def _ray_processes_of(pid):
+    """Live processes started under ``pid`` (a session leader): Ray's raylets, agents, workers."""
+    found = []
+    for other in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{other}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == pid and fields[0] != "Z":          # session id; zombies are gone
+            found.append(int(other))
+    return found
+
+
+@pytest.mark.parametrize("command", [["cluster", "APP", "--nodes", "2"],
+                                     ["lab", "--cluster", "2", "--cores", "1", "--policies", "c-fcfs",
+                                      "--samples", "20000000", "--duration", "100", "--quiet"]])
+def test_sigterm_ends_a_ray_command_with_143_and_stops_the_ray_it_started(tmp_path, command):
+    """SIGTERM while the nodes work: exit status 143 (Ray's own handlers would exit 1 or abort
+    and leave agents running), and no process of the local Ray cluster left."""
+    import signal
+    import time
+    marker = tmp_path / "running"
+    app = _app(tmp_path, FOREVER)
+    argv = [app if arg == "APP" else arg for arg in command]
+    if command[0] == "cluster":
+        argv += ["--", str(marker)]
+    child = subprocess.Popen([sys.executable, "-m", "pybaremetal", *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        if command[0] == "cluster":      # both nodes run the app
+            while len(list(tmp_path.glob("running.*"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(list(tmp_path.glob("running.*"))) == 2
+        else:                            # the parts run: a node is measuring
+            while not any(os.path.exists(f"/proc/{p}") and b"ray::_part" in open(f"/proc/{p}/cmdline", "rb").read()
+                          for p in _ray_processes_of(child.pid)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 143, err
+    assert "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while _ray_processes_of(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _ray_processes_of(child.pid) == []
+
+
 LAB = ["--cores", "1", "--loads", "0.2,0.5", "--samples", "2000", "--duration", "0.05",
        "--model-samples", "5000", "--bisect", "0", "--model-bisect", "3", "--quiet"]
 

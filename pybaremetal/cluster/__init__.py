@@ -47,6 +47,7 @@ import time
 import warnings
 
 from ..errors import BareMetalError
+from ..signals import own_stop_signals
 from .node import NODE_ENV, NODES_ENV, Node, node_mac  # noqa: F401 (re-exported)
 
 STRATEGIES = ("STRICT_SPREAD", "PACK", "SPREAD", "STRICT_PACK")
@@ -170,6 +171,7 @@ class Cluster:
                     raise ClusterError("this process is already connected to Ray; use address=None")
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)
+                own_stop_signals()        # not Ray's SIGTERM handler, which aborts
             self._check_size(ray)
             self._place(ray)
             self._boot(ray)
@@ -347,7 +349,13 @@ class Cluster:
         ray = _ray()
         actors, self.actors = self.actors, []
         if ray.is_initialized():
-            halts = [actor.stop.remote() for actor in actors]
+            # a node still running its app cannot take the halt until the app ends (an actor
+            # runs one call at a time): it is killed at once (its drives' writes are already
+            # in their files: O_DIRECT), the others halt
+            futures = [f for f in self._futures if f.node < len(actors)]
+            done = ray.wait([f.ref for f in futures], num_returns=len(futures), timeout=0)[0] if futures else []
+            busy = {f.node for f in futures if f.ref not in done}
+            halts = [actor.stop.remote() for i, actor in enumerate(actors) if i not in busy]
             if halts:
                 ray.wait(halts, num_returns=len(halts), timeout=10)
             for actor in actors:

@@ -49,7 +49,17 @@ def run(args, app_argv):
     app_files(args.app)                  # a bad app is one line before any Ray starts
     from . import Cluster, NodeError, _ray
     from ..cli import exit_code
-    ray = _ray()
+    from ..signals import own_stop_signals, stop_status
+    own_stop_signals()                   # Ray's processes are stopped on SIGTERM too
+    try:
+        return _run(args, app_argv, Cluster, NodeError, exit_code, _ray())
+    except BaseException:
+        if stop_status():                # whatever Ray made of it: the signal's status
+            return stop_status()
+        raise
+
+
+def _run(args, app_argv, Cluster, NodeError, exit_code, ray):
     with Cluster(nodes=args.nodes, cores=args.cores, memory=args.memory, address=args.address,
                  strategy="PACK" if args.pack else "STRICT_SPREAD") as cluster:
         cluster.dispatch(args.app, app_argv)

@@ -5,6 +5,8 @@ small object stores, no dashboard."""
 
 import logging
 
+from ..signals import deferred_stop, own_stop_signals
+
 OBJECT_STORE = 100 << 20            # bytes per raylet: the cluster only ships apps and results
 
 
@@ -23,6 +25,7 @@ def start(nodes, cpus_per_node=1, object_store=OBJECT_STORE):
         local.wait_for_nodes()
         ray.init(address=local.address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
+        own_stop_signals()                  # not Ray's handler, which aborts (see signals)
     except BaseException:
         stop(local)
         raise
@@ -39,7 +42,8 @@ def add_node(local, cpus_per_node=1, object_store=OBJECT_STORE):
 def stop(local):
     """Disconnect and end every process of the local cluster."""
     import ray
-    try:
-        ray.shutdown()
-    finally:
-        local.shutdown()
+    with deferred_stop():
+        try:
+            ray.shutdown()
+        finally:
+            local.shutdown()

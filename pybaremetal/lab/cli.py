@@ -109,19 +109,19 @@ def run(args):
         if args.cluster < 1:
             raise ArgumentError(f"--cluster: expected a number of nodes >= 1, got {args.cluster}")
         from functools import partial
+
+        from ..signals import own_stop_signals, stop_status
         from .spread import sweep_on_cluster
-        run_sweep = partial(sweep_on_cluster, nodes=args.cluster, address=args.address)
+        own_stop_signals()                   # the Ray processes started are stopped on SIGTERM too
+        try:
+            result = _sweep(args, partial(sweep_on_cluster, nodes=args.cluster, address=args.address))
+        except BaseException:
+            if stop_status():                # whatever Ray made of it: the signal's status
+                return stop_status()
+            raise
     else:
-        from .sweep import sweep as run_sweep
-    result = run_sweep(policies=args.policies, dists=args.dist, mean_us=args.mean_us, cores=args.cores,
-                   loads=args.loads, mode=args.arrivals, model_only=args.model_only, samples=args.samples,
-                   duration_s=args.duration, model_samples=args.model_samples, warmup=args.warmup,
-                   slo_factor=args.slo_factor, slo_percentile=args.slo_percentile,
-                   slo_metric=args.slo_metric,
-                   bisect=args.bisect, model_bisect=args.model_bisect, seed=args.seed,
-                   task=args.task, quantum_us=args.quantum_us, late_us=args.late_us,
-                   arrivals=args.process, histograms=args.histograms, progress=not args.quiet,
-                   stop_after=args.stop_after)
+        from .sweep import sweep
+        result = _sweep(args, sweep)
     if args.json:
         output.save_json(result, args.json)
     if args.csv:
@@ -132,3 +132,15 @@ def run(args):
         from rich.console import Console
         Console(file=sys.stdout, width=120).print(output.summary_table(result))
     return 0
+
+
+def _sweep(args, run_sweep):
+    return run_sweep(policies=args.policies, dists=args.dist, mean_us=args.mean_us, cores=args.cores,
+                   loads=args.loads, mode=args.arrivals, model_only=args.model_only, samples=args.samples,
+                   duration_s=args.duration, model_samples=args.model_samples, warmup=args.warmup,
+                   slo_factor=args.slo_factor, slo_percentile=args.slo_percentile,
+                   slo_metric=args.slo_metric,
+                   bisect=args.bisect, model_bisect=args.model_bisect, seed=args.seed,
+                   task=args.task, quantum_us=args.quantum_us, late_us=args.late_us,
+                   arrivals=args.process, histograms=args.histograms, progress=not args.quiet,
+                   stop_after=args.stop_after)

@@ -69,6 +69,9 @@ class _Progress:
     def __enter__(self):
         if self.bar:
             self.bar.start()
+            # rich hides the cursor while a bar shows: shown again at once, so that a run
+            # ended by a signal (no Python code runs then) leaves the terminal as it was
+            self.bar.console.show_cursor(True)
         return self
 
     def __exit__(self, *exc):
