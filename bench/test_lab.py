@@ -19,10 +19,9 @@ figure is what this run saw, the model is what the same schedule would give with
 """
 import os
 
-import numpy as np
 import pytest
 
-from pybaremetal.lab import real, sweep
+from pybaremetal.lab import sweep
 
 pytest.importorskip("hdrh")
 
@@ -40,7 +39,7 @@ def results():
 
 
 @pytest.mark.parametrize("dist", ["exp", "bimodal-1"])
-def test_max_load_at_slo_real_vs_model(benchmark, record, results, dist, peers):
+def test_max_load_at_slo_real_vs_model(benchmark, record, results, dist):
     out = []
     benchmark.pedantic(lambda: out.append(sweep(POLICIES, [dist], 10.0, CORES, LOADS, duration_s=0.5,
                                                 samples=500_000, bisect=4, model_bisect=10)),
@@ -70,13 +69,15 @@ def test_max_load_at_slo_real_vs_model(benchmark, record, results, dist, peers):
            f"of real - model latency (same schedule; a host stall hits few requests)",
            100 * low["median_overhead_us"] / c_fcfs["mean_us"], None, unit="% of S̄",
            target="ours <= 1")
-    line = np.zeros(20_000, dtype=np.uint64)
-    peers.stamp_one_way(peers.ffi.cast("u64 *", line.ctypes.data), len(line), 2_000, CPUS[0], CPUS[-1])
-    line_ns = float(np.median(line)) / (real.tsc_hz() / 1e9)
     record(f"lab {dist}: c-FCFS dispatch overhead per task at load {low['load']}, median (as above) vs "
-           f"the floor: one cache line stored on one core and polled on the other",
-           1000 * low["median_overhead_us"], line_ns, unit="ns",
-           peer_name="store -> remote poll, same TSC stamps")
+           f"the floor: one cache line stored on one core and polled on the other, measured right "
+           f"after that run (the sweep's first and last: {result['host']['cache_line_ns']['before']:.0f} "
+           f"and {result['host']['cache_line_ns']['after']:.0f} ns)",
+           1000 * low["median_overhead_us"], low["cache_line_ns"], unit="ns",
+           peer_name="store -> remote poll, same TSC stamps",
+           target="ratio <= 3",
+           note="proposed target: the publisher's claim, the enqueue and the dequeue each write a line "
+                "the other idle core is polling (BareMetal's one queue, polled by every idle core)")
     record(f"lab {dist}: c-FCFS dispatch overhead per task at load {low['load']}, real - model on this "
            f"host's stalls, mean", 100 * low["host_overhead_us"] / c_fcfs["mean_us"], None,
            unit="% of S̄", target="ours <= 1")

@@ -613,6 +613,90 @@ int bm_lab_run(struct bm_machine *m, struct bm_lab_run *run)
 	return failed ? -1 : 0;
 }
 
+/* ---- the floor: one cache line from one CPU to another ------------------------------------ */
+
+/* One sample: the sender waits `gap` ticks (the receiver is polling by then), stores the TSC
+ * in the line; the receiver, polling it, records the ticks since.  Dispatch from a core that
+ * publishes to one that takes cannot be cheaper than this on the same CPUs and clock. */
+struct line_run {
+	_Alignas(BM_CACHE_LINE) _Atomic u64 stamp;
+	_Alignas(BM_CACHE_LINE) _Atomic u64 seen;
+	u64 *out, n, gap;
+	int cpu[2];
+};
+
+static void pin_self(int cpu)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+static void *line_sender(void *arg)
+{
+	struct line_run *r = arg;
+	pin_self(r->cpu[0]);
+	for (u64 i = 0; i < r->n; i++) {
+		u64 until = __rdtsc() + r->gap;
+		while (__rdtsc() < until)
+			relax();
+		atomic_store_explicit(&r->stamp, tsc(), memory_order_release);
+		while (atomic_load_explicit(&r->seen, memory_order_acquire) <= i)
+			relax();
+	}
+	return NULL;
+}
+
+static void *line_receiver(void *arg)
+{
+	struct line_run *r = arg;
+	pin_self(r->cpu[1]);
+	u64 last = 0;
+	for (u64 i = 0; i < r->n; i++) {
+		u64 stamp;
+		while ((stamp = atomic_load_explicit(&r->stamp, memory_order_acquire)) == last)
+			relax();
+		r->out[i] = tsc() - stamp;
+		last = stamp;
+		atomic_store_explicit(&r->seen, i + 1, memory_order_release);
+	}
+	return NULL;
+}
+
+/* bm_lab_line_ticks -- one cache line stored on cpu0 and polled on cpu1, n times
+ *  IN:  cpu0, cpu1, n, gap_ticks between samples, out[n]
+ * OUT:  0 with out[i] = TSC ticks from the store to the poll that saw it; -1 with BM_ERR_FULL
+ *       (memory) or BM_ERR_IO (no thread) recorded */
+int bm_lab_line_ticks(int cpu0, int cpu1, u64 n, u64 gap_ticks, u64 *out)
+{
+	struct line_run *r = aligned_alloc(BM_CACHE_LINE, sizeof *r);
+	if (r == NULL)
+		return LAB_FAIL(BM_ERR_FULL, "the cache-line probe: out of memory");
+	memset(r, 0, sizeof *r);
+	r->out = out;
+	r->n = n;
+	r->gap = gap_ticks;
+	r->cpu[0] = cpu0;
+	r->cpu[1] = cpu1;
+	pthread_t sender, receiver;
+	if (pthread_create(&receiver, NULL, line_receiver, r) != 0) {
+		free(r);
+		return LAB_FAIL(BM_ERR_IO, "the cache-line probe: no thread");
+	}
+	if (pthread_create(&sender, NULL, line_sender, r) != 0) {
+		r->n = 1;                                       /* the receiver takes one sample */
+		atomic_store(&r->stamp, ~0ull);                 /* and ends */
+		pthread_join(receiver, NULL);
+		free(r);
+		return LAB_FAIL(BM_ERR_IO, "the cache-line probe: no thread");
+	}
+	pthread_join(sender, NULL);
+	pthread_join(receiver, NULL);
+	free(r);
+	return 0;
+}
+
 /* ---- the peer: a pthread pool around a mutex+condvar queue ------------------------------ */
 
 struct pool_thread {

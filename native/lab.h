@@ -49,6 +49,7 @@ int bm_lab_pool_run(struct bm_lab_run *run);
 void bm_lab_spin(u64 ticks);
 u64 bm_lab_spin_code(void);
 double bm_lab_tsc_hz(void);
+int bm_lab_line_ticks(int cpu0, int cpu1, u64 n, u64 gap_ticks, u64 *out);
 u64 bm_lab_tsc(void);
 void bm_lab_time_task(u64 code, const u64 *arg, u64 count, u64 *ticks);
 

@@ -386,3 +386,34 @@ def test_dispatch_gaps_are_between_back_to_back_tasks_on_one_core():
     # core 0: 0 -> 1 back to back (gap 0.2 µs), 1 -> 2 not (2 came after 1 ended);
     # core 1: 3 -> 4 back to back (gap 0.5 µs)
     assert np.allclose(np.sort(stats.dispatch_gaps_ns(publish, start, end, core)), [200.0, 500.0])
+
+
+def test_real_and_host_model_bisections_share_their_runs(monkeypatch):
+    """The model on this host is judged on the stalls of the very run the real policy is
+    judged on: the two bisections share a run wherever their answers agree, so they take
+    len(loads) + bisect runs when they end at the same load, and more (at most 2 x bisect)
+    only when they part."""
+    runs = []
+    real_run = real.run
+
+    def counted(*args, **kwargs):
+        runs.append(args[0])
+        return real_run(*args, **kwargs)
+    monkeypatch.setattr(real, "run", counted)
+    loads, bisect = [0.2, 0.95], 3
+    result = sweep(["c-fcfs"], ["exp"], 10.0, 2, loads, samples=3000, duration_s=0.05, bisect=bisect,
+                   model_samples=5000, model_bisect=3, stop_after=0)
+    (row,) = result["summary"]
+    if row["host_model_max_load_at_slo"] == row["max_load_at_slo"]:
+        assert len(runs) == len(loads) + bisect
+    else:
+        assert len(loads) + bisect < len(runs) <= len(loads) + 2 * bisect
+    probe = result["host"]["cache_line_ns"]                   # the floor, next to the runs
+    assert probe["before"] > 0 and probe["after"] > 0 and len(probe["cpus"]) == 2
+    assert all(point["cache_line_ns"] > 0 for point in row["sweep"])
+
+
+def test_cache_line_probe_measures_and_rejects_bad_counts():
+    assert real.cache_line_ns(0, 1, samples=100) > 0
+    with pytest.raises(ArgumentError, match="samples must be an int >= 1"):
+        real.cache_line_ns(0, 1, samples=0)

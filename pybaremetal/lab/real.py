@@ -21,6 +21,18 @@ def tsc_hz():
     return lib.bm_lab_tsc_hz()
 
 
+def cache_line_ns(cpu0, cpu1, samples=2000, gap_us=2.0):
+    """The floor of a hand-off between two CPUs, now: one cache line stored on ``cpu0`` and
+    polled on ``cpu1``, ``samples`` times ``gap_us`` apart; the median in ns (same TSC stamps
+    as the lab's).  On a VM it moves from minute to minute: measure it next to what it bounds."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ArgumentError(f"samples must be an int >= 1, got {samples!r}")
+    out = np.zeros(samples, dtype=np.uint64)
+    if lib.bm_lab_line_ticks(int(cpu0), int(cpu1), samples, int(gap_us * tsc_hz() / 1e6), _u64(out)) != 0:
+        raise_recorded()
+    return float(np.median(out)) * 1e9 / tsc_hz()
+
+
 def workers_of(cores, mode):
     """How many cores serve: all of them published by time, all but the generator's else."""
     return cores - (mode == "generator")

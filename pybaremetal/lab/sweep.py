@@ -159,7 +159,7 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
     run_real = [p for p in policies if p in real.POLICIES] if not model_only else []
     model_policies = list(dict.fromkeys([real.MODEL_OF.get(p, p) for p in policies]))
     total = len(dists) * (len(model_policies) * (len(loads) + model_bisect) +
-                          len(run_real) * (len(loads) + bisect))
+                          sum(len(loads) + _runs_of_bisection(p, task, bisect) for p in run_real))
     result = {"tool": "baremetal lab", "version": 1, "arrivals": mode,
               "arrivals_note": ("published by time: every core publishes the requests whose time "
                                 "has passed, then serves" if mode == "published" else
@@ -173,6 +173,9 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
                            "seed": seed, "late_us": late_us, "task": task.name,
                            "loads": loads},
               "summary": []}
+    probe = _probe_cpus(cores) if run_real else None
+    if probe:
+        result["host"]["cache_line_ns"] = {"cpus": probe, "before": real.cache_line_ns(*probe)}
     with _Progress(progress, total) as bar, contextlib.ExitStack() as stack:
         machine = None
         if run_real:
@@ -196,7 +199,7 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
                     points, max_load, host_max = _real_sweep(policy, dist, task, machine, cores, workers,
                                                              mode, loads, samples, duration_s, warmup, seed,
                                                              late_us, arrivals, bisect, slo, histograms, bar,
-                                                             stop_after)
+                                                             stop_after, probe)
                     row["max_load_at_slo"] = max_load
                     row["fraction_of_model"] = max_load / model_max if model_max else None
                     if host_max is not None:
@@ -214,7 +217,18 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
                 result["summary"].append(row)
         if machine is not None and machine.faults:
             raise ArgumentError(f"the task faulted: {machine.faults[0]}")
+    if probe:
+        result["host"]["cache_line_ns"]["after"] = real.cache_line_ns(*probe)
     return result
+
+
+def _probe_cpus(cores):
+    """The CPUs of the first and last core (as Machine places them), for the cache-line floor
+    measured before and after the real runs; None on one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if cores < 2 or len(cpus) < 2:
+        return None
+    return [cpus[0], cpus[min(cores, len(cpus)) - 1]]
 
 
 def _model_sweep(policy, dist, workers, loads, n, warmup, seed, quantum, arrivals, steps, slo,
@@ -242,14 +256,13 @@ def _model_sweep(policy, dist, workers, loads, n, warmup, seed, quantum, arrival
 
 
 def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, samples, duration_s,
-                warmup, seed, late_us, arrivals, steps, slo, histograms, bar, stop_after):
+                warmup, seed, late_us, arrivals, steps, slo, histograms, bar, stop_after, probe):
     draw = Draw(dist, samples, workers, seed + 1, arrivals)
     args = spin_ticks(draw.service_us) if task.spin else None
     cpus = _core_cpus(machine, cores)
 
     model_policy = real.MODEL_OF[policy]
     on_host = model_policy in HOST_MODELS and policy in ("c-fcfs", "d-fcfs")
-    traces = {}                         # load -> the stalls its real run saw
 
     def count_at(load):
         return int(min(samples, max(2000, duration_s * 1e6 * load * workers / dist.mean_us)))
@@ -262,8 +275,6 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
         stamps = real.run(policy, arrival, task, None if args is None else args[:count],
                           draw.target[:count], machine=machine, cpus=cpus, mode=mode, late_us=late_us)
         own = draw.service_us[:count] if task.spin else np.maximum(stamps.end - stamps.start, 1e-3)
-        if stamps.stalls is not None:
-            traces[load] = stamps.stalls
         return stamps, int(count * warmup), arrival, own
 
     def on_stalls(load, arrival, own, stalls):
@@ -273,7 +284,10 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
                               stalls=[stalls.tiled(w, span) for w in range(workers)],
                               deadline=task.spin)
 
-    points, met, host_met = [], [], []
+    # load -> (real meets the SLO, the model on this host meets it on the same run's stalls):
+    # both bisections take their answers from here, so that they share runs where they agree
+    evaluated = {}
+    points, met = [], []
     for load in loads:
         stamps, skip, arrival, own = measure(load)
         lat = (stamps.end - stamps.arrival)[skip:]
@@ -286,47 +300,65 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
         row["model_p99"] = float(np.percentile(modelled, 99))
         row["overhead_us"] = float(lat.mean() - modelled.mean())
         row["median_overhead_us"] = float(np.median(lat - modelled))
+        host_ok = None
         if on_host and stamps.stalls is not None:
             hosted = on_stalls(load, arrival, own, stamps.stalls)[skip:]
             row["host_model_p99"] = float(np.percentile(hosted, 99))
             row["host_overhead_us"] = float(lat.mean() - hosted.mean())
             row["stalls"] = stamps.stalls.summary()
-            host_met.append((load, stats.meets(hosted, own[skip:], **slo)))
+            host_ok = stats.meets(hosted, own[skip:], **slo)
         row["cpu_share"] = stamps.cpu_share
+        if probe:                               # the floor right after this run (cores idle)
+            row["cache_line_ns"] = real.cache_line_ns(*_pair_of(cpus, probe))
         gaps = stats.dispatch_gaps_ns(stamps.publish, stamps.start, stamps.end, stamps.core)
         row["dispatch_gaps"] = int(len(gaps))
         row["dispatch_gap_ns"] = float(np.median(gaps)) if len(gaps) else None
         row["publish_delay_p99"] = float(np.percentile((stamps.publish - stamps.arrival)[skip:], 99))
         points.append(row)
-        met.append((load, stats.meets(lat, own[skip:], **slo)))
+        ok = stats.meets(lat, own[skip:], **slo)
+        met.append((load, ok))
+        evaluated[load] = (ok, host_ok)
         bar.step(f"real {policy} {dist.name} {load:.2f}")
         if stop_after and len(met) >= stop_after and not any(m for _, m in met[-stop_after:]):
             for _ in loads[len(points):]:
                 bar.step(f"real {policy} {dist.name} (past the SLO)")
             break
 
-    def meets_at(load):
-        stamps, skip, _, own = measure(load)
-        bar.step(f"real {policy} {dist.name} max load")
-        return stats.meets((stamps.end - stamps.arrival)[skip:], own[skip:], **slo)
-    max_load = round(_max_load(meets_at, met, steps), 4)
-
-    def host_meets_at(load):
-        """The model on this host at a load with no run of its own: the stalls of the real run
-        nearest in load, repeated over the schedule."""
-        count = count_at(load)
-        arrival = draw.arrivals_us(load, workers, count)
-        own = draw.service_us[:count]
-        nearest = traces[min(traces, key=lambda measured: abs(measured - load))]
-        skip = int(count * warmup)
-        return stats.meets(on_stalls(load, arrival, own, nearest)[skip:], own[skip:], **slo)
+    def evaluate(load):
+        """(real meets, host model meets) at ``load``: one run, both judged on it."""
+        if load not in evaluated:
+            stamps, skip, arrival, own = measure(load)
+            ok = stats.meets((stamps.end - stamps.arrival)[skip:], own[skip:], **slo)
+            host_ok = None
+            if on_host and stamps.stalls is not None:
+                host_ok = stats.meets(on_stalls(load, arrival, own, stamps.stalls)[skip:], own[skip:], **slo)
+            evaluated[load] = (ok, host_ok)
+            bar.step(f"real {policy} {dist.name} max load")
+        return evaluated[load]
+    max_load = round(_max_load(lambda load: evaluate(load)[0], met, steps), 4)
     host_max = None
-    if on_host and host_met and task.spin:
+    if on_host and task.spin and all(evaluated[load][1] is not None for load, _ in met):
+        host_met = [(load, evaluated[load][1]) for load, _ in met]
         for load in loads[len(points):]:        # the real sweep stopped early: the model goes on
             if all(m for _, m in host_met):
-                host_met.append((load, host_meets_at(load)))
-        host_max = round(_max_load(host_meets_at, host_met, max(steps, 6)), 4)
+                host_met.append((load, evaluate(load)[1]))
+        host_max = round(_max_load(lambda load: evaluate(load)[1], host_met, steps), 4)
+    # the progress bar counted a host model's bisection as runs of its own: what it did not need
+    for _ in range(len(loads) + _runs_of_bisection(policy, task, steps) - len(evaluated) -
+                   (len(loads) - len(points))):
+        bar.step(f"real {policy} {dist.name} max load")
     return points, max_load, host_max
+
+
+def _runs_of_bisection(policy, task, steps):
+    """Runs the bisections of a real policy may take: twice ``steps`` where the model on this
+    host bisects too (the two share the runs where they agree)."""
+    return steps * (2 if policy in HOST_MODELS and task.spin else 1)
+
+
+def _pair_of(cpus, fallback):
+    """The CPUs of the first and last core, if the machine pinned them apart; else ``fallback``."""
+    return [cpus[0], cpus[-1]] if len(cpus) > 1 and min(cpus) >= 0 and cpus[0] != cpus[-1] else fallback
 
 
 def _core_cpus(machine, cores):
