@@ -288,7 +288,9 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
     # both bisections take their answers from here, so that they share runs where they agree
     evaluated = {}
     points, met = [], []
+    pair = _pair_of(cpus, probe) if probe else None
     for load in loads:
+        line_before = real.cache_line_ns(*pair) if pair else None
         stamps, skip, arrival, own = measure(load)
         lat = (stamps.end - stamps.arrival)[skip:]
         modelled = model.simulate(model_policy, workers, arrival, own,
@@ -308,8 +310,9 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
             row["stalls"] = stamps.stalls.summary()
             host_ok = stats.meets(hosted, own[skip:], **slo)
         row["cpu_share"] = stamps.cpu_share
-        if probe:                               # the floor right after this run (cores idle)
-            row["cache_line_ns"] = real.cache_line_ns(*_pair_of(cpus, probe))
+        if pair:                                # the floor just before and after this run
+            around = [line_before, real.cache_line_ns(*pair)]
+            row["cache_line_ns"], row["cache_line_ns_around"] = sum(around) / 2, around
         gaps = stats.dispatch_gaps_ns(stamps.publish, stamps.start, stamps.end, stamps.core)
         row["dispatch_gaps"] = int(len(gaps))
         row["dispatch_gap_ns"] = float(np.median(gaps)) if len(gaps) else None
