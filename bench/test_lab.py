@@ -5,15 +5,19 @@ arrivals published by time (every core publishes what is due, then serves):
  - real c-FCFS (BareMetal's work queue) max load at SLO (p99 <= 10·S̄) as a fraction of the
    zero-overhead model's c-FCFS max load with the same number of workers: target >= 0.9
    (ZygOS's real system reached 0.75 at 10 µs);
- - dispatch overhead per task: real minus model mean latency on the same schedule at load 0.1,
-   as a share of S̄: target <= 1%; and the policy's own cost per task measured where other
-   processes hardly disturb it, the median gap between back-to-back tasks on a core (the next
+ - dispatch overhead per task: real minus model latency on the same schedule at load 0.1 (the
+   median over requests), as a share of S̄: target <= 1%; against its floor, one cache line
+   stored on one core and polled on the other, measured just before and after the run: the
+   path writes three lines the other idle core polls, so the proposed target is 1.25 x three
+   (the polling-latency precedent's allowance), ratio <= 3.75; and the policy's own cost per
+   task measured where other processes hardly disturb it, the median gap between back-to-back tasks on a core (the next
    one already waiting: the take, the stamps, publishing what became due);
  - the same fractions for d-FCFS, work stealing and the pthread-pool peer (reported);
  - the host's share: a VM's vCPUs stall (interrupts, the hypervisor, other guests): each core
    records the gaps in its clock reads while idle and spins that overran, and the same
    zero-overhead policy run on those stalls is what any scheduler could reach here; real /
    that model is the fraction our dispatch costs (c-FCFS and d-FCFS, whose models take stalls).
+   Both are judged on the same runs (see the README); proposed target >= 0.9 for c-FCFS.
 Other processes on a shared machine take CPU time from the cores being measured: a real
 figure is what this run saw, the model is what the same schedule would give with none.
 """
@@ -75,9 +79,10 @@ def test_max_load_at_slo_real_vs_model(benchmark, record, results, dist):
            f"{low['cache_line_ns_around'][1]:.0f} ns)",
            1000 * low["median_overhead_us"], low["cache_line_ns"], unit="ns",
            peer_name="store -> remote poll, same TSC stamps",
-           target="ratio <= 3",
-           note="proposed target: the publisher's claim, the enqueue and the dequeue each write a line "
-                "the other idle core is polling (BareMetal's one queue, polled by every idle core)")
+           target="ratio <= 3.75",
+           note="proposed target, 1.25 x the design's floor of three one-line hand-offs: the publisher's "
+                "claim, the enqueue and the dequeue each write a line the other idle core is polling "
+                "(every core publishes what is due; BareMetal's one queue, polled by every idle core)")
     record(f"lab {dist}: c-FCFS dispatch overhead per task at load {low['load']}, real - model on this "
            f"host's stalls, mean", 100 * low["host_overhead_us"] / c_fcfs["mean_us"], None,
            unit="% of S̄", target="ours <= 1")
