@@ -110,23 +110,39 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 _stopped_by = []                       # the stop signals seen
 _wakeup = []                           # the read end of Python's signal wakeup pipe
+_owner = []                            # the pid of the command that owns the stop signals
 
 
 def _stop(signum, frame):
-    """A Ray-driving command's stop: SIGINT as KeyboardInterrupt, the others as SystemExit."""
+    """A Ray-driving command's stop: SIGINT as KeyboardInterrupt, the others as SystemExit.
+    In a process forked from it (pyroute2 and Ray fork helpers), the signal's default action:
+    a helper must not unwind into the parent's code."""
+    if _owner and os.getpid() != _owner[0]:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     _stopped_by.append(signum)
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(128 + signum)
 
 
+def _install():
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def own_stop_signals():
-    """Commands that drive Ray (``baremetal cluster``, ``baremetal lab --cluster``, a Cluster)
-    and run no machine here: SIGTERM / SIGHUP end them with SystemExit(128 + signal) and SIGINT
-    (unless the program set its own handler) with KeyboardInterrupt, so that their ``finally`` stops the Ray processes they started.  Call at
-    the start and again after each ``ray.init``: Ray's driver installs a C handler of its own
-    for SIGTERM that dumps a stack and aborts 3 s later, leaving its agents running.  Only
-    from the main thread (elsewhere: nothing)."""
+    """For commands that drive Ray (``baremetal cluster``, ``baremetal lab --cluster``) and run
+    no machine here, called at their start: SIGTERM / SIGHUP end them with SystemExit(128 +
+    signal) and SIGINT (unless handled otherwise) with KeyboardInterrupt, so that their
+    ``finally`` stops the Ray processes they started.  The library calls
+    :func:`reassert_stop_signals` after each ``ray.init``, because Ray's driver installs a C
+    handler for SIGTERM that dumps a stack and aborts 3 s later, leaving its agents running.
+    A program using the library without this call keeps its own (and Ray's) handlers.  Main
+    thread only (elsewhere: nothing)."""
     import threading
     if threading.current_thread() is not threading.main_thread():
         return
@@ -136,10 +152,15 @@ def own_stop_signals():
         read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
         _wakeup.append(read_end)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _stop)
-    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_DFL, None):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _owner.append(os.getpid())
+    _install()
+
+
+def reassert_stop_signals():
+    """After ``ray.init``: this command's stop handlers again, if it owns them (see above)."""
+    import threading
+    if _owner and os.getpid() == _owner[0] and threading.current_thread() is threading.main_thread():
+        _install()
 
 
 def stop_status():
@@ -155,26 +176,32 @@ def stop_status():
 
 
 class deferred_stop:
-    """``with deferred_stop():`` a stop signal arriving inside is held until the block ends
-    (then raised as above): the cleanup of Ray's processes is not cut short by a second
-    SIGTERM.  Main thread only (elsewhere: no effect)."""
+    """``with deferred_stop():`` in a command that owns the stop signals, one arriving inside
+    is held until the block ends (then raised as above): the cleanup of Ray's processes is
+    not cut short by a second SIGTERM.  Otherwise (a program using the library, another
+    thread): no effect."""
 
     def __enter__(self):
         import threading
         self.pending = []
-        self.active = threading.current_thread() is threading.main_thread()
+        self.active = bool(_owner) and os.getpid() == _owner[0] and \
+            threading.current_thread() is threading.main_thread()
         if self.active:
-            self.saved = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
             for signum in STOP_SIGNALS:
-                signal.signal(signum, lambda signum, frame: (self.pending.append(signum),
-                                                             _stopped_by.append(signum)))
+                signal.signal(signum, self._hold)
         return self
+
+    def _hold(self, signum, frame):
+        if os.getpid() != _owner[0]:                  # a forked helper: as _stop
+            _stop(signum, frame)
+            return
+        self.pending.append(signum)
+        _stopped_by.append(signum)
 
     def __exit__(self, kind, value, trace):
         if not self.active:
             return False
-        for signum, handler in self.saved.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        _install()
         if self.pending and kind is None:
             _stop(self.pending[0], None)
         return False

@@ -235,6 +235,17 @@ def _ray_processes_of(pid):
     return found
 
 
+def test_the_library_leaves_a_programs_stop_signals_alone(ray_cluster):
+    """Only the commands take SIGTERM over (signals.own_stop_signals): a program (here pytest,
+    whose forked helpers must die by SIGTERM, not unwind into its code) keeps its handlers."""
+    import signal
+
+    from pybaremetal import signals
+    assert signal.getsignal(signal.SIGTERM) is not signals._stop
+    with signals.deferred_stop() as held:
+        assert not held.active and signal.getsignal(signal.SIGTERM) is not held._hold
+
+
 @pytest.mark.parametrize("command", [["cluster", "APP", "--nodes", "2"],
                                      ["lab", "--cluster", "2", "--cores", "1", "--policies", "c-fcfs",
                                       "--samples", "20000000", "--duration", "100", "--quiet"]])

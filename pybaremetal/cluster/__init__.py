@@ -47,7 +47,7 @@ import time
 import warnings
 
 from ..errors import BareMetalError
-from ..signals import own_stop_signals
+from ..signals import reassert_stop_signals
 from .node import NODE_ENV, NODES_ENV, Node, node_mac  # noqa: F401 (re-exported)
 
 STRATEGIES = ("STRICT_SPREAD", "PACK", "SPREAD", "STRICT_PACK")
@@ -171,7 +171,7 @@ class Cluster:
                     raise ClusterError("this process is already connected to Ray; use address=None")
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)
-                own_stop_signals()        # not Ray's SIGTERM handler, which aborts
+                reassert_stop_signals()   # the command's, not Ray's (see signals)
             self._check_size(ray)
             self._place(ray)
             self._boot(ray)

@@ -5,7 +5,7 @@ small object stores, no dashboard."""
 
 import logging
 
-from ..signals import deferred_stop, own_stop_signals
+from ..signals import deferred_stop, reassert_stop_signals
 
 OBJECT_STORE = 100 << 20            # bytes per raylet: the cluster only ships apps and results
 
@@ -25,7 +25,7 @@ def start(nodes, cpus_per_node=1, object_store=OBJECT_STORE):
         local.wait_for_nodes()
         ray.init(address=local.address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
-        own_stop_signals()                  # not Ray's handler, which aborts (see signals)
+        reassert_stop_signals()             # the command's, not Ray's (see signals)
     except BaseException:
         stop(local)
         raise

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from ..errors import ArgumentError
-from ..signals import own_stop_signals
+from ..signals import reassert_stop_signals
 from .sweep import POLICIES, _Progress, parse_list, sweep
 from .workload import Distribution
 
@@ -132,7 +132,7 @@ def sweep_on_cluster(nodes=None, address=None, policies=("c-fcfs", "d-fcfs", "st
             import logging
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
-            own_stop_signals()                  # not Ray's SIGTERM handler, which aborts
+            reassert_stop_signals()             # the command's, not Ray's (see signals)
         alive = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= cpus]
         if not alive:
             raise ClusterError(f"the Ray cluster has no node with {cpus} CPU(s) for a lab part "
