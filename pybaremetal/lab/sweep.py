@@ -173,16 +173,17 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
                            "seed": seed, "late_us": late_us, "task": task.name,
                            "loads": loads},
               "summary": []}
-    probe = _probe_cpus(cores) if run_real else None
-    if probe:
-        result["host"]["cache_line_ns"] = {"cpus": probe, "before": real.cache_line_ns(*probe)}
     with _Progress(progress, total) as bar, contextlib.ExitStack() as stack:
-        machine = None
+        machine = probe = None
         if run_real:
             from ..machine import Machine
             queue = 1 << max(12, min(24, int(samples - 1).bit_length()))
             machine = stack.enter_context(Machine(cores=cores, memory="8M", console="capture",
                                                   queue_size=queue))
+            # the floor between the CPUs of the first and last core (they idle between runs)
+            probe = _pair_of(_core_cpus(machine, cores))
+            if probe:
+                result["host"]["cache_line_ns"] = {"cpus": probe, "before": real.cache_line_ns(*probe)}
         for dist in dists:
             quantum = quantum_us if quantum_us is not None else dist.mean_us / 2
             slo = dict(mean_us=dist.mean_us, slo_factor=slo_factor, slo_percentile=slo_percentile,
@@ -199,7 +200,7 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
                     points, max_load, host_max = _real_sweep(policy, dist, task, machine, cores, workers,
                                                              mode, loads, samples, duration_s, warmup, seed,
                                                              late_us, arrivals, bisect, slo, histograms, bar,
-                                                             stop_after, probe)
+                                                             stop_after)
                     row["max_load_at_slo"] = max_load
                     row["fraction_of_model"] = max_load / model_max if model_max else None
                     if host_max is not None:
@@ -217,18 +218,9 @@ def sweep(policies=("c-fcfs", "d-fcfs", "steal"), dists=("exp",), mean_us=10.0, 
                 result["summary"].append(row)
         if machine is not None and machine.faults:
             raise ArgumentError(f"the task faulted: {machine.faults[0]}")
-    if probe:
-        result["host"]["cache_line_ns"]["after"] = real.cache_line_ns(*probe)
+        if probe:
+            result["host"]["cache_line_ns"]["after"] = real.cache_line_ns(*probe)
     return result
-
-
-def _probe_cpus(cores):
-    """The CPUs of the first and last core (as Machine places them), for the cache-line floor
-    measured before and after the real runs; None on one CPU."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if cores < 2 or len(cpus) < 2:
-        return None
-    return [cpus[0], cpus[min(cores, len(cpus)) - 1]]
 
 
 def _model_sweep(policy, dist, workers, loads, n, warmup, seed, quantum, arrivals, steps, slo,
@@ -256,7 +248,7 @@ def _model_sweep(policy, dist, workers, loads, n, warmup, seed, quantum, arrival
 
 
 def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, samples, duration_s,
-                warmup, seed, late_us, arrivals, steps, slo, histograms, bar, stop_after, probe):
+                warmup, seed, late_us, arrivals, steps, slo, histograms, bar, stop_after):
     draw = Draw(dist, samples, workers, seed + 1, arrivals)
     args = spin_ticks(draw.service_us) if task.spin else None
     cpus = _core_cpus(machine, cores)
@@ -288,7 +280,7 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
     # both bisections take their answers from here, so that they share runs where they agree
     evaluated = {}
     points, met = [], []
-    pair = _pair_of(cpus, probe) if probe else None
+    pair = _pair_of(cpus)
     for load in loads:
         line_before = real.cache_line_ns(*pair) if pair else None
         stamps, skip, arrival, own = measure(load)
@@ -359,9 +351,9 @@ def _runs_of_bisection(policy, task, steps):
     return steps * (2 if policy in HOST_MODELS and task.spin else 1)
 
 
-def _pair_of(cpus, fallback):
-    """The CPUs of the first and last core, if the machine pinned them apart; else ``fallback``."""
-    return [cpus[0], cpus[-1]] if len(cpus) > 1 and min(cpus) >= 0 and cpus[0] != cpus[-1] else fallback
+def _pair_of(cpus):
+    """The CPUs of the first and last core if the machine pinned them apart, else None."""
+    return [cpus[0], cpus[-1]] if len(cpus) > 1 and min(cpus) >= 0 and cpus[0] != cpus[-1] else None
 
 
 def _core_cpus(machine, cores):
