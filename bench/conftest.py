@@ -59,6 +59,20 @@ def _fmt(value):
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+FULL = []                               # set at collection: this session runs every bench
+
+
+def pytest_collection_finish(session):
+    """A session that runs only part of the bench (one module, -k, -m) must not replace the
+    full run's summary.json: it writes summary-partial.json instead."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    every = {name for name in os.listdir(here) if name.startswith("test_") and name.endswith(".py")}
+    collected = {os.path.basename(str(item.path)) for item in session.items}
+    option = session.config.option
+    FULL.append(collected == every and not getattr(option, "keyword", "") and
+                not getattr(option, "markexpr", "") and not getattr(option, "lf", False))
+
+
 def pytest_terminal_summary(terminalreporter):
     if not ROWS:
         return
@@ -67,7 +81,8 @@ def pytest_terminal_summary(terminalreporter):
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "python": platform.python_version()},
                "rows": ROWS}
-    with open(os.path.join(RESULTS, "summary.json"), "w") as f:
+    name = "summary.json" if FULL and FULL[0] else "summary-partial.json"
+    with open(os.path.join(RESULTS, name), "w") as f:
         json.dump(summary, f, indent=1)
     from rich.console import Console
     from rich.table import Table
@@ -80,7 +95,7 @@ def pytest_terminal_summary(terminalreporter):
         table.add_row(row["measure"], f"{_fmt(row['ours'])} {row['unit']}", peer, _fmt(row["ratio"]),
                       row["target"], met)
     Console(width=160).print(table)
-    terminalreporter.write_line(f"saved to {os.path.join(RESULTS, 'summary.json')}")
+    terminalreporter.write_line(f"saved to {os.path.join(RESULTS, name)}")
 
 
 NATIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "native")
