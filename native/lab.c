@@ -483,6 +483,16 @@ static void state_free(struct lab_state *st)
 }
 
 /* state_new -- a zeroed run state with `cores` counters; NULL when out of memory */
+/* touched -- p after writing one byte of each page of its `bytes`: the run's logs take their
+ * page faults now, before time 0, not between the requests being measured */
+static void *touched(void *p, size_t bytes)
+{
+	if (p != NULL)
+		for (size_t i = 0; i < bytes; i += 4096)
+			((volatile char *)p)[i] = 0;
+	return p;
+}
+
 static struct lab_state *state_new(struct bm_lab_run *run, u32 cores)
 {
 	struct lab_state *st = aligned_alloc(BM_CACHE_LINE, sizeof *st);
@@ -503,8 +513,10 @@ static struct lab_state *state_new(struct bm_lab_run *run, u32 cores)
 	}
 	memset(st->logs, 0, cores * sizeof *st->logs);
 	for (u32 c = 0; c < cores; c++) {        /* any core may serve or publish every request */
-		st->logs[c].served = malloc((3 * run->count + 1) * sizeof(u64));
-		st->logs[c].published = malloc((2 * run->count + 1) * sizeof(u64));
+		st->logs[c].served = touched(malloc((3 * run->count + 1) * sizeof(u64)),
+					     (3 * run->count + 1) * sizeof(u64));
+		st->logs[c].published = touched(malloc((2 * run->count + 1) * sizeof(u64)),
+						(2 * run->count + 1) * sizeof(u64));
 		if (st->logs[c].served == NULL || st->logs[c].published == NULL) {
 			state_free(st);
 			return NULL;
@@ -537,7 +549,8 @@ static int make_queues(struct lab_state *st)
 	}
 	int result = 0;
 	for (u32 w = 0; w < st->workers; w++)
-		if ((st->queues[w].ids = malloc((sizes[w] + 1) * sizeof(u64))) == NULL)
+		if ((st->queues[w].ids = touched(malloc((sizes[w] + 1) * sizeof(u64)),
+						 (sizes[w] + 1) * sizeof(u64))) == NULL)
 			result = LAB_FAIL(BM_ERR_FULL, "lab: out of memory");
 	free(sizes);
 	return result;
@@ -801,7 +814,9 @@ int bm_lab_pool_run(struct bm_lab_run *run)
 	struct lab_state *st = state_new(run, threads);
 	struct pool_thread *args = calloc(threads, sizeof *args);
 	pthread_t *ids = calloc(threads, sizeof *ids);
-	if (st == NULL || args == NULL || ids == NULL || (st->ring = malloc((run->count + 1) * sizeof(u64))) == NULL) {
+	size_t ring_bytes = (run->count + 1) * sizeof(u64);
+	if (st == NULL || args == NULL || ids == NULL ||
+	    (st->ring = touched(malloc(ring_bytes), ring_bytes)) == NULL) {
 		if (st)
 			state_free(st);
 		free(args);

@@ -103,8 +103,9 @@ def run(policy, arrival_us, task, args=None, target=None, *, machine=None, cpus=
             raise ArgumentError(f"{policy} runs on a machine's cores: give machine=")
         threads = machine.num_cores
         if stall_us:
-            stall_start = np.zeros(threads * STALL_ROOM, dtype=np.uint64)
-            stall_length = np.zeros(threads * STALL_ROOM, dtype=np.uint64)
+            # filled, not only allocated: their pages are faulted in now, not in the run
+            stall_start = np.full(threads * STALL_ROOM, 0, dtype=np.uint64)
+            stall_length = np.full(threads * STALL_ROOM, 0, dtype=np.uint64)
             stall_count = np.zeros(threads, dtype=np.uint64)
             r.stall_ticks, r.stall_cap = max(1, int(stall_us * hz / 1e6)), STALL_ROOM
             r.stall_start, r.stall_length = _u64(stall_start), _u64(stall_length)
