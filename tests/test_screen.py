@@ -1,6 +1,7 @@
 """The screen: the LFB in flat memory, SCREEN_* and the InfoMap, PNG snapshots, the window."""
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -256,9 +257,11 @@ def start_xvfb():
     return server, f":{number}"
 
 
-def wait_for(what, check, process, seconds=60):
+def wait_for(what, check, process, seconds=60, describe=None):
     """Poll check() until it returns something true; fail if ``process`` ends first (with
-    its stderr) or after ``seconds`` (a bound for a stuck run, not a timing assertion)."""
+    its stderr) or after ``seconds`` (a bound for a stuck run, not a timing assertion).  On
+    the timeout the failure says where the run was: a process started with ``-X faulthandler``
+    prints every thread's stack on SIGABRT; ``describe()`` adds what the test can see."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         found = check()
@@ -267,9 +270,14 @@ def wait_for(what, check, process, seconds=60):
         if process.poll() is not None:
             pytest.fail(f"the run ended before {what}: {process.stderr.read().decode()}")
         time.sleep(0.05)
-    process.kill()
-    _, err = process.communicate()
-    pytest.fail(f"{what}: not within {seconds} s (the run's stderr: {err.decode()!r})")
+    seen = describe() if describe is not None else ""
+    process.send_signal(signal.SIGABRT)
+    try:
+        _, err = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+    pytest.fail(f"{what}: not within {seconds} s; {seen}\nthe run's stderr:\n{err.decode()}")
 
 
 def test_window_shows_the_screen_and_sends_keys_to_b_input(tmp_path, cache):
@@ -289,14 +297,19 @@ def test_window_shows_the_screen_and_sends_keys_to_b_input(tmp_path, cache):
     run = None
     try:
         env = dict(os.environ, DISPLAY=display, BAREMETAL_CACHE=cache)
-        run = subprocess.Popen([sys.executable, "-m", "pybaremetal", "run", str(app), "--screen", "64x48",
-                                "--window"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        run = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "pybaremetal", "run", str(app),
+                                "--screen", "64x48", "--window"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
 
         def window_id():
             found = subprocess.run(["xwininfo", "-name", "baremetal"], env=env, capture_output=True, text=True)
             return found.returncode == 0 and found.stdout.split("Window id:")[1].split()[0]
 
-        window = wait_for("the window appeared", window_id, run)
+        def windows():                          # the X server's windows, for a failure
+            tree = subprocess.run(["xwininfo", "-root", "-tree"], env=env, capture_output=True, text=True)
+            return f"the X server's windows: {tree.stdout[-1500:]}"
+
+        window = wait_for("the window appeared", window_id, run, describe=windows)
 
         def green_frame():
             shot = subprocess.run(["xwd", "-id", window, "-silent"], env=env, capture_output=True)
