@@ -144,6 +144,13 @@ def display_available():
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+HEADLESS_DRIVERS = ("offscreen", "dummy", "evdev")    # SDL drivers that show no window
+
+
+def _display_name():
+    return os.environ.get("WAYLAND_DISPLAY") or os.environ.get("DISPLAY") or ""
+
+
 class Window:
     """A live window (pygame) showing the screen; key presses are written to ``key_fd`` (the
     write end of the pipe the machine's b_input reads).  Runs in its own thread (every SDL
@@ -156,6 +163,8 @@ class Window:
             raise ArgumentError("--window needs a display, and neither DISPLAY nor WAYLAND_DISPLAY "
                                 "is set (use --screen-png FILE to see the screen without one)")
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+        if os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+            os.environ.setdefault("SDL_VIDEODRIVER", "x11")   # X only: no try at Wayland first
         try:
             import pygame  # noqa: F401
         except ImportError:
@@ -169,12 +178,19 @@ class Window:
         self._thread.start()
         self._ready.wait()
         if self.error is not None:
-            raise ArgumentError(f"--window: cannot open a window: {self.error}")
+            raise ArgumentError(f"--window: cannot open a window on display {_display_name()!r}: "
+                                f"{self.error}")
 
     def _loop(self):
         import pygame
         try:
             pygame.display.init()
+            # SDL falls back to a driver that draws nowhere when it cannot reach the display
+            # (a wrong DISPLAY, an X server that refused us): a run that asked for a window
+            # would go on silently without one
+            driver = pygame.display.get_driver()
+            if driver in HEADLESS_DRIVERS:
+                raise pygame.error(f"SDL could not reach it and fell back to its {driver!r} driver")
             pygame.display.set_caption(self.title)      # before the window exists: born with it
             surface = pygame.display.set_mode((self.screen.width, self.screen.height))
             pygame.display.set_caption(self.title)

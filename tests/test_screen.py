@@ -280,6 +280,21 @@ def wait_for(what, check, process, seconds=60, describe=None):
     pytest.fail(f"{what}: not within {seconds} s; {seen}\nthe run's stderr:\n{err.decode()}")
 
 
+def test_window_on_a_display_nobody_serves_is_a_clear_error_not_a_silent_run(tmp_path, cache):
+    """SDL falls back to a driver that draws nowhere when it cannot reach the display: a run
+    asking for a window must say so and stop (exit 2), not go on without one."""
+    pytest.importorskip("pygame")
+    app = tmp_path / "wait.c"
+    app.write_text('#include "libBareMetal.h"\nint main(void) { b_system(DELAY, 5000000, 0); return 0; }\n')
+    env = dict(os.environ, DISPLAY=":4321", BAREMETAL_CACHE=cache)
+    env.pop("WAYLAND_DISPLAY", None)
+    done = subprocess.run([sys.executable, "-m", "pybaremetal", "run", str(app), "--screen", "64x48", "--window"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]     # one line
+    assert "--window: cannot open a window on display ':4321'" in done.stderr
+
+
 def test_window_shows_the_screen_and_sends_keys_to_b_input(tmp_path, cache):
     """Under a virtual X server: the window shows the green frame; a key typed into it (xdotool)
     reaches b_input.  Every step waits for what it needs (the window, a green frame, the key
