@@ -108,7 +108,7 @@ def raise_if_stopping(c_machine):
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
-_stopped_by = []                       # the stop signals seen
+_stopped_by = []                       # the stop signals read from the wakeup pipe
 _wakeup = []                           # the read end of Python's signal wakeup pipe
 _owner = []                            # the pid of the command that owns the stop signals
 
@@ -121,7 +121,6 @@ def _stop(signum, frame):
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
-    _stopped_by.append(signum)
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(128 + signum)
@@ -196,7 +195,6 @@ class deferred_stop:
             _stop(signum, frame)
             return
         self.pending.append(signum)
-        _stopped_by.append(signum)
 
     def __exit__(self, kind, value, trace):
         if not self.active:

@@ -276,6 +276,15 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
                               stalls=[stalls.tiled(w, span) for w in range(workers)],
                               deadline=task.spin)
 
+    def judge(load, stamps, skip, arrival, own):
+        """(real meets the SLO, the model on this host meets it on this run's stalls or None,
+        that model's steady latencies or None) for one run."""
+        ok = stats.meets((stamps.end - stamps.arrival)[skip:], own[skip:], **slo)
+        if not (on_host and stamps.stalls is not None):
+            return ok, None, None
+        hosted = on_stalls(load, arrival, own, stamps.stalls)[skip:]
+        return ok, stats.meets(hosted, own[skip:], **slo), hosted
+
     # load -> (real meets the SLO, the model on this host meets it on the same run's stalls):
     # both bisections take their answers from here, so that they share runs where they agree
     evaluated = {}
@@ -294,13 +303,11 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
         row["model_p99"] = float(np.percentile(modelled, 99))
         row["overhead_us"] = float(lat.mean() - modelled.mean())
         row["median_overhead_us"] = float(np.median(lat - modelled))
-        host_ok = None
-        if on_host and stamps.stalls is not None:
-            hosted = on_stalls(load, arrival, own, stamps.stalls)[skip:]
+        ok, host_ok, hosted = judge(load, stamps, skip, arrival, own)
+        if hosted is not None:
             row["host_model_p99"] = float(np.percentile(hosted, 99))
             row["host_overhead_us"] = float(lat.mean() - hosted.mean())
             row["stalls"] = stamps.stalls.summary()
-            host_ok = stats.meets(hosted, own[skip:], **slo)
         row["cpu_share"] = stamps.cpu_share
         if pair:                                # the floor just before and after this run
             around = [line_before, real.cache_line_ns(*pair)]
@@ -310,7 +317,6 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
         row["dispatch_gap_ns"] = float(np.median(gaps)) if len(gaps) else None
         row["publish_delay_p99"] = float(np.percentile((stamps.publish - stamps.arrival)[skip:], 99))
         points.append(row)
-        ok = stats.meets(lat, own[skip:], **slo)
         met.append((load, ok))
         evaluated[load] = (ok, host_ok)
         bar.step(f"real {policy} {dist.name} {load:.2f}")
@@ -322,12 +328,7 @@ def _real_sweep(policy, dist, task, machine, cores, workers, mode, loads, sample
     def evaluate(load):
         """(real meets, host model meets) at ``load``: one run, both judged on it."""
         if load not in evaluated:
-            stamps, skip, arrival, own = measure(load)
-            ok = stats.meets((stamps.end - stamps.arrival)[skip:], own[skip:], **slo)
-            host_ok = None
-            if on_host and stamps.stalls is not None:
-                host_ok = stats.meets(on_stalls(load, arrival, own, stamps.stalls)[skip:], own[skip:], **slo)
-            evaluated[load] = (ok, host_ok)
+            evaluated[load] = judge(load, *measure(load))[:2]
             bar.step(f"real {policy} {dist.name} max load")
         return evaluated[load]
     max_load = round(_max_load(lambda load: evaluate(load)[0], met, steps), 4)
